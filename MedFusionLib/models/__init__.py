@@ -1,0 +1,10 @@
+"""Fusion models: a registry of learned networks and training-free baselines.
+
+``create_model(name, pretrained=True, device=...)`` builds one; ``list_models()`` names them all.
+Importing this package imports each architecture module so that it registers itself.
+"""
+
+from . import baselines, densefuse, emfusion, haf  # noqa: F401  (registration side effect)
+from .registry import ModelSpec, create_model, list_models, model_spec, parameter_count
+
+__all__ = ["ModelSpec", "create_model", "list_models", "model_spec", "parameter_count"]

@@ -1,0 +1,53 @@
+"""EMFusion's fusion network (Xu & Ma, Information Fusion 76 (2021) 177–186).
+
+A seven-layer CNN on the two sources stacked as channels: four densely connected 3×3 layers
+(each sees the input and every earlier layer's output, so low-level intensity and edge cues
+reach the end unchanged), then three layers that narrow to one channel. No downsampling, so any
+``H, W`` works without padding. It is trained unsupervised with the surface-level constraint
+(saliency-weighted SSIM and MSE towards each source) plus a gradient loss
+(:mod:`MedFusionLib.losses`).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .registry import register_model
+
+
+@register_model(
+    "emfusion",
+    description="EMFusion: dense 7-layer CNN trained with saliency-weighted SSIM/MSE and gradient losses",
+    learned=True,
+    reference="Xu & Ma, EMFusion, Information Fusion 76 (2021) 177-186",
+)
+class EMFusionNet(nn.Module):
+    """``forward(a, b)``: two ``(B, 1, H, W)`` in [0, 1] -> ``(B, 1, H, W)`` in (0, 1).
+
+    Args:
+        growth: channels added by each dense layer.
+        dense_layers: number of densely connected layers (the remaining three narrow the width).
+    """
+
+    def __init__(self, growth: int = 16, dense_layers: int = 4) -> None:
+        super().__init__()
+        self.dense = nn.ModuleList()
+        channels = 2
+        for _ in range(dense_layers):
+            self.dense.append(nn.Sequential(nn.Conv2d(channels, growth, 3, padding=1), nn.LeakyReLU(0.2, inplace=True)))
+            channels += growth
+        self.head = nn.Sequential(
+            nn.Conv2d(channels, 2 * growth, 3, padding=1),
+            nn.LeakyReLU(0.2, inplace=True),
+            nn.Conv2d(2 * growth, growth, 3, padding=1),
+            nn.LeakyReLU(0.2, inplace=True),
+            nn.Conv2d(growth, 1, 3, padding=1),
+            nn.Sigmoid(),
+        )
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        features = torch.cat([a, b], dim=1)
+        for layer in self.dense:
+            features = torch.cat([features, layer(features)], dim=1)
+        return self.head(features)
