@@ -1,0 +1,51 @@
+"""Choosing the compute device: ``auto``, ``cpu`` or ``cuda`` (optionally ``cuda:N``)."""
+
+from __future__ import annotations
+
+import torch
+
+from .errors import DeviceUnavailableError
+
+DEVICE_CHOICES = ("auto", "cpu", "cuda")
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """The ``torch.device`` for a user's choice.
+
+    ``auto`` is the first CUDA GPU when torch can use one, else the CPU. Asking for CUDA where it
+    is not usable raises :class:`DeviceUnavailableError` that says why (a CPU-only torch build, or
+    no GPU/driver visible) and what to do, instead of silently running on the CPU.
+    """
+    if isinstance(device, torch.device):
+        device = str(device)
+    name = device.strip().lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "cuda" or name.startswith("cuda:"):
+        if torch.version.cuda is None:
+            raise DeviceUnavailableError(
+                f"CUDA was requested but the installed torch {torch.__version__} is a CPU-only build. "
+                "Install a CUDA build of torch (see README, 'CPU or CUDA'), or use --device cpu / auto."
+            )
+        if not torch.cuda.is_available():
+            raise DeviceUnavailableError(
+                f"CUDA was requested but torch {torch.__version__} (CUDA {torch.version.cuda}) sees no usable GPU: "
+                "check the NVIDIA driver (nvidia-smi) and CUDA_VISIBLE_DEVICES, or use --device cpu / auto."
+            )
+        index = int(name.split(":", 1)[1]) if ":" in name else 0
+        if index >= torch.cuda.device_count():
+            raise DeviceUnavailableError(
+                f"CUDA device {index} was requested but only {torch.cuda.device_count()} GPU(s) are visible"
+            )
+        return torch.device("cuda", index)
+    raise DeviceUnavailableError(f"unknown device {device!r}; choose one of {', '.join(DEVICE_CHOICES)} (or cuda:N)")
+
+
+def describe_device(device: torch.device) -> str:
+    """A short human description, e.g. ``"cuda:0 (NVIDIA H100 80GB HBM3)"`` or ``"cpu (2 threads)"``."""
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
+    return f"cpu ({torch.get_num_threads()} threads)"

@@ -1,0 +1,140 @@
+"""A procedural head phantom: the same anatomy seen by a CT and by a T2-weighted MRI.
+
+The anatomy is analytic (nested ellipsoids: scalp, skull, CSF, grey and white matter, two
+ventricles, a lesion), evaluated at the physical position of every voxel. That makes it exact to
+render the second modality on a grid of its own (other spacing and field of view, as from another
+scanner) and with a known rigid misalignment: the demo's registration then has a ground truth.
+All coordinates are LPS millimetres with the head centred on the origin.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import SimpleITK as sitk
+
+# Tissue label -> (CT value in HU, T2-like MR value in arbitrary units).
+_TISSUES = {
+    "air": (-1000.0, 0.0),
+    "scalp": (30.0, 420.0),
+    "skull": (1100.0, 40.0),
+    "csf": (8.0, 900.0),
+    "grey": (40.0, 560.0),
+    "white": (27.0, 380.0),
+    "ventricle": (6.0, 950.0),
+    "lesion": (22.0, 780.0),
+}
+
+# Ellipsoids (centre, semi-axes), mm. Later entries overwrite earlier ones.
+_ANATOMY = (
+    ("scalp", (0.0, 0.0, 0.0), (74.0, 92.0, 82.0)),
+    ("skull", (0.0, 0.0, 0.0), (69.0, 87.0, 77.0)),
+    ("csf", (0.0, 0.0, 2.0), (63.0, 81.0, 71.0)),
+    ("grey", (0.0, 0.0, 2.0), (60.0, 78.0, 68.0)),
+    ("white", (0.0, 2.0, 6.0), (49.0, 66.0, 54.0)),
+    ("ventricle", (-9.0, 4.0, 12.0), (5.0, 20.0, 9.0)),
+    ("ventricle", (9.0, 4.0, 12.0), (5.0, 20.0, 9.0)),
+    ("lesion", (26.0, -22.0, 24.0), (11.0, 11.0, 11.0)),
+)
+
+
+@dataclass(frozen=True)
+class HeadPhantom:
+    """A CT-like and an MR-like image of one head.
+
+    ``ct``: float32 HU on the reference grid. ``mr``: float32, T2-like contrast (CSF bright, bone
+    dark). ``reference_to_moving`` maps CT physical points to the MR physical points that show
+    the same anatomy (ITK's resampling convention); identity when the pair is aligned.
+    """
+
+    ct: sitk.Image
+    mr: sitk.Image
+    reference_to_moving: sitk.Euler3DTransform
+
+
+def rigid_motion(rotation_deg: tuple[float, float, float], translation_mm: tuple[float, float, float]) -> sitk.Euler3DTransform:
+    """A rigid transform about the head centre (the origin): rotations about x, y, z in degrees."""
+    transform = sitk.Euler3DTransform()
+    transform.SetRotation(*np.deg2rad(rotation_deg))
+    transform.SetTranslation(tuple(float(t) for t in translation_mm))
+    return transform
+
+
+def _grid(size: tuple[int, int, int], spacing: tuple[float, float, float]) -> sitk.Image:
+    """An empty float32 image of ``size`` voxels, centred on the origin, identity direction."""
+    image = sitk.Image([int(s) for s in size], sitk.sitkFloat32)
+    image.SetSpacing([float(s) for s in spacing])
+    image.SetOrigin([-(n - 1) * d / 2.0 for n, d in zip(size, spacing)])
+    return image
+
+
+def _physical_points(grid: sitk.Image) -> np.ndarray:
+    """Physical LPS position of every voxel, shape ``(z, y, x, 3)`` in mm."""
+    size = grid.GetSize()
+    index = np.stack(np.meshgrid(*(np.arange(n, dtype=np.float64) for n in reversed(size)), indexing="ij")[::-1], axis=-1)
+    direction = np.asarray(grid.GetDirection()).reshape(3, 3)
+    return np.asarray(grid.GetOrigin()) + (index * np.asarray(grid.GetSpacing())) @ direction.T
+
+
+def _render(grid: sitk.Image, modality: int, world_to_anatomy: sitk.Euler3DTransform | None, rng: np.random.Generator) -> sitk.Image:
+    """Evaluate the anatomy on ``grid``; ``modality`` 0 = CT, 1 = MR."""
+    points = _physical_points(grid)
+    if world_to_anatomy is not None:
+        matrix = np.asarray(world_to_anatomy.GetMatrix()).reshape(3, 3)
+        centre = np.asarray(world_to_anatomy.GetCenter())
+        offset = np.asarray(world_to_anatomy.GetTranslation())
+        points = (points - centre) @ matrix.T + centre + offset
+    values = np.full(points.shape[:3], _TISSUES["air"][modality], dtype=np.float32)
+    for tissue, centre, semi_axes in _ANATOMY:
+        inside = (((points - np.asarray(centre)) / np.asarray(semi_axes)) ** 2).sum(axis=-1) <= 1.0
+        values[inside] = _TISSUES[tissue][modality]
+    image = sitk.GetImageFromArray(values)
+    image.CopyInformation(grid)
+    # Partial-volume blur of about one voxel, as a real scanner's point-spread function gives.
+    image = sitk.SmoothingRecursiveGaussian(image, [0.6 * s for s in grid.GetSpacing()])
+    values = sitk.GetArrayFromImage(image)
+    if modality == 0:
+        values = values + rng.normal(0.0, 6.0, values.shape)  # quantum noise, HU
+    else:
+        # A smooth receive-coil bias across the head, then magnitude (Rician) noise.
+        bias = 1.0 + 0.12 * points[..., 0] / 80.0 - 0.08 * points[..., 2] / 80.0
+        real = values * bias + rng.normal(0.0, 12.0, values.shape)
+        values = np.hypot(real, rng.normal(0.0, 12.0, values.shape))
+    result = sitk.GetImageFromArray(values.astype(np.float32))
+    result.CopyInformation(grid)
+    return result
+
+
+DEMO_MISALIGNMENT = rigid_motion((4.0, -3.0, 7.0), (6.0, -9.0, 5.0))
+
+
+def make_head_phantom(
+    size: tuple[int, int, int] = (128, 160, 112),
+    spacing: tuple[float, float, float] = (1.25, 1.25, 1.5),
+    misalignment: sitk.Euler3DTransform | None = None,
+    moving_spacing: tuple[float, float, float] | None = None,
+    seed: int = 0,
+) -> HeadPhantom:
+    """Render a CT/MR pair of the phantom head.
+
+    Args:
+        size, spacing: the CT (reference) grid, ``(x, y, z)`` voxels and mm.
+        misalignment: ``None`` puts the MR on exactly the CT grid, aligned (a fusion-ready pair).
+            A rigid transform (e.g. :data:`DEMO_MISALIGNMENT`, :func:`rigid_motion`) moves the
+            head in the MR and renders it on its own grid (``moving_spacing``, default 1×1×2 mm,
+            a field of view that covers the CT's), like a scan from another session.
+        seed: noise seed; the same arguments give the same images.
+    """
+    rng = np.random.default_rng(seed)
+    reference_grid = _grid(size, spacing)
+    ct = _render(reference_grid, 0, None, rng)
+    if misalignment is None:
+        return HeadPhantom(ct, _render(reference_grid, 1, None, rng), sitk.Euler3DTransform())
+    moving_spacing = moving_spacing or (1.0, 1.0, 2.0)
+    extent = np.asarray(size) * np.asarray(spacing) * 1.1
+    moving_grid = _grid(tuple(int(np.ceil(e / s)) for e, s in zip(extent, moving_spacing)), moving_spacing)
+    # The MR voxel at physical point q shows anatomy at misalignment⁻¹(q); the inverse is what
+    # the renderer needs, and `misalignment` itself is the reference-to-moving map.
+    mr = _render(moving_grid, 1, misalignment.GetInverse(), rng)
+    return HeadPhantom(ct, mr, misalignment)

@@ -1,0 +1,94 @@
+"""Intensity normalisation, CT windows, resampling onto a reference grid, foreground boxes.
+
+Normalisation is per *volume* (one scale for all slices) so that slice-wise fusion does not
+flicker from slice to slice.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import SimpleITK as sitk
+
+from .errors import InputError
+
+# (level, width) in Hounsfield units: the usual radiology display windows.
+CT_WINDOWS: dict[str, tuple[float, float]] = {
+    "brain": (40.0, 80.0),
+    "subdural": (75.0, 215.0),
+    "stroke": (40.0, 40.0),
+    "soft-tissue": (50.0, 400.0),
+    "bone": (400.0, 1800.0),
+    "lung": (-600.0, 1500.0),
+}
+
+NORMALIZATION_EPS = 1e-7
+
+
+def normalize_intensity(array: np.ndarray, percentile: float = 99.0) -> np.ndarray:
+    """Clip at the ``percentile``-th percentile, then min-max scale to [0, 1].
+
+    ``(x - min) / (p - min + 1e-7)`` after clipping at ``p``, computed over the whole array (a
+    volume, never a slice). Returns float32 of the same shape, in [0, 1].
+    """
+    values = np.asarray(array, dtype=np.float32)
+    low = float(values.min())
+    high = float(np.percentile(values, percentile))
+    clipped = np.minimum(values, high)
+    return ((clipped - low) / (high - low + NORMALIZATION_EPS)).astype(np.float32)
+
+
+def resolve_ct_window(window: str | tuple[float, float]) -> tuple[float, float]:
+    """``(level, width)`` in HU for a window name from :data:`CT_WINDOWS` or an explicit pair."""
+    if isinstance(window, str):
+        try:
+            return CT_WINDOWS[window]
+        except KeyError:
+            raise InputError(
+                f"unknown CT window {window!r}; choose one of {', '.join(CT_WINDOWS)} or give LEVEL,WIDTH in HU"
+            ) from None
+    level, width = (float(v) for v in window)
+    if width <= 0:
+        raise InputError(f"CT window width must be positive, got {width} HU")
+    return level, width
+
+
+def apply_ct_window(array: np.ndarray, window: str | tuple[float, float]) -> np.ndarray:
+    """Map HU to [0, 1] through a display window: ``level ± width / 2`` -> 0..1, clipped. float32."""
+    level, width = resolve_ct_window(window)
+    low = level - width / 2.0
+    return np.clip((np.asarray(array, dtype=np.float32) - low) / width, 0.0, 1.0).astype(np.float32)
+
+
+def resample_to_reference(
+    moving: sitk.Image,
+    reference: sitk.Image,
+    transform: sitk.Transform | None = None,
+    interpolator: int = sitk.sitkLinear,
+    default_value: float = 0.0,
+) -> sitk.Image:
+    """Resample ``moving`` onto ``reference``'s grid (size, spacing, origin, direction).
+
+    ``transform`` maps reference physical points to moving physical points (ITK's convention);
+    identity by default, i.e. the two are assumed aligned in physical space. Points outside the
+    moving image get ``default_value``. The pixel type of ``moving`` is kept.
+    """
+    transform = transform if transform is not None else sitk.Transform(reference.GetDimension(), sitk.sitkIdentity)
+    return sitk.Resample(moving, reference, transform, interpolator, default_value, moving.GetPixelID())
+
+
+def foreground_bounding_box(masks: list[np.ndarray], margin: int = 0) -> tuple[slice, ...] | None:
+    """Smallest box (one slice per axis) containing every True voxel of any mask, grown by ``margin``.
+
+    All masks share one shape. Returns ``None`` when every mask is empty.
+    """
+    union = np.logical_or.reduce(masks)
+    if not union.any():
+        return None
+    box = []
+    for axis in range(union.ndim):
+        other_axes = tuple(i for i in range(union.ndim) if i != axis)
+        occupied = np.flatnonzero(union.any(axis=other_axes))
+        start = max(int(occupied[0]) - margin, 0)
+        stop = min(int(occupied[-1]) + 1 + margin, union.shape[axis])
+        box.append(slice(start, stop))
+    return tuple(box)
