@@ -161,8 +161,9 @@ def _require_complete_nifti(path: Path) -> None:
     import nibabel
 
     try:
-        header = nibabel.load(path).header  # reads the header only
-        expected = int(header.get_data_offset()) + int(np.prod(header.get_data_shape())) * header.get_data_dtype().itemsize
+        voxels = nibabel.load(path).dataobj  # reads the header only
+        # The proxy's offset, not the header's vox_offset: writers may leave that 0 (ITK does).
+        expected = int(voxels.offset) + int(np.prod(voxels.shape)) * voxels.dtype.itemsize
     except Exception as error:  # nibabel raises many types for a damaged header
         raise InputError(
             f"Could not read {path} as NIfTI: the header is damaged ({error}). Check that the "
