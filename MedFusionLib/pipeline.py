@@ -31,6 +31,7 @@ DEFAULT_MODEL = "laplacian"  # the best model that needs no trained weights
 # (voxels) kept around the box so that the networks' receptive fields see real context at its edge.
 FOREGROUND_THRESHOLD = 0.05
 FOREGROUND_MARGIN = 8
+_EIGHT_BIT = (sitk.sitkUInt8, sitk.sitkVectorUInt8)
 
 
 @dataclass
@@ -95,9 +96,16 @@ def _split_luminance(image: sitk.Image) -> tuple[sitk.Image, np.ndarray | None]:
     return luminance, ycbcr[..., 1:]
 
 
-def _normalize(image: sitk.Image, window: str | tuple[float, float] | None) -> np.ndarray:
+def _normalize(image: sitk.Image, window: str | tuple[float, float] | None, eight_bit: bool) -> np.ndarray:
+    """Scale to [0, 1]: a CT window if given; ``x / 255`` for 8-bit pictures (already display-scaled,
+    and the literature's convention for the benchmark PNGs, which keeps fused colour in gamut);
+    otherwise per-volume percentile clipping and min-max."""
     values = sitk.GetArrayFromImage(image)
-    return normalize_intensity(values) if window is None else apply_ct_window(values, window)
+    if window is not None:
+        return apply_ct_window(values, window)
+    if eight_bit:
+        return (values / 255.0).astype(np.float32)
+    return normalize_intensity(values)
 
 
 def fuse_volumes(
@@ -188,8 +196,8 @@ def fuse_volumes(
         if progress:
             progress("register", 1, 1)
 
-    a = _normalize(reference_luminance, reference_window)
-    b = _normalize(registered_luminance, moving_window)
+    a = _normalize(reference_luminance, reference_window, reference_image.GetPixelID() in _EIGHT_BIT)
+    b = _normalize(registered_luminance, moving_window, moving_image.GetPixelID() in _EIGHT_BIT)
     fused = _fuse_array(a, b, reference_image, axis, fuser, progress, cancel)
 
     chroma = reference_chroma if reference_chroma is not None else moving_chroma

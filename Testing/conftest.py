@@ -1,0 +1,40 @@
+"""Shared fixtures: small synthetic phantoms (always available) and the shared data (optional)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import SimpleITK as sitk
+
+from MedFusionLib.phantom import HeadPhantom, make_head_phantom
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+# A coarse grid (3.5 × 3.5 × 4.5 mm) that still holds the whole phantom head: fast to render and fuse.
+SMALL_SIZE = (48, 56, 40)
+SMALL_SPACING = (3.5, 3.5, 4.5)
+
+
+@pytest.fixture(scope="session")
+def phantom_pair() -> HeadPhantom:
+    """An aligned CT/MR phantom pair on one small grid (CT in HU, MR T2-like)."""
+    return make_head_phantom(size=SMALL_SIZE, spacing=SMALL_SPACING, seed=1)
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """``../shared/data``; tests that use it are skipped on a machine without it."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared data not found at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+def oblique(image: sitk.Image, angles_deg=(10.0, -20.0, 30.0)) -> sitk.Image:
+    """A copy of ``image`` with an oblique direction matrix (same voxels, rotated grid)."""
+    rotation = sitk.Euler3DTransform()
+    rotation.SetRotation(*[a * 3.141592653589793 / 180.0 for a in angles_deg])
+    copy = sitk.Image(image)
+    copy.SetDirection(rotation.GetMatrix())
+    return copy

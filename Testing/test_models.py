@@ -1,0 +1,136 @@
+"""The model registry, shipped-weights loading, and every model's contract."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from MedFusionLib.errors import UnknownModelError, WeightsIntegrityError, WeightsNotAvailableError
+from MedFusionLib.models import create_model, list_models, model_spec, parameter_count
+from MedFusionLib.models import pretrained
+from MedFusionLib.models.blocks import AttentionGate, ConvBlock, DepthwiseSeparableConv, FeaturePyramid, crop_to, pad_to_multiple
+
+LEARNED = ["emfusion", "haf", "densefuse"]
+BASELINES = ["average", "maximum", "laplacian"]
+SHAPES = [(1, 1, 64, 64), (3, 1, 37, 53), (2, 1, 7, 5), (1, 1, 1, 1)]
+
+
+def test_registry_lists_every_model_learned_first():
+    names = list_models()
+    assert set(LEARNED + BASELINES) <= set(names)
+    assert names.index("haf") < names.index("average")
+    assert all(model_spec(name).description for name in names)
+
+
+def test_unknown_model_error_lists_valid_names():
+    with pytest.raises(UnknownModelError) as error:
+        create_model("emfuson")
+    assert "emfuson" in str(error.value) and "emfusion" in str(error.value)
+
+
+@pytest.mark.parametrize("name", LEARNED)
+def test_pretrained_without_shipped_weights_is_an_error_not_random_weights(name, tmp_path, monkeypatch):
+    monkeypatch.setattr(pretrained, "WEIGHTS_DIR", tmp_path)  # an empty weights folder
+    with pytest.raises(WeightsNotAvailableError, match="pretrained=False"):
+        create_model(name, pretrained=True)
+
+
+@pytest.mark.parametrize("name", LEARNED + BASELINES)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_model_keeps_shape_and_range(name, shape):
+    torch.manual_seed(0)
+    model = create_model(name, pretrained=False)
+    a, b = torch.rand(shape), torch.rand(shape)
+    with torch.no_grad():
+        fused = model(a, b)
+    assert fused.shape == shape
+    assert fused.dtype == torch.float32
+    assert torch.isfinite(fused).all()
+    assert fused.min() >= 0.0 and fused.max() <= 1.0
+
+
+@pytest.mark.parametrize("name", LEARNED + BASELINES)
+def test_model_is_deterministic_on_cpu(name):
+    torch.manual_seed(0)
+    first = create_model(name, pretrained=False)
+    torch.manual_seed(0)
+    second = create_model(name, pretrained=False)
+    a, b = torch.rand(2, 1, 40, 48), torch.rand(2, 1, 40, 48)
+    with torch.no_grad():
+        assert torch.equal(first(a, b), first(a, b))
+        assert torch.equal(first(a, b), second(a, b))
+
+
+@pytest.mark.parametrize("name", LEARNED)
+def test_gradients_reach_every_parameter(name):
+    torch.manual_seed(0)
+    model = create_model(name, pretrained=False).train()
+    a, b = torch.rand(2, 1, 32, 36), torch.rand(2, 1, 32, 36)
+    output = model.reconstruct(a) if name == "densefuse" else model(a, b)
+    ((output - 0.5 * (a + b)) ** 2).mean().backward()
+    for parameter_name, parameter in model.named_parameters():
+        assert parameter.grad is not None, parameter_name
+        assert torch.isfinite(parameter.grad).all(), parameter_name
+        assert parameter.grad.abs().sum() > 0, parameter_name
+
+
+def test_learned_models_are_small_but_not_empty():
+    counts = {name: parameter_count(create_model(name, pretrained=False)) for name in LEARNED}
+    assert all(10_000 < count < 2_000_000 for count in counts.values()), counts
+
+
+def test_pretrained_weights_load_only_when_hash_matches(tmp_path, monkeypatch):
+    monkeypatch.setattr(pretrained, "WEIGHTS_DIR", tmp_path)
+    torch.manual_seed(3)
+    trained = create_model("emfusion", pretrained=False, growth=8)
+    weights = tmp_path / "emfusion.safetensors"
+    save_file(trained.state_dict(), str(weights))
+    card = {"sha256": pretrained.sha256_of(weights), "config": {"growth": 8}}
+    (tmp_path / "emfusion.json").write_text(json.dumps(card))
+
+    loaded = create_model("emfusion", pretrained=True)
+    a, b = torch.rand(1, 1, 24, 24), torch.rand(1, 1, 24, 24)
+    with torch.no_grad():
+        assert torch.equal(loaded(a, b), trained(a, b))
+    assert pretrained.weights_status("emfusion") == "ok"
+
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF  # flip the bits of one weight byte
+    weights.write_bytes(bytes(data))
+    assert pretrained.weights_status("emfusion") == "corrupt"
+    with pytest.raises(WeightsIntegrityError, match="does not match"):
+        create_model("emfusion", pretrained=True)
+
+
+def test_average_and_maximum_are_what_they_say():
+    a, b = torch.rand(2, 1, 9, 11), torch.rand(2, 1, 9, 11)
+    assert torch.allclose(create_model("average")(a, b), (a + b) / 2)
+    assert torch.equal(create_model("maximum")(a, b), torch.maximum(a, b))
+
+
+def test_laplacian_pyramid_is_exactly_invertible_and_keeps_strongest_detail():
+    model = create_model("laplacian")
+    image = torch.rand(1, 1, 64, 80)
+    assert torch.allclose(model(image, image), image, atol=1e-5)
+    # A sharp square in one source and a flat field in the other: the square's edges survive.
+    square = torch.zeros(1, 1, 64, 64)
+    square[..., 24:40, 24:40] = 1.0
+    flat = torch.full_like(square, 0.5)
+    fused = model(square, flat)
+    edge_contrast = fused[..., 32, 26] - fused[..., 32, 21]
+    assert edge_contrast > 0.4
+
+
+def test_building_blocks_shapes():
+    x = torch.rand(2, 8, 20, 24)
+    assert ConvBlock(8, 16)(x).shape == (2, 16, 20, 24)
+    assert DepthwiseSeparableConv(8, 16, stride=2)(x).shape == (2, 16, 10, 12)
+    gated = AttentionGate(8, 8, 4)(torch.rand(2, 8, 20, 24), x)
+    assert gated.shape == x.shape and (gated.abs() <= x.abs() + 1e-6).all()  # gates only attenuate
+    pyramid = FeaturePyramid([8, 16], 12)([x, torch.rand(2, 16, 10, 12)])
+    assert pyramid.shape == (2, 12, 20, 24)
+    padded, size = pad_to_multiple(torch.rand(1, 1, 13, 6), 4)
+    assert padded.shape[-2:] == (16, 8) and crop_to(padded, size).shape[-2:] == (13, 6)

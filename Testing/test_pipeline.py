@@ -1,0 +1,151 @@
+"""End-to-end volume and 2D fusion through :func:`MedFusionLib.pipeline.fuse_volumes`."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from conftest import oblique
+from MedFusionLib.errors import FusionCancelled, GridMismatchError, InputError, UnknownModelError
+from MedFusionLib.io import rgb_to_ycbcr
+from MedFusionLib.pipeline import FOREGROUND_THRESHOLD, fuse_volumes
+from MedFusionLib.preprocessing import normalize_intensity
+
+
+def assert_same_geometry(image: sitk.Image, reference: sitk.Image) -> None:
+    assert image.GetSize() == reference.GetSize()
+    assert image.GetSpacing() == reference.GetSpacing()
+    assert image.GetOrigin() == reference.GetOrigin()
+    assert image.GetDirection() == reference.GetDirection()
+
+
+@pytest.mark.parametrize("model", ["laplacian", "maximum"])
+def test_phantom_fusion_keeps_geometry_and_both_modalities(phantom_pair, model):
+    result = fuse_volumes(phantom_pair.ct, phantom_pair.mr, model=model, device="cpu")
+    fused = result.fused
+    assert_same_geometry(fused, phantom_pair.ct)
+    assert fused.GetPixelID() == sitk.sitkFloat32
+    values = sitk.GetArrayFromImage(fused)
+    assert np.isfinite(values).all() and values.min() >= 0.0 and values.max() <= 1.0
+    ct, mr = sitk.GetArrayFromImage(phantom_pair.ct), sitk.GetArrayFromImage(phantom_pair.mr)
+    bone = ct > 700  # bright on CT, dark on MR
+    fluid = (mr > 800) & (ct < 100)  # CSF/ventricles: bright on MR, dark-ish on CT
+    white = (np.abs(ct - 27) < 15) & (np.abs(mr - 380) < 60)
+    # The fused image shows bone (from CT) and fluid (from MR) brighter than white matter.
+    assert values[bone].mean() > values[white].mean() + 0.1
+    assert values[fluid].mean() > values[white].mean() + 0.1
+
+
+def test_average_fusion_equals_mean_of_volume_normalised_sources(phantom_pair):
+    """Checks normalisation per volume, cropping and uncropping against a direct computation."""
+    fused = sitk.GetArrayFromImage(fuse_volumes(phantom_pair.ct, phantom_pair.mr, model="average").fused)
+    a = normalize_intensity(sitk.GetArrayFromImage(phantom_pair.ct))
+    b = normalize_intensity(sitk.GetArrayFromImage(phantom_pair.mr))
+    expected = (a + b) / 2
+    inside = fused > 0  # outside the foreground box the pipeline writes zeros
+    assert np.allclose(fused[inside], expected[inside], atol=1e-6)
+    assert (expected[~inside] < FOREGROUND_THRESHOLD).all()
+
+
+@pytest.mark.parametrize("axis", ["coronal", "sagittal"])
+def test_slicing_axis_does_not_change_a_pixelwise_rule(phantom_pair, axis):
+    axial = sitk.GetArrayFromImage(fuse_volumes(phantom_pair.ct, phantom_pair.mr, model="maximum", axis="axial").fused)
+    other = sitk.GetArrayFromImage(fuse_volumes(phantom_pair.ct, phantom_pair.mr, model="maximum", axis=axis).fused)
+    assert np.array_equal(axial, other)
+
+
+def test_slicing_axis_matters_for_a_spatial_model(phantom_pair):
+    axial = sitk.GetArrayFromImage(fuse_volumes(phantom_pair.ct, phantom_pair.mr, model="laplacian", axis="axial").fused)
+    coronal = sitk.GetArrayFromImage(fuse_volumes(phantom_pair.ct, phantom_pair.mr, model="laplacian", axis="coronal").fused)
+    assert not np.allclose(axial, coronal, atol=1e-3)
+
+
+def test_oblique_anisotropic_geometry_is_kept(phantom_pair):
+    ct, mr = oblique(phantom_pair.ct), oblique(phantom_pair.mr)
+    ct.SetOrigin((12.5, -30.25, 81.0))
+    mr.SetOrigin((12.5, -30.25, 81.0))
+    assert_same_geometry(fuse_volumes(ct, mr, model="laplacian").fused, ct)
+
+
+def test_cpu_fusion_is_bit_identical_across_runs(phantom_pair):
+    first = fuse_volumes(phantom_pair.ct, phantom_pair.mr, model="laplacian", batch_size=5).fused
+    second = fuse_volumes(phantom_pair.ct, phantom_pair.mr, model="laplacian", batch_size=5).fused
+    assert np.array_equal(sitk.GetArrayFromImage(first), sitk.GetArrayFromImage(second))
+
+
+def test_progress_reports_every_slice_and_cancel_stops(phantom_pair):
+    calls = []
+    fuse_volumes(phantom_pair.ct, phantom_pair.mr, batch_size=4, progress=lambda *call: calls.append(call))
+    fuse_calls = [call for call in calls if call[0] == "fuse"]
+    done = [call[1] for call in fuse_calls]
+    assert done == sorted(done) and done[0] == 0 and done[-1] == fuse_calls[-1][2] > 4
+    with pytest.raises(FusionCancelled):
+        fuse_volumes(phantom_pair.ct, phantom_pair.mr, cancel=lambda: True)
+
+
+def test_mismatched_grids_without_registration_is_a_clear_error(phantom_pair):
+    moved = sitk.Image(phantom_pair.mr)
+    moved.SetOrigin([o + 5.0 for o in moved.GetOrigin()])
+    with pytest.raises(GridMismatchError) as error:
+        fuse_volumes(phantom_pair.ct, moved)
+    assert "origin" in str(error.value) and "--registration" in str(error.value)
+
+
+def test_bad_inputs_are_named(phantom_pair):
+    nan = sitk.Image(phantom_pair.mr)
+    nan[3, 4, 5] = float("nan")
+    with pytest.raises(InputError, match="NaN"):
+        fuse_volumes(phantom_pair.ct, nan)
+    with pytest.raises(InputError, match="constant"):
+        fuse_volumes(phantom_pair.ct, sitk.Image(phantom_pair.ct.GetSize(), sitk.sitkFloat32))
+    with pytest.raises(InputError, match="4D"):
+        fuse_volumes(phantom_pair.ct, sitk.Image([4, 4, 4, 2], sitk.sitkFloat32))
+    with pytest.raises(InputError, match="2D"):
+        fuse_volumes(phantom_pair.ct, phantom_pair.mr[:, :, 10])
+    with pytest.raises(UnknownModelError):
+        fuse_volumes(phantom_pair.ct, phantom_pair.mr, model="nope")
+    with pytest.raises(InputError, match="axis"):
+        fuse_volumes(phantom_pair.ct, phantom_pair.mr, axis="transverse")
+    with pytest.raises(InputError, match="(?i)no such file"):
+        fuse_volumes("/nonexistent/ct.nii.gz", phantom_pair.mr)
+
+
+def _picture(values: np.ndarray) -> sitk.Image:
+    return sitk.GetImageFromArray(values, isVector=values.ndim == 3)
+
+
+def test_2d_gray_with_rgb_fuses_luminance_and_keeps_chroma():
+    rng = np.random.default_rng(0)
+    gray = np.zeros((64, 64), dtype=np.uint8)
+    gray[16:48, 16:48] = rng.integers(60, 130, size=(32, 32))
+    gray[16:20, 16:48] = 250  # brighter than the colour band where they overlap
+    colour = np.zeros((64, 64, 3), dtype=np.uint8)
+    colour[18:40, 8:56] = (230, 120, 20)  # an orange band (luminance 141.5), like a hot PET region
+    result = fuse_volumes(_picture(gray), _picture(colour), model="maximum")
+    fused = sitk.GetArrayFromImage(result.fused)
+    assert result.fused.GetNumberOfComponentsPerPixel() == 3 and fused.dtype == np.uint8
+    assert fused.shape == (64, 64, 3)
+    band = np.zeros((64, 64), bool)
+    band[18:40, 8:56] = True
+    colour_wins = band.copy()
+    colour_wins[16:20] = False
+    # 8-bit pictures keep their scale (x / 255): where the colour source is brighter, the maximum
+    # rule returns it unchanged, up to YCbCr round-off.
+    assert np.abs(fused[colour_wins].astype(int) - colour[colour_wins]).max() <= 2
+    # Where the gray source is brighter, luminance rises but the hue stays orange (R > G > B).
+    raised = fused[18:20, 16:48].astype(int)
+    assert (raised[..., 0] > raised[..., 1]).all() and (raised[..., 1] > raised[..., 2]).all()
+    # Outside the band the colour image is black: the result is the gray image, neutral in colour.
+    fused_chroma = rgb_to_ycbcr(fused.astype(np.float32))[..., 1:]
+    assert np.abs(fused_chroma[~band] - 128.0).max() < 1.0
+    assert np.abs(fused[~band][..., 0].astype(int) - gray[~band]).max() <= 1
+
+
+def test_2d_gray_pair_gives_gray_float_output():
+    rng = np.random.default_rng(1)
+    a, b = rng.random((40, 50)).astype(np.float32), rng.random((40, 50)).astype(np.float32)
+    result = fuse_volumes(_picture(a), _picture(b), model="average")
+    fused = sitk.GetArrayFromImage(result.fused)
+    assert fused.shape == (40, 50) and fused.dtype == np.float32
+    assert np.allclose(fused, (normalize_intensity(a) + normalize_intensity(b)) / 2, atol=1e-6)

@@ -1,0 +1,116 @@
+"""Normalisation, CT windows, resampling, foreground boxes, grids, orientation and devices."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from MedFusionLib.devices import resolve_device
+from MedFusionLib.errors import DeviceUnavailableError, InputError
+from MedFusionLib.geometry import grid_differences, slicing_array_axis
+from MedFusionLib.preprocessing import (
+    CT_WINDOWS,
+    apply_ct_window,
+    foreground_bounding_box,
+    normalize_intensity,
+    resample_to_reference,
+)
+
+
+def test_normalize_clips_at_99th_percentile_and_scales_to_unit_range():
+    values = np.arange(1000, dtype=np.float32).reshape(10, 10, 10)  # 0..999, p99 = 989.01
+    normalized = normalize_intensity(values)
+    assert normalized.dtype == np.float32 and normalized.shape == values.shape
+    assert normalized.min() == 0.0
+    assert normalized.max() == pytest.approx(1.0, abs=1e-6)
+    assert (normalized.ravel()[990:] == normalized.max()).all()  # everything above p99 is clipped
+    assert normalized.ravel()[500] == pytest.approx(500 / np.percentile(values, 99), rel=1e-5)
+
+
+def test_normalize_is_invariant_to_affine_intensity_changes():
+    rng = np.random.default_rng(0)
+    values = rng.gamma(2.0, 50.0, size=(8, 16, 16)).astype(np.float32)
+    assert np.allclose(normalize_intensity(values), normalize_intensity(3.0 * values - 200.0), atol=1e-5)
+
+
+def test_normalize_constant_input_gives_zeros_not_nans():
+    assert not normalize_intensity(np.full((4, 4), 7.0)).any()
+
+
+def test_ct_windows_map_level_and_edges():
+    hu = np.array([-1000.0, 0.0, 40.0, 80.0, 3000.0], dtype=np.float32)
+    brain = apply_ct_window(hu, "brain")  # level 40, width 80: 0 HU -> 0, 40 -> 0.5, 80 -> 1
+    assert brain.tolist() == pytest.approx([0.0, 0.0, 0.5, 1.0, 1.0])
+    assert apply_ct_window(hu, (40.0, 80.0)).tolist() == brain.tolist()
+    assert {"brain", "bone", "soft-tissue"} <= set(CT_WINDOWS)
+    with pytest.raises(InputError, match="unknown CT window"):
+        apply_ct_window(hu, "lungs")
+    with pytest.raises(InputError, match="positive"):
+        apply_ct_window(hu, (40.0, 0.0))
+
+
+def test_resample_to_reference_takes_the_reference_geometry_and_keeps_physical_positions():
+    moving = sitk.Image([20, 20, 20], sitk.sitkFloat32)
+    moving.SetSpacing((2.0, 2.0, 2.0))
+    moving[10, 10, 10] = 100.0  # physical (20, 20, 20) mm
+    reference = sitk.Image([41, 41, 41], sitk.sitkFloat32)  # 1 mm grid over the same space
+    resampled = resample_to_reference(moving, reference, interpolator=sitk.sitkNearestNeighbor)
+    assert resampled.GetSize() == reference.GetSize() and resampled.GetSpacing() == reference.GetSpacing()
+    assert resampled[20, 20, 20] == 100.0
+    shift = sitk.TranslationTransform(3, (4.0, 0.0, 0.0))  # reference point p shows moving p + 4 mm
+    shifted = resample_to_reference(moving, reference, shift, interpolator=sitk.sitkNearestNeighbor)
+    assert shifted[16, 20, 20] == 100.0
+
+
+def test_foreground_bounding_box():
+    mask_a = np.zeros((10, 12, 14), dtype=bool)
+    mask_b = np.zeros_like(mask_a)
+    mask_a[2:4, 5, 6] = True
+    mask_b[7, 9:11, 3] = True
+    assert foreground_bounding_box([mask_a, mask_b]) == (slice(2, 8), slice(5, 11), slice(3, 7))
+    assert foreground_bounding_box([mask_a, mask_b], margin=3) == (slice(0, 10), slice(2, 12), slice(0, 10))
+    assert foreground_bounding_box([np.zeros((3, 3), bool)]) is None
+
+
+def _grid(direction=(1, 0, 0, 0, 1, 0, 0, 0, 1)) -> sitk.Image:
+    image = sitk.Image([8, 9, 10], sitk.sitkFloat32)
+    image.SetSpacing((0.8, 1.1, 2.5))
+    image.SetOrigin((-10.0, 4.0, 7.5))
+    image.SetDirection(direction)
+    return image
+
+
+def test_grid_differences_name_each_mismatch():
+    image = _grid()
+    assert grid_differences(image, _grid()) == []
+    other = _grid()
+    other.SetOrigin((-10.0, 4.0, 9.0))
+    other.SetSpacing((0.8, 1.1, 2.0))
+    differences = " ".join(grid_differences(image, other))
+    assert "origin" in differences and "spacing" in differences and "size" not in differences
+    assert "size" in " ".join(grid_differences(image, sitk.Image([8, 9, 11], sitk.sitkFloat32)))
+
+
+def test_slicing_axis_follows_the_direction_matrix():
+    identity = _grid()
+    assert [slicing_array_axis(identity, plane) for plane in ("axial", "coronal", "sagittal")] == [0, 1, 2]
+    # Stored sagittally: index x runs A->P, y runs S->I, z runs L->R.
+    sagittal_storage = _grid(direction=(0, 0, 1, 1, 0, 0, 0, -1, 0))
+    assert slicing_array_axis(sagittal_storage, "sagittal") == 0  # steps along index z (array axis 0)
+    assert slicing_array_axis(sagittal_storage, "axial") == 1  # along index y
+    assert slicing_array_axis(sagittal_storage, "coronal") == 2  # along index x
+
+
+def test_device_choice():
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(DeviceUnavailableError, match="unknown device"):
+        resolve_device("tpu")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
+def test_cuda_requested_but_absent_says_why_and_what_to_do():
+    with pytest.raises(DeviceUnavailableError, match="--device cpu"):
+        resolve_device("cuda")
