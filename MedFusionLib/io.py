@@ -110,8 +110,8 @@ def read_image(path: PathLike, *, series_uid: str | None = None) -> sitk.Image:
     is_dicom = extension in DICOM_EXTENSIONS or _has_dicom_preamble(path)
     if series_uid is not None and not is_dicom:
         raise InputError(
-            f"{path}: series_uid (--series) selects a DICOM series, but this is not a DICOM "
-            "file; leave it out or give a DICOM directory."
+            f"{path}: series_uid (--reference-series/--moving-series) selects a DICOM series, "
+            "but this is not a DICOM file; leave it out or give a DICOM directory."
         )
     if extension in VOLUME_FORMATS:
         return _read_volume(path, VOLUME_FORMATS[extension])
@@ -269,7 +269,9 @@ def _picture_array(image: sitk.Image, path: Path, extension: str) -> np.ndarray:
         )
     array = sitk.GetArrayFromImage(image)  # (H, W) or (H, W, 3)
     if np.iscomplexobj(array):
-        raise InputError(f"{path.name}: complex pixels cannot be written as a picture; take the magnitude first.")
+        raise InputError(
+            f"{path.name}: complex pixels cannot be written as a picture; take the magnitude first."
+        )
     if extension in EIGHT_BIT_EXTENSIONS or components == 3:
         return _to_uint8(array, path, format_name)
     return _to_tiff_scalar(array, path)
@@ -281,7 +283,9 @@ def _to_uint8(array: np.ndarray, path: Path, format_name: str) -> np.ndarray:
         return array
     if np.issubdtype(array.dtype, np.floating):
         if not np.all(np.isfinite(array)):
-            raise InputError(f"{path.name}: the image contains NaN or infinite values; replace them before saving.")
+            raise InputError(
+                f"{path.name}: the image contains NaN or infinite values; replace them before saving."
+            )
         return np.clip(np.rint(array * 255.0), 0, 255).astype(np.uint8)
     low, high = int(array.min()), int(array.max())
     if low < 0 or high > 255:
@@ -392,7 +396,9 @@ def _dicom_header(path: Path):
     try:
         return pydicom.dcmread(path, stop_before_pixels=True)
     except (InvalidDicomError, OSError, EOFError) as error:
-        raise InputError(f"Could not read {path} as DICOM: {error}. Check that the file is complete.") from error
+        raise InputError(
+            f"Could not read {path} as DICOM: {error}. Check that the file is complete."
+        ) from error
 
 
 def _has_dicom_preamble(path: Path) -> bool:
@@ -416,7 +422,10 @@ def _read_dicom_directory(directory: Path, series_uid: str | None) -> sitk.Image
             else " Give a directory that holds DICOM files, or an image file."
         )
         raise InputError(f"{directory} is a directory but holds no DICOM series.{hint}")
-    how_to_pick = "Pick one with series_uid='<UID>' in Python or --series <UID> on the command line."
+    how_to_pick = (
+        "Pick one with series_uid='<UID>' in Python, or on the command line with the input's "
+        "series option (medfusion fuse: --reference-series <UID> / --moving-series <UID>)."
+    )
     listing = "\n".join(f"  {info.summary()}" for info in series)
     if series_uid is None:
         if len(series) > 1:
@@ -428,7 +437,10 @@ def _read_dicom_directory(directory: Path, series_uid: str | None) -> sitk.Image
     else:
         matches = [info for info in series if info.uid == series_uid]
         if not matches:
-            raise InputError(f"{directory} holds no DICOM series with UID {series_uid}. It holds:\n{listing}\n{how_to_pick}")
+            raise InputError(
+                f"{directory} holds no DICOM series with UID {series_uid}. It holds:\n"
+                f"{listing}\n{how_to_pick}"
+            )
         chosen = matches[0]
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames([str(f) for f in chosen.files])
@@ -553,7 +565,8 @@ def _publish_files(staging: Path, target: Path, overwrite: bool) -> None:
         raise RuntimeError(f"nothing was written to {main} inside atomic_output; nothing to publish")
     companions = [p for p in staging.iterdir() if p.name != target.name]
     if not overwrite:
-        clashes = [target.parent / p.name for p in [main, *companions] if os.path.lexists(target.parent / p.name)]
+        destinations = [target.parent / p.name for p in [main, *companions]]
+        clashes = [d for d in destinations if os.path.lexists(d)]
         if clashes:
             raise OutputExistsError(
                 f"{', '.join(map(str, clashes))} already exist(s). Pass --overwrite on the command "
@@ -707,7 +720,9 @@ def write_dicom_series(
     if not modality or len(modality) > 16 or not all(c.isalnum() or c == "_" for c in modality):
         raise InputError(f"Modality {modality!r} is not a DICOM code; use e.g. 'CT', 'MR', 'PT' or 'OT'.")
     if len(series_description) > 64:
-        raise InputError(f"series_description has {len(series_description)} characters; DICOM allows 64. Shorten it.")
+        raise InputError(
+            f"series_description has {len(series_description)} characters; DICOM allows 64. Shorten it."
+        )
 
     array = sitk.GetArrayFromImage(image)  # (slices, rows, columns)
     if np.iscomplexobj(array):
@@ -788,7 +803,12 @@ def _dicom_slice_geometry(image: sitk.Image, array: np.ndarray):
     direction = np.array(image.GetDirection(), dtype=float).reshape(3, 3)
     row, column, slice_axis = direction[:, 0], direction[:, 1], direction[:, 2]
     normal = np.cross(row, column)
-    if abs(row @ column) > 1e-4 or abs(abs(normal @ slice_axis) - 1) > 1e-4 or abs(np.linalg.norm(normal) - 1) > 1e-4:
+    orthonormal = (
+        abs(row @ column) < 1e-4
+        and abs(np.linalg.norm(normal) - 1) < 1e-4
+        and abs(abs(normal @ slice_axis) - 1) < 1e-4
+    )
+    if not orthonormal:
         raise InputError(
             "The image's direction matrix is not orthonormal (a sheared grid), which DICOM "
             "cannot describe. Resample it onto an orthonormal grid, or write .nii.gz/.nrrd/.mha."
@@ -808,7 +828,9 @@ def _dicom_pixels(array: np.ndarray) -> tuple[np.ndarray, str, str]:
     ``int16``.
     """
     if np.issubdtype(array.dtype, np.floating) and not np.all(np.isfinite(array)):
-        raise InputError("The image contains NaN or infinite values, which DICOM cannot store; replace them first.")
+        raise InputError(
+            "The image contains NaN or infinite values, which DICOM cannot store; replace them first."
+        )
     low, high = array.min(), array.max()
     holds_integers = np.issubdtype(array.dtype, np.integer) or np.array_equal(array, np.rint(array))
     if holds_integers and low >= 0 and high <= 65535:

@@ -189,7 +189,7 @@ def test_directory_with_two_series_lists_them_and_series_uid_picks_one(tmp_path)
         assert info.uid in message
         assert info.description in message
         assert f"{len(info.files)} files" in message
-    assert "series_uid=" in message and "--series" in message
+    assert "series_uid=" in message and "--reference-series" in message
 
     picked = read_image(mixed, series_uid=series["MR"].uid)
     assert picked.GetSize() == mr.GetSize()
@@ -270,7 +270,8 @@ def test_rgba_drops_alpha_and_palette_becomes_rgb_or_gray(tmp_path):
     palette = Image.fromarray(indices, mode="P")
     palette.putpalette(colours.ravel().tolist())
     palette.save(tmp_path / "palette.png")
-    np.testing.assert_array_equal(sitk.GetArrayFromImage(read_image(tmp_path / "palette.png")), colours[indices])
+    back = read_image(tmp_path / "palette.png")
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(back), colours[indices])
 
     grays = np.array([[v, v, v] for v in (0, 50, 100, 250)], np.uint8)
     palette.putpalette(grays.ravel().tolist())
@@ -490,7 +491,8 @@ def test_ycbcr_keeps_float32_and_checks_shape():
 def first_pair(task: str) -> tuple[Path, Path]:
     with open(HARVARD / "pairs.csv", newline="") as file:
         row = next(r for r in csv.DictReader(file) if r["task"] == task)
-    return HARVARD / task / "MRI" / f"{row['id']}.png", HARVARD / task / row["other_modality"] / f"{row['id']}.png"
+    folder = HARVARD / task
+    return folder / "MRI" / f"{row['id']}.png", folder / row["other_modality"] / f"{row['id']}.png"
 
 
 @pytest.mark.skipif(not (HARVARD / "pairs.csv").is_file(), reason="shared Harvard data not present")
