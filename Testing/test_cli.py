@@ -1,0 +1,123 @@
+"""The ``medfusion`` command: every subcommand, its outputs and its errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from PIL import Image
+
+from MedFusionLib.cli import main
+from MedFusionLib.io import read_image, write_image
+from test_pipeline import assert_same_geometry
+
+
+@pytest.fixture()
+def phantom_files(phantom_pair, tmp_path):
+    ct, mr = tmp_path / "ct.nii.gz", tmp_path / "mr.nrrd"
+    write_image(phantom_pair.ct, ct)
+    write_image(phantom_pair.mr, mr)
+    return ct, mr
+
+
+def test_console_script_is_installed():
+    completed = subprocess.run([sys.executable, "-m", "MedFusionLib", "--version"], capture_output=True, text=True)
+    assert completed.returncode == 0 and completed.stdout.startswith("medfusion ")
+
+
+def test_fuse_volumes_writes_reference_geometry(phantom_files, tmp_path, capsys):
+    ct, mr = phantom_files
+    output = tmp_path / "out" / "fused.mha"
+    assert main(["fuse", str(ct), str(mr), "-o", str(output), "--model", "laplacian", "--quiet"]) == 0
+    assert_same_geometry(read_image(output), read_image(ct))
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_fuse_refuses_to_overwrite_and_leaves_the_file_alone(phantom_files, tmp_path, capsys):
+    ct, mr = phantom_files
+    output = tmp_path / "fused.nii.gz"
+    output.write_bytes(b"precious")
+    assert main(["fuse", str(ct), str(mr), "-o", str(output), "--quiet"]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert output.read_bytes() == b"precious"
+    assert main(["fuse", str(ct), str(mr), "-o", str(output), "--quiet", "--overwrite"]) == 0
+    assert read_image(output).GetSize() == read_image(ct).GetSize()
+
+
+def test_fuse_errors_exit_2_with_a_message_and_no_output(phantom_pair, phantom_files, tmp_path, capsys):
+    ct, mr = phantom_files
+    output = tmp_path / "fused.nii.gz"
+    assert main(["fuse", str(ct), str(mr), "-o", str(output), "--model", "unknown-net"]) == 2
+    assert "unknown model 'unknown-net'" in capsys.readouterr().err
+    shifted = sitk.Image(phantom_pair.mr)
+    shifted.SetSpacing([s * 1.1 for s in shifted.GetSpacing()])
+    write_image(shifted, tmp_path / "shifted.nii.gz")
+    assert main(["fuse", str(ct), str(tmp_path / "shifted.nii.gz"), "-o", str(output)]) == 2
+    assert "different voxel grids" in capsys.readouterr().err
+    assert main(["fuse", str(ct), str(mr), "-o", str(output), "--save-transform", str(tmp_path / "t.tfm")]) == 2
+    assert "needs a registration" in capsys.readouterr().err
+    assert not output.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["ct.nii.gz", "mr.nrrd", "shifted.nii.gz"]
+
+
+def test_fuse_png_pair_gray_and_colour(tmp_path):
+    rng = np.random.default_rng(0)
+    gray = (rng.random((48, 40)) * 255).astype(np.uint8)
+    colour = (rng.random((48, 40, 3)) * 255).astype(np.uint8)
+    Image.fromarray(gray).save(tmp_path / "mri.png")
+    Image.fromarray(colour).save(tmp_path / "pet.png")
+    assert main(["fuse", str(tmp_path / "mri.png"), str(tmp_path / "pet.png"), "-o", str(tmp_path / "f.png"), "--model", "maximum"]) == 0
+    fused = Image.open(tmp_path / "f.png")
+    assert fused.mode == "RGB" and fused.size == (40, 48)
+    assert main(["fuse", str(tmp_path / "mri.png"), str(tmp_path / "mri.png"), "-o", str(tmp_path / "g.png"), "--model", "maximum"]) == 0
+    same = np.asarray(Image.open(tmp_path / "g.png"))
+    assert same.ndim == 2 and np.array_equal(same, gray)  # max(x, x) = x, on the 8-bit scale
+
+
+def test_models_lists_the_registry(capsys):
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    for name in ("emfusion", "haf", "densefuse", "average", "maximum", "laplacian"):
+        assert name in out
+    assert "298,151" in out  # HAF's parameter count, computed from the built network
+
+
+def test_doctor_reports_versions_and_devices(capsys):
+    assert main(["doctor"]) == 0
+    out = capsys.readouterr().out
+    assert "torch" in out and "SimpleITK" in out and "CUDA" in out and "weights:" in out
+
+
+def test_demo_registers_fuses_and_writes_volume_and_figure(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert str(out / "fused.nii.gz") in printed and str(out / "fusion.png") in printed
+    reference = read_image(out / "reference_ct.nii.gz")
+    assert_same_geometry(read_image(out / "fused.nii.gz"), reference)
+    assert_same_geometry(read_image(out / "registered_mr.nii.gz"), reference)
+    figure = Image.open(out / "fusion.png")
+    assert figure.mode == "RGB" and figure.width > 3 * 200 and np.asarray(figure).std() > 10
+
+
+def _shared_fuse(shared_data, tmp_path, task, other, stem, model):
+    harvard = shared_data / "harvard" / task
+    output = tmp_path / f"{stem}.png"
+    code = main(["fuse", str(harvard / "MRI" / f"{stem}.png"), str(harvard / other / f"{stem}.png"), "-o", str(output), "--model", model])
+    return code, output
+
+
+def test_fuse_harvard_ct_mri_and_pet_mri(shared_data, tmp_path):
+    code, output = _shared_fuse(shared_data, tmp_path, "CT-MRI", "CT", "28005", "maximum")
+    assert code == 0 and Image.open(output).mode == "L"
+    code, output = _shared_fuse(shared_data, tmp_path, "PET-MRI", "PET", "25015", "maximum")
+    assert code == 0 and Image.open(output).mode == "RGB"
+
+
+def test_fuse_brats_volume_keeps_reference_geometry(shared_data, tmp_path):
+    case = shared_data / "brats" / "TCGA-DU-7294"
+    output = tmp_path / "f.nii.gz"
+    assert main(["fuse", str(case / "t1.nii.gz"), str(case / "t2.nii.gz"), "-o", str(output), "--model", "laplacian", "--quiet"]) == 0
+    assert_same_geometry(read_image(output), read_image(case / "t1.nii.gz"))
