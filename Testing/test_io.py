@@ -164,6 +164,38 @@ def test_dicom_series_refuses_sheared_grid_and_vector_images(tmp_path):
     assert entries(tmp_path) == []
 
 
+def test_dicom_slices_are_ordered_by_position_not_file_name(tmp_path):
+    image = oblique_volume(np.arange(7 * 20 * 30, dtype=np.int16).reshape(7, 20, 30))
+    write_dicom_series(image, tmp_path / "series")
+    files = sorted((tmp_path / "series").iterdir())
+    for file, new_name in zip(files, [f"z{9 - i}.dcm" for i in range(len(files))]):
+        file.rename(file.with_name(new_name))  # names now sort in reverse slice order
+    back = read_image(tmp_path / "series")
+    assert_same_geometry(back, image, tolerance=1e-3)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(back), sitk.GetArrayFromImage(image))
+
+
+def test_dicom_file_without_extension_reads_its_series(tmp_path):
+    image = random_volume(np.int16)
+    write_dicom_series(image, tmp_path / "series")
+    first = sorted((tmp_path / "series").iterdir())[0]
+    first.rename(first.with_name("IM0001"))
+    back = read_image(tmp_path / "series" / "IM0001")
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(back), sitk.GetArrayFromImage(image))
+
+
+@pytest.mark.parametrize("damage", ["delete", "truncate"])
+def test_dicom_series_with_a_missing_slice_is_an_error(tmp_path, damage):
+    write_dicom_series(random_volume(np.int16), tmp_path / "series")
+    middle = sorted((tmp_path / "series").iterdir())[3]
+    if damage == "delete":
+        middle.unlink()
+    else:
+        middle.write_bytes(middle.read_bytes()[:-500])
+    with pytest.raises(InputError, match="not evenly spaced.*missing or damaged"):
+        read_image(tmp_path / "series")
+
+
 def two_series_directory(tmp_path: Path) -> tuple[Path, sitk.Image, sitk.Image]:
     """One directory holding a CT-like and an MR-like series of different sizes."""
     ct = oblique_volume(np.full((5, 20, 30), 7, np.int16))
