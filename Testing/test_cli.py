@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -31,19 +32,28 @@ def test_console_script_is_installed():
 def test_fuse_volumes_writes_reference_geometry(phantom_files, tmp_path, capsys):
     ct, mr = phantom_files
     output = tmp_path / "out" / "fused.mha"
-    assert main(["fuse", str(ct), str(mr), "-o", str(output), "--model", "laplacian", "--quiet"]) == 0
+    assert main(["fuse", str(ct), str(mr), "-o", str(output), "--model", "laplacian", "--progress", "none"]) == 0
     assert_same_geometry(read_image(output), read_image(ct))
     assert "wrote" in capsys.readouterr().out
+
+
+def test_fuse_json_progress_is_machine_readable(phantom_files, tmp_path, capsys):
+    ct, mr = phantom_files
+    assert main(["fuse", str(ct), str(mr), "-o", str(tmp_path / "f.nrrd"), "--progress", "json", "--batch-size", "8"]) == 0
+    events = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    fuse_events = [event for event in events if event["stage"] == "fuse"]
+    assert fuse_events[0]["done"] == 0 and fuse_events[-1]["done"] == fuse_events[-1]["total"] > 8
+    assert len(fuse_events) >= 3
 
 
 def test_fuse_refuses_to_overwrite_and_leaves_the_file_alone(phantom_files, tmp_path, capsys):
     ct, mr = phantom_files
     output = tmp_path / "fused.nii.gz"
     output.write_bytes(b"precious")
-    assert main(["fuse", str(ct), str(mr), "-o", str(output), "--quiet"]) == 2
+    assert main(["fuse", str(ct), str(mr), "-o", str(output), "--progress", "none"]) == 2
     assert "--overwrite" in capsys.readouterr().err
     assert output.read_bytes() == b"precious"
-    assert main(["fuse", str(ct), str(mr), "-o", str(output), "--quiet", "--overwrite"]) == 0
+    assert main(["fuse", str(ct), str(mr), "-o", str(output), "--progress", "none", "--overwrite"]) == 0
     assert read_image(output).GetSize() == read_image(ct).GetSize()
 
 
@@ -119,5 +129,5 @@ def test_fuse_harvard_ct_mri_and_pet_mri(shared_data, tmp_path):
 def test_fuse_brats_volume_keeps_reference_geometry(shared_data, tmp_path):
     case = shared_data / "brats" / "TCGA-DU-7294"
     output = tmp_path / "f.nii.gz"
-    assert main(["fuse", str(case / "t1.nii.gz"), str(case / "t2.nii.gz"), "-o", str(output), "--model", "laplacian", "--quiet"]) == 0
+    assert main(["fuse", str(case / "t1.nii.gz"), str(case / "t2.nii.gz"), "-o", str(output), "--model", "laplacian", "--progress", "none"]) == 0
     assert_same_geometry(read_image(output), read_image(case / "t1.nii.gz"))

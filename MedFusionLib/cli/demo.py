@@ -7,13 +7,12 @@ import sys
 import time
 from pathlib import Path
 
-from tqdm import tqdm
-
 from ..devices import DEVICE_CHOICES
 from ..io import write_image
 from ..phantom import DEMO_MISALIGNMENT, make_head_phantom
 from ..pipeline import DEFAULT_MODEL, fuse_volumes
 from ..visualization import comparison_figure, save_figure
+from .fuse import progress_reporter
 
 DEMO_FILES = ("reference_ct.nii.gz", "moving_mr.nii.gz", "registered_mr.nii.gz", "fused.nii.gz", "fusion.png")
 
@@ -38,21 +37,13 @@ def run(args: argparse.Namespace) -> int:
     out = args.output_dir
     print("building the CT/MR head phantom pair ...", file=sys.stderr)
     phantom = make_head_phantom(misalignment=DEMO_MISALIGNMENT)
-    bar = tqdm(total=0, desc=f"fusing ({args.model})", unit="slice", file=sys.stderr, disable=None)
-
-    def show_progress(stage: str, done: int, total: int) -> None:
-        if stage == "register" and done == 0:
-            print(f"registering MR to CT ({args.registration}) ...", file=sys.stderr)
-        elif stage == "fuse":
-            bar.total = total
-            bar.update(done - bar.n)
-
+    show_progress, close_progress = progress_reporter("bar", args.model, args.registration)
     try:
         result = fuse_volumes(
             phantom.ct, phantom.mr, model=args.model, registration=args.registration, device=args.device, progress=show_progress
         )
     finally:
-        bar.close()
+        close_progress()
     paths = {name: out / name for name in DEMO_FILES}
     write_image(phantom.ct, paths["reference_ct.nii.gz"], overwrite=True)
     write_image(phantom.mr, paths["moving_mr.nii.gz"], overwrite=True)

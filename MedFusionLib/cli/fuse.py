@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
+from typing import Callable
 
 from tqdm import tqdm
 
@@ -24,6 +26,33 @@ def parse_window(text: str | None) -> str | tuple[float, float] | None:
         return float(level), float(width)
     except ValueError:
         raise argparse.ArgumentTypeError(f"a CT window is a name or LEVEL,WIDTH in HU, not {text!r}") from None
+
+
+def progress_reporter(style: str, model: str, registration: str) -> tuple[Callable[[str, int, int], None], Callable[[], None]]:
+    """A ``progress(stage, done, total)`` callback for :func:`fuse_volumes` and its ``close()``.
+
+    ``bar``: a tqdm bar for fusion and a line when registration starts; ``json``: one JSON object
+    per line on stderr, flushed at once, for a parent process (the Slicer module) to parse;
+    ``none``: silence.
+    """
+    bar = None
+
+    def report(stage: str, done: int, total: int) -> None:
+        nonlocal bar
+        if style == "json":
+            print(json.dumps({"stage": stage, "done": done, "total": total}), file=sys.stderr, flush=True)
+        elif style == "bar" and stage == "register" and done == 0:
+            print(f"registering ({registration}) ...", file=sys.stderr)
+        elif style == "bar" and stage == "fuse":
+            if bar is None:
+                bar = tqdm(total=total, desc=f"fusing ({model})", unit="slice", file=sys.stderr)
+            bar.update(done - bar.n)
+
+    def close() -> None:
+        if bar is not None:
+            bar.close()
+
+    return report, close
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -49,7 +78,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--save-registered", type=Path, default=None, metavar="PATH", help="also write the moving image resampled on the reference grid")
     parser.add_argument("--save-transform", type=Path, default=None, metavar="PATH", help="also write the registration transform (.tfm or .h5)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--progress",
+        choices=("bar", "json", "none"),
+        default="bar",
+        help="progress on stderr: a bar (default), one JSON object per line for programs "
+        '({"stage": "fuse", "done": 12, "total": 80}), or none',
+    )
     return parser
 
 
@@ -63,19 +98,7 @@ def run(args: argparse.Namespace) -> int:
     reference = read_image(args.reference, series_uid=args.reference_series)
     moving = read_image(args.moving, series_uid=args.moving_series)
 
-    bar = None
-
-    def show_progress(stage: str, done: int, total: int) -> None:
-        nonlocal bar
-        if args.quiet:
-            return
-        if stage == "register" and done == 0:
-            print(f"registering ({args.registration}, backend {args.backend}) ...", file=sys.stderr)
-        elif stage == "fuse":
-            if bar is None:
-                bar = tqdm(total=total, desc=f"fusing ({args.model})", unit="slice", file=sys.stderr)
-            bar.update(done - bar.n)
-
+    show_progress, close_progress = progress_reporter(args.progress, args.model, args.registration)
     try:
         result = fuse_volumes(
             reference,
@@ -91,8 +114,7 @@ def run(args: argparse.Namespace) -> int:
             progress=show_progress,
         )
     finally:
-        if bar is not None:
-            bar.close()
+        close_progress()
     write_image(result.fused, args.output, overwrite=args.overwrite)
     if args.save_registered is not None:
         write_image(result.registered_moving, args.save_registered, overwrite=args.overwrite)
