@@ -41,8 +41,9 @@ QABF_MAX = (QABF_GAMMA_G / (1.0 + math.exp(QABF_KAPPA_G * (1.0 - QABF_SIGMA_G)))
 )
 
 # A volume slice counts as foreground when at least this fraction of its pixels is brighter than
-# this 8-bit level in some image: slices of air would otherwise dominate a volume's average.
-FOREGROUND_LEVEL = 0.05 * EIGHT_BIT_MAX
+# this 8-bit level in some image: slices of air would otherwise dominate a volume's average. 10 %
+# of the range keeps MRI's Rician background noise (a few levels) out.
+FOREGROUND_LEVEL = 0.10 * EIGHT_BIT_MAX
 FOREGROUND_FRACTION = 0.01
 
 
@@ -109,7 +110,7 @@ def _volume_average(slice_metric: Callable[..., float], *volumes: np.ndarray) ->
     indices = foreground_slices(*volumes)
     if indices.size == 0:
         raise InputError(
-            "the volume has no foreground slice (no slice with >= 1% of pixels above 5% of the "
+            "the volume has no foreground slice (no slice with >= 1% of pixels above 10% of the "
             "8-bit range); check the intensity scaling or the crop."
         )
     return float(np.mean([slice_metric(*(v[i] for v in volumes)) for i in indices]))

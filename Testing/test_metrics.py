@@ -219,7 +219,7 @@ def test_volume_scores_average_the_foreground_slices_only():
 def test_foreground_slices_need_one_percent_of_bright_pixels():
     volume = np.zeros((3, 10, 10))
     volume[1, 0, 0] = 255  # 1 % of the slice: foreground
-    volume[2, 0, 0] = 10  # below 5 % of the range: background
+    volume[2, 0, 0] = 25  # below 10 % of the range: background
     assert metrics.foreground_slices(volume).tolist() == [1]
     with pytest.raises(InputError, match="no foreground slice"):
         metrics.entropy(np.zeros((3, 10, 10)))

@@ -1,0 +1,398 @@
+"""Writing an :class:`~MedFusionLib.evaluation.Evaluation` out: CSV, Markdown, figures, HTML.
+
+Tables show mean ± std per metric and method, the best *fusion* method per column in bold, and
+the two single-source references (one source passed through unchanged) below them, marked where
+a reference scores at least as well as the best fusion method: there the metric does not need
+fusion to be high, and must not be read as quality. Figures are drawn with Pillow.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io as _bytes_io
+import math
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from . import metrics
+from .evaluation import PIXELWISE_MAX_LABEL, Evaluation, Example, VolumeEvaluation
+from .io import rgb_to_ycbcr, ycbcr_to_rgb
+
+TILE = 192  # pixels per image in the figure grid
+REFERENCE_MARK = "▲"
+
+CONVENTIONS = (
+    "Scored on the 8-bit scale on the Y (luminance, BT.601 full range) channel of colour images "
+    "and on the gray levels otherwise; fused outputs rounded to 8 bits as a saved PNG. A = MRI, "
+    "B = CT/PET/SPECT. EN in bits; MI in nats, summed over both sources; SCD, VIF (pixel domain) "
+    "and SSIM (7×7 window, L = 255) summed over both sources, so SSIM and SCD lie in [-2, 2]; "
+    "CC averaged over the sources; PSNR in dB with the fused image's peak; Q^AB/F with the "
+    "Xydeas–Petrović constants (maximum 0.975). Every metric is higher-is-better."
+)
+
+READING_GUIDE = (
+    "EN, SD, SF and AG look at the fused image alone: they reward contrast and edges from any "
+    "origin, noise and artefacts included. MI, VIF and SSIM reward closeness to the sources, and "
+    "one source passed through unchanged already scores high on them. Pixel-wise maximum keeps "
+    "the brighter source everywhere: for CT-MRI that is the CT's bright skull plus the MRI's "
+    "brighter soft tissue, so it scores high on SD, SCD, Q^AB/F and MI while hiding dark "
+    "structures of either image. The reference rows make this visible: a cell marked "
+    f"{REFERENCE_MARK} is a single source scoring at least as well as the best fusion method. "
+    "Look at the figures before believing a column."
+)
+
+
+# ----------------------------------------------------------------------------- tables
+
+
+def _format(value: float) -> str:
+    if math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    return f"{value:.2f}" if abs(value) >= 10 else f"{value:.3f}"
+
+
+def _table_cells(evaluation: Evaluation, task: str) -> tuple[list[str], list[list[str]], list[list[str]]]:
+    """Header, then per-method cell texts and per-cell markers ('best', 'reference-beats', '')."""
+    summary = evaluation.summary(task)
+    fusion_methods = [m for m in evaluation.methods if m in summary]
+    best = {
+        name: max((summary[m][name][0] for m in fusion_methods), default=math.nan)
+        for name in evaluation.metric_names
+    }
+    header = ["method", *evaluation.metric_names, "ms / pair"]
+    cells, marks = [], []
+    for method in [*fusion_methods, *[m for m in evaluation.reference_methods if m in summary]]:
+        is_reference = method in evaluation.reference_methods
+        row_cells = [method + (" (reference)" if is_reference else "")]
+        row_marks = [""]
+        for name in evaluation.metric_names:
+            mean, std = summary[method][name]
+            row_cells.append(f"{_format(mean)} ± {_format(std)}")
+            if not is_reference and mean == best[name]:
+                row_marks.append("best")
+            elif is_reference and mean >= best[name]:
+                row_marks.append("reference-beats")
+            else:
+                row_marks.append("")
+        milliseconds = evaluation.milliseconds_per_pair(task, method)
+        row_cells.append("—" if milliseconds is None else f"{milliseconds:.1f}")
+        row_marks.append("")
+        cells.append(row_cells)
+        marks.append(row_marks)
+    return header, cells, marks
+
+
+def markdown_table(evaluation: Evaluation, task: str) -> str:
+    """Mean ± std per metric (columns) and method (rows); best fusion value in bold."""
+    header, cells, marks = _table_cells(evaluation, task)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row_cells, row_marks in zip(cells, marks):
+        decorated = []
+        for text, mark in zip(row_cells, row_marks):
+            if mark == "best":
+                text = f"**{text}**"
+            elif mark == "reference-beats":
+                text = f"{text} {REFERENCE_MARK}"
+            decorated.append(text)
+        lines.append("| " + " | ".join(decorated) + " |")
+    return "\n".join(lines)
+
+
+def markdown_summary(evaluation: Evaluation) -> str:
+    """The Markdown document: conventions, one table per task, skipped models."""
+    parts = [f"# Fusion evaluation, {evaluation.split} split\n", CONVENTIONS + "\n", READING_GUIDE + "\n"]
+    for task in evaluation.tasks:
+        parts.append(f"## {task} ({evaluation.pair_count(task)} pairs)\n")
+        parts.append(markdown_table(evaluation, task) + "\n")
+        parts.append(
+            f"**bold**: best fusion method per column. {REFERENCE_MARK}: a single source alone scores "
+            "at least as well. ms / pair: forward pass on " + evaluation.device + ".\n"
+        )
+    if evaluation.skipped:
+        parts.append("## Skipped\n")
+        parts.extend(f"- `{name}`: {reason}" for name, reason in evaluation.skipped.items())
+        parts.append("")
+    return "\n".join(parts)
+
+
+def write_scores_csv(evaluation: Evaluation, path: Path) -> None:
+    """One row per (task, pair, method): the metrics and the fusion time in ms (empty if unknown)."""
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["task", "id", "case", "method", "reference", *evaluation.metric_names, "ms"])
+        for row in evaluation.rows:
+            writer.writerow(
+                [
+                    row.task,
+                    row.pair_id,
+                    row.case,
+                    row.method,
+                    int(row.method in evaluation.reference_methods),
+                    *(repr(row.scores[name]) for name in evaluation.metric_names),
+                    "" if row.seconds is None else f"{1000 * row.seconds:.3f}",
+                ]
+            )
+
+
+# ----------------------------------------------------------------------------- figures
+
+
+def _font(size: int) -> ImageFont.ImageFont:
+    return ImageFont.load_default(size=size)
+
+
+def _display_rgb(levels: np.ndarray, colour_source: np.ndarray | None) -> Image.Image:
+    """8-bit gray levels as an RGB tile; with ``colour_source``, its chroma on these levels as Y."""
+    if colour_source is None:
+        rgb = np.repeat(levels.astype(np.uint8)[..., None], 3, axis=-1)
+    else:
+        ycbcr = rgb_to_ycbcr(colour_source)
+        ycbcr[..., 0] = levels
+        rgb = np.clip(np.round(ycbcr_to_rgb(ycbcr)), 0, 255).astype(np.uint8)
+    return Image.fromarray(rgb).resize((TILE, TILE), Image.Resampling.BILINEAR)
+
+
+def examples_figure(examples: list[Example], title: str) -> Image.Image:
+    """A grid: one row per example pair; columns A, B, then each method's fused image.
+
+    Images are shown at their 8-bit levels, unwindowed, so brightness differences between
+    methods are real. Fused PET/SPECT is shown in colour (fused Y with the source's chroma).
+    """
+    if not examples:
+        raise ValueError("examples_figure needs at least one example")
+    methods = list(examples[0].fused)
+    columns = ["A: MRI", f"B: {examples[0].images.pair.other_modality}", *methods]
+    label_height, title_height = 24, 30
+    figure = Image.new("RGB", (TILE * len(columns), title_height + label_height + TILE * len(examples)), "white")
+    draw = ImageDraw.Draw(figure)
+    draw.text((8, 6), title, fill="black", font=_font(16))
+    for column, label in enumerate(columns):
+        draw.text((column * TILE + 6, title_height + 4), label, fill="black", font=_font(14))
+    for row, example in enumerate(examples):
+        images = example.images
+        tiles = [
+            _display_rgb(images.source_a, None),
+            Image.fromarray(images.other_rgb).resize((TILE, TILE), Image.Resampling.BILINEAR)
+            if images.other_rgb is not None
+            else _display_rgb(images.source_b, None),
+            *(_display_rgb(example.fused[m], images.other_rgb) for m in methods),
+        ]
+        top = title_height + label_height + row * TILE
+        for column, tile in enumerate(tiles):
+            figure.paste(tile, (column * TILE, top))
+        draw.text((4, top + 4), images.pair.pair_id, fill="yellow", font=_font(12))
+    return figure
+
+
+LINE_COLOURS = {
+    "fused": (200, 30, 30),
+    "A": (30, 90, 200),
+    "B": (30, 150, 60),
+    PIXELWISE_MAX_LABEL: (120, 120, 120),
+}
+
+
+def _line_chart(series: dict[str, np.ndarray], width: int, height: int, x_label: str, y_label: str) -> Image.Image:
+    """A minimal line chart of equally long series (NaN gaps allowed), with axes and a legend."""
+    chart = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(chart)
+    left, right, top, bottom = 60, 20, 20, 40
+    length = max(len(values) for values in series.values())
+    peak = max(float(np.nanmax(values)) for values in series.values() if np.any(np.isfinite(values)))
+    peak = peak if peak > 0 else 1.0
+
+    def point(index: int, value: float) -> tuple[float, float]:
+        x = left + (width - left - right) * index / max(length - 1, 1)
+        y = height - bottom - (height - top - bottom) * value / (1.05 * peak)
+        return x, y
+
+    draw.line([(left, top), (left, height - bottom), (width - right, height - bottom)], fill="black")
+    for fraction in (0.0, 0.5, 1.0):
+        value = fraction * peak
+        _, y = point(0, value)
+        draw.line([(left - 4, y), (left, y)], fill="black")
+        draw.text((4, y - 6), f"{value:.1f}", fill="black", font=_font(11))
+    for index in np.linspace(0, length - 1, min(length, 6)).round().astype(int):
+        x, _ = point(int(index), 0)
+        draw.line([(x, height - bottom), (x, height - bottom + 4)], fill="black")
+        draw.text((x - 6, height - bottom + 6), str(int(index)), fill="black", font=_font(11))
+    draw.text((left, height - 16), x_label, fill="black", font=_font(12))
+    draw.text((left + 6, 2), y_label, fill="black", font=_font(12))
+    for name, values in series.items():
+        colour = LINE_COLOURS.get(name, (0, 0, 0))
+        segment: list[tuple[float, float]] = []
+        for index, value in enumerate(values):
+            if np.isfinite(value):
+                segment.append(point(index, float(value)))
+            elif segment:
+                draw.line(segment, fill=colour, width=2)
+                segment = []
+        if len(segment) > 1:
+            draw.line(segment, fill=colour, width=2)
+    for row, name in enumerate(series):
+        y = top + 4 + 16 * row
+        draw.line([(width - right - 200, y + 6), (width - right - 180, y + 6)], fill=LINE_COLOURS.get(name, (0, 0, 0)), width=3)
+        draw.text((width - right - 175, y), name, fill="black", font=_font(12))
+    return chart
+
+
+def _reformat(volume: np.ndarray, spacing: tuple[float, float, float] | None) -> Image.Image:
+    """The middle (slice, column) plane of ``(S, H, W)``: stripes of slice-wise fusion run across it."""
+    plane = volume[:, volume.shape[1] // 2, :][::-1]  # first slice at the bottom
+    height = plane.shape[0] * (spacing[0] / spacing[2] if spacing else 1.0)
+    picture = Image.fromarray(plane.astype(np.uint8)).convert("RGB")
+    scale = TILE / max(height, plane.shape[1])
+    size = (max(1, round(plane.shape[1] * scale)), max(1, round(height * scale)))
+    return picture.resize(size, Image.Resampling.NEAREST)
+
+
+def flicker_figure(volume: VolumeEvaluation, title: str = "Inter-slice consistency") -> Image.Image:
+    """Consecutive-slice change of fused vs sources, and reformats across the fusion axis.
+
+    Left: mean absolute 8-bit change between neighbouring slices, for the fused volume, each
+    source and the pixelwise larger source change (what a pixelwise rule cannot exceed). A
+    fused curve above the grey one is flicker. Right: planes through the slice axis of A, B and
+    the fused volume, where slice-wise artefacts appear as horizontal stripes.
+    """
+    chart = _line_chart(volume.slice_changes, 560, 300, "slice gap", "mean |change| (8-bit levels)")
+    reformats = [("A", volume.source_a), ("B", volume.source_b), ("fused", volume.fused)]
+    tiles = [(label, _reformat(values, volume.spacing)) for label, values in reformats]
+    tiles_width = sum(tile.width for _, tile in tiles) + 10 * len(tiles)
+    figure = Image.new("RGB", (chart.width + tiles_width + 10, max(chart.height, TILE + 24) + 50), "white")
+    draw = ImageDraw.Draw(figure)
+    draw.text((8, 6), title, fill="black", font=_font(16))
+    text = f"flicker ratio (fused / pixelwise max): median {volume.median_flicker:.2f}, worst {volume.worst_flicker:.2f}"
+    draw.text((8, 28), text, fill="black", font=_font(12))
+    figure.paste(chart, (0, 50))
+    x = chart.width + 10
+    for label, tile in tiles:
+        draw.text((x, 52), f"{label}, across slices", fill="black", font=_font(12))
+        figure.paste(tile, (x, 72))
+        x += tile.width + 10
+    return figure
+
+
+# ----------------------------------------------------------------------------- HTML
+
+
+def _png_data_uri(picture: Image.Image) -> str:
+    buffer = _bytes_io.BytesIO()
+    picture.save(buffer, format="PNG", optimize=True)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _html_table(evaluation: Evaluation, task: str) -> str:
+    header, cells, marks = _table_cells(evaluation, task)
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = []
+    for row_cells, row_marks in zip(cells, marks):
+        is_reference = row_cells[0].endswith("(reference)")
+        tds = []
+        for text, mark in zip(row_cells, row_marks):
+            if mark == "best":
+                tds.append(f'<td class="best">{html.escape(text)}</td>')
+            elif mark == "reference-beats":
+                tds.append(f'<td class="refbeats">{html.escape(text)} {REFERENCE_MARK}</td>')
+            else:
+                tds.append(f"<td>{html.escape(text)}</td>")
+        body.append(f'<tr class="{"reference" if is_reference else ""}">{"".join(tds)}</tr>')
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 24px; color: #222; max-width: 1400px; }
+table { border-collapse: collapse; font-size: 13px; margin: 8px 0; }
+th, td { border: 1px solid #ccc; padding: 4px 8px; text-align: right; white-space: nowrap; }
+th:first-child, td:first-child { text-align: left; }
+th { background: #f0f0f0; }
+td.best { font-weight: bold; background: #e3f4e3; }
+td.refbeats { background: #fde8c8; }
+tr.reference td { font-style: italic; color: #555; }
+.note { background: #fff8e0; border-left: 4px solid #e0b000; padding: 8px 12px; max-width: 1100px; }
+.conventions { font-size: 13px; color: #444; max-width: 1100px; }
+img { max-width: 100%; border: 1px solid #ddd; }
+"""
+
+
+def _page(title: str, body: list[str]) -> str:
+    created = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return "\n".join(
+        [
+            "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
+            f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>",
+            f"<h1>{html.escape(title)}</h1><p class='conventions'>{html.escape(created)}</p>",
+            *body,
+            "<h2>Metric conventions</h2>",
+            f"<p class='conventions'>{html.escape(CONVENTIONS)}</p>",
+            "<table><thead><tr><th>metric</th><th>unit / convention</th><th>range</th></tr></thead><tbody>",
+            *(
+                f"<tr><td>{html.escape(m.name)}</td><td>{html.escape(m.unit)}</td>"
+                f"<td>{html.escape(m.value_range)}</td></tr>"
+                for m in metrics.METRICS.values()
+            ),
+            "</tbody></table></body></html>",
+        ]
+    )
+
+
+def html_report(evaluation: Evaluation) -> str:
+    """One self-contained HTML page: tables, example figures, skipped models (PNG data URIs)."""
+    body = [
+        f"<p class='conventions'>timing device: {html.escape(evaluation.device)}</p>",
+        f"<p class='note'><b>Metrics are not quality.</b> {html.escape(READING_GUIDE)}</p>",
+    ]
+    if evaluation.skipped:
+        body.append("<h2>Skipped models</h2><ul>")
+        body.extend(
+            f"<li><code>{html.escape(name)}</code>: {html.escape(reason)}</li>"
+            for name, reason in evaluation.skipped.items()
+        )
+        body.append("</ul>")
+    for task in evaluation.tasks:
+        body.append(f"<h2>{html.escape(task)} ({evaluation.pair_count(task)} pairs)</h2>")
+        body.append(_html_table(evaluation, task))
+        body.append(
+            "<p class='conventions'>Green bold: best fusion method per column. "
+            f"Orange {REFERENCE_MARK}: one source alone scores at least as well as the best "
+            "fusion method. Mean ± std over pairs; ms / pair is the forward pass alone.</p>"
+        )
+        if evaluation.examples.get(task):
+            figure = examples_figure(evaluation.examples[task], f"{task}: sources and fused images")
+            body.append(f"<img alt='{html.escape(task)} examples' src='{_png_data_uri(figure)}'>")
+    return _page(f"MedFusion evaluation — {evaluation.split} split", body)
+
+
+def volume_html_report(volume: VolumeEvaluation, figure: Image.Image, name: str) -> str:
+    """One self-contained HTML page for a fused volume: its scores and the consistency figure."""
+    rows = "".join(
+        f"<tr><td>{html.escape(metric)}</td><td>{_format(value)}</td></tr>" for metric, value in volume.scores.items()
+    )
+    body = [
+        f"<p>{html.escape(name)}: {int(volume.foreground.sum())} foreground slices of {volume.foreground.size}; "
+        "metrics averaged over them.</p>",
+        f"<table><thead><tr><th>metric</th><th>value</th></tr></thead><tbody>{rows}</tbody></table>",
+        "<p class='note'>Flicker ratio: the fused volume's mean change between neighbouring slices divided "
+        "by the pixelwise larger change of the two sources, which no pixelwise rule can exceed. "
+        f"Median {volume.median_flicker:.2f}, worst {volume.worst_flicker:.2f}; well above 1 means stripes.</p>",
+        f"<img alt='inter-slice consistency' src='{_png_data_uri(figure)}'>",
+    ]
+    return _page("MedFusion volume evaluation", body)
+
+
+def write_evaluation(evaluation: Evaluation, directory: Path) -> list[Path]:
+    """Write ``scores.csv``, ``summary.md`` and ``examples_<task>.png`` into ``directory``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    written = [directory / "scores.csv", directory / "summary.md"]
+    write_scores_csv(evaluation, written[0])
+    written[1].write_text(markdown_summary(evaluation), encoding="utf-8")
+    for task in evaluation.tasks:
+        if evaluation.examples.get(task):
+            path = directory / f"examples_{task}.png"
+            examples_figure(evaluation.examples[task], f"{task}: sources and fused images").save(path)
+            written.append(path)
+    return written
