@@ -18,7 +18,7 @@ import sys
 from ..errors import FusionCancelled, MedFusionError
 
 # Order is the order of `medfusion --help`.
-COMMANDS = ("fuse", "demo", "models", "doctor", "evaluate")
+COMMANDS = ("fuse", "demo", "batch", "models", "doctor", "evaluate")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,63 @@
+"""``medfusion batch MANIFEST.csv --out DIR``: fuse a cohort, sharded and resumable."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ..batch import parse_shard, run_batch
+from ..devices import DEVICE_CHOICES
+from ..geometry import SLICING_AXES
+from ..pipeline import DEFAULT_MODEL, REGISTRATION_CHOICES
+from .fuse import parse_window
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "batch",
+        help="fuse many cases listed in a CSV manifest",
+        description="Fuse every case of MANIFEST (CSV with columns reference, moving and optionally output; "
+        "relative paths start at the manifest's folder) into --out. A failing case is recorded in the "
+        "report CSV and the others go on; the exit status is 1 if any case failed. --shard K/N runs every "
+        "N-th case starting at K (1-based), e.g. as a Slurm job array; --resume skips cases whose output "
+        "an earlier run completed with the same options (verified by hash).",
+    )
+    parser.add_argument("manifest", type=Path, help="CSV with columns reference, moving[, output]")
+    parser.add_argument("--out", type=Path, required=True, help="output folder (created if missing)")
+    parser.add_argument("--shard", default="1/1", metavar="K/N", help="run shard K of N (default 1/1: all cases)")
+    parser.add_argument("--resume", action="store_true", help="skip cases already completed with the same options")
+    parser.add_argument("--workers", type=int, default=1, help="cases fused in parallel processes (default 1)")
+    parser.add_argument("--model", default=DEFAULT_MODEL)
+    parser.add_argument("--registration", choices=REGISTRATION_CHOICES, default="none")
+    parser.add_argument("--backend", choices=("auto", "elastix", "simpleitk"), default="auto")
+    parser.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
+    parser.add_argument("--axis", choices=SLICING_AXES, default="axial")
+    parser.add_argument("--reference-window", type=parse_window, default=None, metavar="WINDOW")
+    parser.add_argument("--moving-window", type=parse_window, default=None, metavar="WINDOW")
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    shard = parse_shard(args.shard)
+    options = {
+        "model": args.model,
+        "registration": args.registration,
+        "registration_backend": args.backend,
+        "device": args.device,
+        "axis": args.axis,
+        "reference_window": args.reference_window,
+        "moving_window": args.moving_window,
+    }
+
+    def report(outcome) -> None:
+        case = outcome.case
+        detail = f": {outcome.error}" if outcome.error else f" ({outcome.seconds:.1f} s)" if outcome.status == "done" else ""
+        print(f"case {case.index}: {outcome.status}{detail}", file=sys.stderr, flush=True)
+
+    summary = run_batch(args.manifest, args.out, options, shard=shard, resume=args.resume, workers=args.workers, on_outcome=report)
+    print(
+        f"{summary.count('done')} done, {summary.count('skipped')} skipped, {summary.count('failed')} failed; "
+        f"report: {summary.report}"
+    )
+    return 1 if summary.count("failed") else 0

@@ -1,0 +1,106 @@
+"""``medfusion batch``: a cohort with broken cases, the report, sharding and verified resume."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+import SimpleITK as sitk
+
+from MedFusionLib.batch import completion_record_path, parse_shard, read_manifest, select_shard
+from MedFusionLib.cli import main
+from MedFusionLib.errors import InputError
+from MedFusionLib.io import write_image
+
+
+@pytest.fixture()
+def cohort(phantom_pair, tmp_path):
+    """A manifest of 6 cases: 4 good, one missing file, one with mismatched grids."""
+    data = tmp_path / "data"
+    write_image(phantom_pair.ct, data / "ct.nii.gz")
+    write_image(phantom_pair.mr, data / "mr.nii.gz")
+    shifted = sitk.Image(phantom_pair.mr)
+    shifted.SetOrigin([o + 7.0 for o in shifted.GetOrigin()])
+    write_image(shifted, data / "mr_shifted.nii.gz")
+    rows = [
+        ("data/ct.nii.gz", "data/mr.nii.gz", "a.nii.gz"),
+        ("data/ct.nii.gz", "data/missing.nii.gz", "b.nii.gz"),
+        ("data/ct.nii.gz", "data/mr.nii.gz", "c.nrrd"),
+        ("data/ct.nii.gz", "data/mr_shifted.nii.gz", "d.nii.gz"),
+        ("data/mr.nii.gz", "data/ct.nii.gz", "e.mha"),
+        ("data/ct.nii.gz", "data/mr.nii.gz", ""),
+    ]
+    manifest = tmp_path / "cases.csv"
+    with open(manifest, "w", newline="") as stream:
+        writer = csv.writer(stream)
+        writer.writerow(["reference", "moving", "output"])
+        writer.writerows(rows)
+    return manifest
+
+
+def _report(path):
+    with open(path, newline="") as stream:
+        return {int(row["case"]): row for row in csv.DictReader(stream)}
+
+
+def test_batch_records_failures_and_goes_on_then_resumes_without_redoing(cohort, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["batch", str(cohort), "--out", str(out), "--model", "average"]) == 1  # two cases fail
+    report = _report(out / "batch_report.csv")
+    assert [report[i]["status"] for i in range(1, 7)] == ["done", "failed", "done", "failed", "done", "done"]
+    assert "no such file" in report[2]["error"] and "different voxel grids" in report[4]["error"]
+    assert not (out / "b.nii.gz").exists() and not (out / "d.nii.gz").exists()
+    assert (out / "00006_ct_fused.nii.gz").is_file()
+    assert "4 done, 0 skipped, 2 failed" in capsys.readouterr().out
+
+    first_bytes = (out / "a.nii.gz").read_bytes()
+    (out / "c.nrrd").write_bytes(b"truncated by a crash")  # present but not the completed output
+    assert main(["batch", str(cohort), "--out", str(out), "--model", "average", "--resume"]) == 1
+    report = _report(out / "batch_report.csv")
+    assert [report[i]["status"] for i in range(1, 7)] == ["skipped", "failed", "done", "failed", "skipped", "skipped"]
+    assert (out / "a.nii.gz").read_bytes() == first_bytes
+    assert sitk.ReadImage(str(out / "c.nrrd")).GetSize() == (48, 56, 40)
+
+    # Other options invalidate the completion records: everything is fused again.
+    assert main(["batch", str(cohort), "--out", str(out), "--model", "maximum", "--resume"]) == 1
+    assert [r["status"] for r in _report(out / "batch_report.csv").values()].count("skipped") == 0
+
+
+def test_shards_partition_the_cohort(cohort, tmp_path):
+    cases = read_manifest(cohort, tmp_path / "out")
+    shards = [select_shard(cases, k, 4) for k in range(1, 5)]
+    assert sorted(case.index for shard in shards for case in shard) == [case.index for case in cases]
+    assert [case.index for case in shards[1]] == [2, 6]
+    assert parse_shard("3/8") == (3, 8)
+    for bad in ("0/4", "5/4", "x/4", "3"):
+        with pytest.raises(InputError, match="shard"):
+            parse_shard(bad)
+
+
+def test_shard_run_writes_its_own_report(cohort, tmp_path):
+    out = tmp_path / "out"
+    assert main(["batch", str(cohort), "--out", str(out), "--shard", "1/2", "--model", "average"]) == 0
+    report = _report(out / "batch_report_shard1of2.csv")
+    assert sorted(report) == [1, 3, 5] and all(row["status"] == "done" for row in report.values())
+    assert completion_record_path(out / "a.nii.gz").is_file()
+
+
+def test_manifest_errors_are_clear(tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("fixed,moving\na.nii.gz,b.nii.gz\n")
+    with pytest.raises(InputError, match="'reference' and 'moving'"):
+        read_manifest(bad, tmp_path)
+    duplicate = tmp_path / "dup.csv"
+    duplicate.write_text("reference,moving,output\na,b,x.nii.gz\nc,d,x.nii.gz\n")
+    with pytest.raises(InputError, match="both write"):
+        read_manifest(duplicate, tmp_path)
+    with pytest.raises(InputError, match="not found"):
+        read_manifest(tmp_path / "nope.csv", tmp_path)
+
+
+def test_parallel_workers_give_the_same_outputs_as_one(cohort, tmp_path):
+    serial, parallel = tmp_path / "serial", tmp_path / "parallel"
+    assert main(["batch", str(cohort), "--out", str(serial), "--model", "laplacian", "--shard", "1/2"]) == 0
+    assert main(["batch", str(cohort), "--out", str(parallel), "--model", "laplacian", "--shard", "1/2", "--workers", "2"]) == 0
+    for name in ("a.nii.gz", "c.nrrd", "e.mha"):
+        assert (serial / name).read_bytes() == (parallel / name).read_bytes()
