@@ -41,6 +41,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import InputError, OutputExistsError
+from .resources import require_memory
 
 PathLike = str | os.PathLike
 
@@ -148,12 +149,42 @@ def _read_volume(path: Path, format_name: str) -> sitk.Image:
     if format_name in _ITK_IMAGE_IO:
         reader.SetImageIO(_ITK_IMAGE_IO[format_name])
     try:
-        return reader.Execute()
+        # The header alone says how much memory the pixels will take: refuse before allocating.
+        reader.ReadImageInformation()
+        size = reader.GetSize()
+        voxel_bytes = reader.GetNumberOfComponents() * sitk.GetArrayViewFromImage(
+            sitk.Image([1] * len(size), reader.GetPixelID())
+        ).itemsize
+        require_memory(
+            int(np.prod(size, dtype=np.float64)) * voxel_bytes,
+            f"reading {path} ({'×'.join(map(str, size))} voxels)",
+        )
+        image = reader.Execute()
     except RuntimeError as error:
         raise InputError(
             f"Could not read {path} as {format_name}: {_itk_reason(error)}. Check that the "
             f"file is complete and really {format_name} (re-export or re-download it)."
         ) from error
+    if format_name == "NIfTI" and image.GetPixelID() in _FLOAT_PIXEL_IDS:
+        _require_finite_nifti(path)
+    return image
+
+
+_FLOAT_PIXEL_IDS = (sitk.sitkFloat32, sitk.sitkFloat64, sitk.sitkVectorFloat32, sitk.sitkVectorFloat64)
+
+
+def _require_finite_nifti(path: Path) -> None:
+    """Refuse NaN/Inf in a float NIfTI: ITK's NIfTI reader silently turns NaN into 0, which would
+    hide the problem from every later check."""
+    import nibabel
+
+    values = np.asanyarray(nibabel.load(path).dataobj)
+    bad = values.size - int(np.isfinite(values).sum())
+    if bad:
+        raise InputError(
+            f"{path} contains {bad} NaN or infinite voxels; replace them (e.g. with the background "
+            "value) or mask them in the source image, then retry."
+        )
 
 
 def _require_complete_nifti(path: Path) -> None:

@@ -19,6 +19,7 @@ from .errors import GridMismatchError, InputError
 from .geometry import SLICING_AXES, grid_differences, slicing_array_axis
 from .inference import CancelCallback, SliceFuser
 from .io import read_image, rgb_to_ycbcr, ycbcr_to_rgb
+from .resources import require_memory
 from .preprocessing import apply_ct_window, foreground_bounding_box, normalize_intensity, resample_to_reference
 
 ImageSource = str | PathLike | sitk.Image
@@ -153,6 +154,12 @@ def fuse_volumes(
             f"the reference is {reference_image.GetDimension()}D but the moving image is "
             f"{moving_image.GetDimension()}D; give two volumes or two 2D images"
         )
+    # Normalised copies, crops, stacks and the output: about eight float32 arrays of the reference
+    # grid (registration adds the moving grid's resampling on top).
+    require_memory(
+        8 * 4 * reference_image.GetNumberOfPixels(),
+        f"fusing on a {'×'.join(map(str, reference_image.GetSize()))} reference grid",
+    )
     # Build the model before the slow steps, so a wrong name or missing weights fail at once.
     fuser = SliceFuser(model, device=device, batch_size=batch_size, pretrained=pretrained)
 
