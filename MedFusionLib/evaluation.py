@@ -36,8 +36,8 @@ SOURCE_A_MODALITY = "MRI"
 
 # Reference "methods" scored beside the real ones: passing one source through unchanged. They
 # are not fusion, and show which metrics reward a single source (see the report).
-REFERENCE_A = "A only (MRI)"
-REFERENCE_B = "B only (CT/PET/SPECT)"
+REFERENCE_A = "A only"
+REFERENCE_B = "B only"
 REFERENCE_METHODS = (REFERENCE_A, REFERENCE_B)
 
 

@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from . import metrics
-from .evaluation import PIXELWISE_MAX_LABEL, Evaluation, Example, VolumeEvaluation
+from .evaluation import PIXELWISE_MAX_LABEL, REFERENCE_A, Evaluation, Example, VolumeEvaluation
 from .io import rgb_to_ycbcr, ycbcr_to_rgb
 
 TILE = 192  # pixels per image in the figure grid
@@ -39,11 +39,11 @@ READING_GUIDE = (
     "EN, SD, SF and AG look at the fused image alone: they reward contrast and edges from any "
     "origin, noise and artefacts included. MI, VIF and SSIM reward closeness to the sources, and "
     "one source passed through unchanged already scores high on them. Pixel-wise maximum keeps "
-    "the brighter source everywhere: for CT-MRI that is the CT's bright skull plus the MRI's "
-    "brighter soft tissue, so it scores high on SD, SCD, Q^AB/F and MI while hiding dark "
-    "structures of either image. The reference rows make this visible: a cell marked "
-    f"{REFERENCE_MARK} is a single source scoring at least as well as the best fusion method. "
-    "Look at the figures before believing a column."
+    "the brighter source at every pixel: on CT-MRI that is the CT's saturated bone and the "
+    "brighter of the two soft tissues, which tends to score well on SD, SCD, MI and Q^AB/F while "
+    "covering the MRI wherever the CT is bright (see the figures). The reference rows make such "
+    f"effects visible: a cell marked {REFERENCE_MARK} is a single source scoring at least as well "
+    "as the best fusion method. Look at the figures before believing a column."
 )
 
 
@@ -56,6 +56,13 @@ def _format(value: float) -> str:
     return f"{value:.2f}" if abs(value) >= 10 else f"{value:.3f}"
 
 
+def _reference_label(method: str, task: str) -> str:
+    """``"A only (MRI), reference"``: a single-source row named with its modality in ``task``."""
+    other_modality, _, mri = task.partition("-")
+    modality = mri if method == REFERENCE_A else other_modality
+    return f"{method} ({modality}), reference"
+
+
 def _table_cells(evaluation: Evaluation, task: str) -> tuple[list[str], list[list[str]], list[list[str]]]:
     """Header, then per-method cell texts and per-cell markers ('best', 'reference-beats', '')."""
     summary = evaluation.summary(task)
@@ -64,11 +71,11 @@ def _table_cells(evaluation: Evaluation, task: str) -> tuple[list[str], list[lis
         name: max((summary[m][name][0] for m in fusion_methods), default=math.nan)
         for name in evaluation.metric_names
     }
-    header = ["method", *evaluation.metric_names, "ms / pair"]
+    header = ["method", *(f"{name} ↑" for name in evaluation.metric_names), "ms / pair"]
     cells, marks = [], []
     for method in [*fusion_methods, *[m for m in evaluation.reference_methods if m in summary]]:
         is_reference = method in evaluation.reference_methods
-        row_cells = [method + (" (reference)" if is_reference else "")]
+        row_cells = [_reference_label(method, task) if is_reference else method]
         row_marks = [""]
         for name in evaluation.metric_names:
             mean, std = summary[method][name]
@@ -201,7 +208,7 @@ def _line_chart(series: dict[str, np.ndarray], width: int, height: int, x_label:
     """A minimal line chart of equally long series (NaN gaps allowed), with axes and a legend."""
     chart = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(chart)
-    left, right, top, bottom = 60, 20, 20, 40
+    left, right, top, bottom = 60, 20, 44, 40
     length = max(len(values) for values in series.values())
     peak = max(float(np.nanmax(values)) for values in series.values() if np.any(np.isfinite(values)))
     peak = peak if peak > 0 else 1.0
@@ -222,7 +229,7 @@ def _line_chart(series: dict[str, np.ndarray], width: int, height: int, x_label:
         draw.line([(x, height - bottom), (x, height - bottom + 4)], fill="black")
         draw.text((x - 6, height - bottom + 6), str(int(index)), fill="black", font=_font(11))
     draw.text((left, height - 16), x_label, fill="black", font=_font(12))
-    draw.text((left + 6, 2), y_label, fill="black", font=_font(12))
+    draw.text((4, 2), y_label, fill="black", font=_font(12))
     for name, values in series.items():
         colour = LINE_COLOURS.get(name, (0, 0, 0))
         segment: list[tuple[float, float]] = []
@@ -234,10 +241,11 @@ def _line_chart(series: dict[str, np.ndarray], width: int, height: int, x_label:
                 segment = []
         if len(segment) > 1:
             draw.line(segment, fill=colour, width=2)
-    for row, name in enumerate(series):
-        y = top + 4 + 16 * row
-        draw.line([(width - right - 200, y + 6), (width - right - 180, y + 6)], fill=LINE_COLOURS.get(name, (0, 0, 0)), width=3)
-        draw.text((width - right - 175, y), name, fill="black", font=_font(12))
+    x = 4  # legend: one row above the plot, clear of the curves
+    for name in series:
+        draw.line([(x, 28), (x + 20, 28)], fill=LINE_COLOURS.get(name, (0, 0, 0)), width=3)
+        draw.text((x + 24, 21), name, fill="black", font=_font(12))
+        x += 24 + int(draw.textlength(name, font=_font(12))) + 16
     return chart
 
 
@@ -291,23 +299,27 @@ def _html_table(evaluation: Evaluation, task: str) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = []
     for row_cells, row_marks in zip(cells, marks):
-        is_reference = row_cells[0].endswith("(reference)")
+        is_reference = row_cells[0].endswith(", reference")
         tds = []
         for text, mark in zip(row_cells, row_marks):
+            mean, separator, spread = text.partition(" ± ")
+            content = html.escape(mean) + (f"<small> ± {html.escape(spread)}</small>" if separator else "")
             if mark == "best":
-                tds.append(f'<td class="best">{html.escape(text)}</td>')
+                tds.append(f'<td class="best">{content}</td>')
             elif mark == "reference-beats":
-                tds.append(f'<td class="refbeats">{html.escape(text)} {REFERENCE_MARK}</td>')
+                tds.append(f'<td class="refbeats">{content} {REFERENCE_MARK}</td>')
             else:
-                tds.append(f"<td>{html.escape(text)}</td>")
+                tds.append(f"<td>{content}</td>")
         body.append(f'<tr class="{"reference" if is_reference else ""}">{"".join(tds)}</tr>')
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    return f"<div class='scroll'><table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></div>"
 
 
 _STYLE = """
-body { font-family: system-ui, sans-serif; margin: 24px; color: #222; max-width: 1400px; }
+body { font-family: system-ui, sans-serif; margin: 24px; color: #222; }
+.scroll { overflow-x: auto; }
 table { border-collapse: collapse; font-size: 13px; margin: 8px 0; }
-th, td { border: 1px solid #ccc; padding: 4px 8px; text-align: right; white-space: nowrap; }
+th, td { border: 1px solid #ccc; padding: 3px 6px; text-align: right; white-space: nowrap; }
+td small { color: #777; font-size: 11px; }
 th:first-child, td:first-child { text-align: left; }
 th { background: #f0f0f0; }
 td.best { font-weight: bold; background: #e3f4e3; }
