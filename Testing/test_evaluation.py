@@ -203,7 +203,7 @@ def _hand_made_evaluation() -> evaluation.Evaluation:
 
 def test_markdown_table_marks_the_best_fusion_method_and_references_that_beat_it():
     table = report.markdown_table(_hand_made_evaluation(), "CT-MRI").splitlines()
-    assert table[0] == "| method | EN ↑ | VIF ↑ | ms / pair |"
+    assert table[0] == "| method | EN ↑ | VIF ↑ | ms/pair |"
     assert table[2] == "| good | **1.500 ± 0.000** | 0.500 ± 0.000 | 10.0 |"
     assert table[3] == "| bad | 0.500 ± 0.000 | **1.500 ± 0.000** | 10.0 |"
     reference_row = f"| A only (MRI), reference | 0.200 ± 0.000 | 1.800 ± 0.000 {report.REFERENCE_MARK} | 10.0 |"
