@@ -1,0 +1,195 @@
+"""Headless MedFusion in Slicer: fuse one pair, or every case of a CSV list, without any window.
+
+One pair::
+
+    Slicer --no-main-window --python-script MedFusionBatch.py -- \\
+        --reference ct.nii.gz --moving mr.nii.gz --output fused.nrrd --registration rigid
+
+A CSV list (columns ``reference``, ``moving`` and optionally ``output``; relative paths start at
+the CSV's folder; the same format as ``medfusion batch``)::
+
+    Slicer --no-main-window --python-script MedFusionBatch.py -- --cases cases.csv --output-dir fused/
+
+Volumes are read with Slicer's own reader into the MRML scene, fused by the module's logic (the
+same code as the panel and the Python console) and written atomically. No dialog is ever shown;
+progress goes to standard output. Exit status: 0 when every case succeeded, 1 when one failed
+(the others still run), 2 for unusable arguments or missing dependencies
+(``--install-dependencies`` installs them, which counts as consent).
+
+The script also runs with plain Python where the ``slicer-core`` wheel provides the MRML scene.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import traceback
+from pathlib import Path
+
+# In the packaged extension this file lies in <modules>/Resources/Scripts; MedFusionSlicer (and the
+# bundled MedFusionLib) are in <modules>. Slicer puts that folder on sys.path; plain Python may not.
+MODULE_FOLDER = Path(__file__).resolve().parents[2]
+if str(MODULE_FOLDER) not in sys.path:
+    sys.path.insert(0, str(MODULE_FOLDER))
+
+import slicer  # noqa: E402  (after the path set-up above)
+
+from MedFusionSlicer import dependencies  # noqa: E402
+from MedFusionSlicer.logic import AXIS_CHOICES, BACKEND_CHOICES, DEVICE_CHOICES, REGISTRATION_CHOICES  # noqa: E402
+
+EXIT_OK, EXIT_CASE_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="MedFusionBatch.py",
+        description="Fuse a moving volume into a reference volume with MedFusion, without a window.",
+    )
+    parser.add_argument("--reference", type=Path, help="reference volume (its grid is the output's grid)")
+    parser.add_argument("--moving", type=Path, help="volume to fuse into the reference")
+    parser.add_argument("--output", type=Path, help="fused volume to write (.nrrd, .nii.gz, .mha)")
+    parser.add_argument("--cases", type=Path, help="CSV with columns reference, moving[, output] instead of one pair")
+    parser.add_argument("--output-dir", type=Path, help="folder for the outputs of --cases")
+    parser.add_argument("--registration", default="rigid", choices=REGISTRATION_CHOICES)
+    parser.add_argument("--backend", default="auto", choices=BACKEND_CHOICES)
+    parser.add_argument("--model", default=None, help="fusion model (default: MedFusion's default; see `medfusion models`)")
+    parser.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
+    parser.add_argument("--axis", default="axial", choices=AXIS_CHOICES)
+    parser.add_argument("--batch-size", type=int, default=None, help="slices per forward pass")
+    parser.add_argument("--save-registered", type=Path, help="also write the registered moving volume (one pair only)")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    parser.add_argument("--install-dependencies", action="store_true", help="install missing Python packages first")
+    return parser
+
+
+def script_arguments(argv: list[str]) -> list[str]:
+    """The script's own arguments: Slicer may pass a leading ``--`` separator through."""
+    return argv[1:] if argv and argv[0] == "--" else argv
+
+
+def ensure_dependencies(install_allowed: bool) -> bool:
+    missing = dependencies.missing_requirements(include_optional=False)
+    if not missing:
+        return True
+    names = ", ".join(requirement.specifier for requirement in missing)
+    if not install_allowed:
+        print(f"MedFusion needs {names}; run again with --install-dependencies to install them.", file=sys.stderr)
+        return False
+    print(f"installing {names} ...", flush=True)
+    try:
+        if hasattr(slicer, "packaging"):
+            def pip_install(arguments):
+                slicer.packaging.pip_install(arguments, interactive=False)
+        else:
+            pip_install = slicer.util.pip_install
+        for line in dependencies.install(missing, pip_install):
+            print(line, flush=True)
+    except Exception as error:  # network, proxy or build failure: say how to install by hand
+        print(f"installing failed ({error}).\n{dependencies.offline_instructions(missing)}", file=sys.stderr)
+        return False
+    return True
+
+
+def fuse_one(logic, scene, reference: Path, moving: Path, output: Path, args, save_registered: Path | None) -> None:
+    """Load, fuse, write one pair; remove its nodes from the scene afterwards."""
+    from MedFusionLib.errors import OutputExistsError
+    from MedFusionLib.io import write_image
+    from MedFusionSlicer.volumes import image_from_volume_node, load_volume_node
+
+    for path in (output, save_registered):
+        if path is not None and path.exists() and not args.overwrite:
+            raise OutputExistsError(f"{path} already exists; pass --overwrite to replace it")
+    added = []
+    try:
+        referenceNode = load_volume_node(scene, reference)
+        added.append(referenceNode)
+        movingNode = load_volume_node(scene, moving)
+        added.append(movingNode)
+
+        def progress(stage: str, done: int, total: int) -> None:
+            print(f"  {stage} {done}/{total}", flush=True)
+
+        nodes = logic.process(
+            referenceNode, movingNode,
+            registration=args.registration, model=args.model, device=args.device, axis=args.axis,
+            backend=args.backend, batchSize=args.batch_size, progress=progress,
+            log=lambda message: print(f"  {message}", flush=True),
+        )  # fmt: skip
+        added += [node for node in (nodes.fusedNode, nodes.registeredNode, nodes.transformNode) if node is not None]
+        write_image(image_from_volume_node(nodes.fusedNode), output, overwrite=args.overwrite)
+        if save_registered is not None and nodes.registeredNode is not None:
+            write_image(image_from_volume_node(nodes.registeredNode), save_registered, overwrite=args.overwrite)
+    finally:
+        for node in added:
+            scene.RemoveNode(node)
+
+
+def run(argv: list[str]) -> int:
+    parser = build_parser()
+    args = parser.parse_args(script_arguments(argv))
+    single = args.reference is not None or args.moving is not None or args.output is not None
+    if single == (args.cases is not None):
+        parser.print_usage(sys.stderr)
+        print("give either --reference, --moving and --output, or --cases and --output-dir", file=sys.stderr)
+        return EXIT_USAGE
+    if single and None in (args.reference, args.moving, args.output):
+        print("one pair needs all of --reference, --moving and --output", file=sys.stderr)
+        return EXIT_USAGE
+    if args.cases is not None and args.output_dir is None:
+        print("--cases needs --output-dir", file=sys.stderr)
+        return EXIT_USAGE
+    if not ensure_dependencies(args.install_dependencies):
+        return EXIT_USAGE
+
+    from MedFusionLib.batch import read_manifest
+    from MedFusionLib.errors import MedFusionError
+    from MedFusionSlicer.logic import FusionLogic
+
+    if single:
+        cases = [(args.reference, args.moving, args.output)]
+    else:
+        try:
+            cases = [(case.reference, case.moving, case.output) for case in read_manifest(args.cases, args.output_dir)]
+        except MedFusionError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return EXIT_USAGE
+    # Slicer has its scene; with slicer-core alone, make one.
+    scene = getattr(slicer, "mrmlScene", None) or slicer.vtkMRMLScene()
+    logic = FusionLogic()
+    failed = 0
+    for index, (reference, moving, output) in enumerate(cases, start=1):
+        print(f"case {index}/{len(cases)}: {reference.name} + {moving.name} -> {output}", flush=True)
+        started = time.perf_counter()
+        try:
+            fuse_one(logic, scene, reference, moving, output, args, args.save_registered if single else None)
+        except MedFusionError as error:
+            failed += 1
+            print(f"case {index} failed: {error}", file=sys.stderr, flush=True)
+            continue
+        except Exception:  # a bug or a library error: report it fully, go on with the next case
+            failed += 1
+            print(f"case {index} failed:", file=sys.stderr)
+            traceback.print_exc()
+            continue
+        print(f"case {index} done in {time.perf_counter() - started:.1f} s", flush=True)
+    print(f"{len(cases) - failed} of {len(cases)} cases fused", flush=True)
+    return EXIT_CASE_FAILED if failed else EXIT_OK
+
+
+def exit_with(status: int) -> None:
+    """Leave Slicer (which keeps running after a --python-script otherwise) or plain Python."""
+    if hasattr(slicer, "app"):
+        slicer.util.exit(status)
+    else:
+        sys.exit(status)
+
+
+if __name__ == "__main__":
+    # Never leave an exception to Slicer: under --no-main-window it would print it and keep running.
+    try:
+        status = run(sys.argv[1:])
+    except Exception:
+        traceback.print_exc()
+        status = EXIT_CASE_FAILED
+    exit_with(status)
