@@ -392,7 +392,8 @@ def evaluate_pairs(
 class VolumeEvaluation:
     """Metrics and inter-slice consistency of a fused volume.
 
-    ``scores``: each metric averaged over the sources' foreground slices (8-bit scale).
+    ``scores``: each metric averaged over the sources' foreground slices (8-bit scale), the
+    same slices for every metric.
     ``slice_changes``: ``{"fused"|"A"|"B"|"pixelwise max of A, B": (S-1,) array}``, the mean
     absolute 8-bit change between consecutive slices (see :func:`inter_slice_changes`).
     ``flicker_ratio``: ``(S-1,)`` fused change / pixelwise-max source change, NaN outside the
@@ -476,7 +477,13 @@ def evaluate_volume(
     f, a, b = (np.moveaxis(metrics.to_eight_bit(v), axis, 0) for v in (f, a, b))
     if spacing is not None:
         spacing = (spacing[axis], *[s for i, s in enumerate(spacing) if i != axis])
-    scores = metrics.score(f, a, b, list(metric_names) if metric_names else None)
+    foreground_indices = metrics.foreground_slices(a, b)
+    if foreground_indices.size == 0:
+        raise InputError("the source volumes have no foreground slice; check that they are not empty.")
+    # One slice set for every metric, the sources' foreground (a fused-only metric on the volume
+    # would pick its slices from the fused image itself).
+    per_slice = [metrics.score(f[i], a[i], b[i], metric_names) for i in foreground_indices]
+    scores = {name: float(np.mean([s[name] for s in per_slice])) for name in per_slice[0]}
 
     changes = {"fused": inter_slice_changes(f), "A": inter_slice_changes(a), "B": inter_slice_changes(b)}
     # The pixelwise larger source change bounds how much any pixelwise weighting or selection
@@ -484,7 +491,7 @@ def evaluate_volume(
     bound = np.maximum(np.abs(np.diff(a, axis=0)), np.abs(np.diff(b, axis=0))).mean(axis=(1, 2))
     changes[PIXELWISE_MAX_LABEL] = bound
     foreground = np.zeros(f.shape[0], dtype=bool)
-    foreground[metrics.foreground_slices(a, b)] = True
+    foreground[foreground_indices] = True
     gap_in_foreground = foreground[:-1] & foreground[1:]
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.where(gap_in_foreground & (bound > 0), changes["fused"] / bound, math.nan)

@@ -41,10 +41,13 @@ QABF_MAX = (QABF_GAMMA_G / (1.0 + math.exp(QABF_KAPPA_G * (1.0 - QABF_SIGMA_G)))
 )
 
 # A volume slice counts as foreground when at least this fraction of its pixels is brighter than
-# this 8-bit level in some image: slices of air would otherwise dominate a volume's average. 10 %
-# of the range keeps MRI's Rician background noise (a few levels) out.
+# the volume's background by this many 8-bit levels, in some image: slices of air would otherwise
+# dominate a volume's average. 10 % of the range keeps MRI's Rician background noise out; the
+# background is the volume's 1st percentile, because min-max scaling lifts the air of a volume
+# with a few negative voxels (BraTS T1: min -69) to ~10 % of the range.
 FOREGROUND_LEVEL = 0.10 * EIGHT_BIT_MAX
 FOREGROUND_FRACTION = 0.01
+BACKGROUND_PERCENTILE = 1.0
 
 
 # ----------------------------------------------------------------------------- input handling
@@ -100,9 +103,12 @@ def foreground_slices(*volumes: np.ndarray) -> np.ndarray:
     """Indices (along axis 0) of the slices where any of ``volumes`` has foreground.
 
     ``volumes``: (S, H, W) arrays on the 8-bit scale. A slice is foreground when at least
-    ``FOREGROUND_FRACTION`` of its pixels exceed ``FOREGROUND_LEVEL`` in at least one volume.
+    ``FOREGROUND_FRACTION`` of its pixels exceed the volume's background (its
+    ``BACKGROUND_PERCENTILE``-th percentile) by ``FOREGROUND_LEVEL`` in at least one volume.
     """
-    bright_fraction = np.stack([(v > FOREGROUND_LEVEL).mean(axis=(1, 2)) for v in volumes])
+    bright_fraction = np.stack(
+        [(v > np.percentile(v, BACKGROUND_PERCENTILE) + FOREGROUND_LEVEL).mean(axis=(1, 2)) for v in volumes]
+    )
     return np.flatnonzero((bright_fraction >= FOREGROUND_FRACTION).any(axis=0))
 
 
@@ -110,8 +116,8 @@ def _volume_average(slice_metric: Callable[..., float], *volumes: np.ndarray) ->
     indices = foreground_slices(*volumes)
     if indices.size == 0:
         raise InputError(
-            "the volume has no foreground slice (no slice with >= 1% of pixels above 10% of the "
-            "8-bit range); check the intensity scaling or the crop."
+            "the volume has no foreground slice (no slice with >= 1% of pixels 10% of the 8-bit "
+            "range above its background); check the intensity scaling or the crop."
         )
     return float(np.mean([slice_metric(*(v[i] for v in volumes)) for i in indices]))
 

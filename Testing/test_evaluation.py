@@ -280,6 +280,8 @@ def test_volume_metrics_average_foreground_slices_and_slicewise_average_does_not
     assert 0 < foreground.size < a8.shape[0]  # the phantom has air slices above and below the head
     expected_ssim = np.mean([metrics.ssim(f8[i], a8[i], b8[i]) for i in foreground])
     assert result.scores["SSIM"] == pytest.approx(expected_ssim, rel=1e-12)
+    expected_entropy = np.mean([metrics.entropy(f8[i]) for i in foreground])  # the sources' slices
+    assert result.scores["EN"] == pytest.approx(expected_entropy, rel=1e-12)
     assert result.worst_flicker <= 1.0 + 1e-9
     assert result.spacing == (3.5, 3.0, 3.0)
 

@@ -221,6 +221,8 @@ def test_foreground_slices_need_one_percent_of_bright_pixels():
     volume[1, 0, 0] = 255  # 1 % of the slice: foreground
     volume[2, 0, 0] = 25  # below 10 % of the range: background
     assert metrics.foreground_slices(volume).tolist() == [1]
+    # A background lifted by min-max scaling (air at 30 levels) is still background.
+    assert metrics.foreground_slices(volume + 30).tolist() == [1]
     with pytest.raises(InputError, match="no foreground slice"):
         metrics.entropy(np.zeros((3, 10, 10)))
 
