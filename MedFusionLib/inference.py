@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Callable
 
+import logging
+
 import numpy as np
 import torch
 from torch import nn
@@ -11,6 +13,8 @@ from torch import nn
 from .devices import resolve_device
 from .errors import FusionCancelled
 from .models import create_model
+
+log = logging.getLogger("MedFusionLib")
 
 ProgressCallback = Callable[[int, int], None]  # (slices done, slices total)
 CancelCallback = Callable[[], bool]  # returns True to stop
@@ -58,7 +62,8 @@ class SliceFuser:
         ``a``, ``b``: ``(N, H, W)`` float32 in [0, 1], same shape. Returns ``(N, H, W)`` float32 in
         [0, 1]. Slices where both inputs are entirely zero are not sent to the model; their output
         is zero. ``progress(done, total)`` is called after each batch; when ``cancel()`` returns
-        True the run stops with :class:`FusionCancelled`.
+        True the run stops with :class:`FusionCancelled`. On an out-of-memory error the batch is
+        halved and retried, down to one slice, then a CUDA run continues on the CPU (logged).
         """
         if a.shape != b.shape or a.ndim != 3:
             raise ValueError(f"expected two (N, H, W) stacks of one shape, got {a.shape} and {b.shape}")
@@ -67,15 +72,45 @@ class SliceFuser:
         total = len(occupied)
         if progress:
             progress(0, total)
+        start = 0
         with torch.inference_mode():
-            for start in range(0, total, self.batch_size):
+            while start < total:
                 if cancel is not None and cancel():
                     raise FusionCancelled("fusion was cancelled before it finished")
                 indices = occupied[start : start + self.batch_size]
-                batch_a = torch.from_numpy(np.ascontiguousarray(a[indices], dtype=np.float32))[:, None]
-                batch_b = torch.from_numpy(np.ascontiguousarray(b[indices], dtype=np.float32))[:, None]
-                output = self.model(batch_a.to(self.device), batch_b.to(self.device))
-                fused[indices] = output[:, 0].float().clamp_(0.0, 1.0).cpu().numpy()
+                try:
+                    fused[indices] = self._fuse_batch(a[indices], b[indices])
+                except torch.OutOfMemoryError:
+                    if not self._back_off():
+                        raise
+                    continue  # the same slices again, smaller or on the CPU
+                start += len(indices)
                 if progress:
-                    progress(min(start + self.batch_size, total), total)
+                    progress(start, total)
         return fused
+
+    def _fuse_batch(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """``(n, H, W)`` pair -> ``(n, H, W)`` float32 in [0, 1] on the host."""
+        batch_a = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[:, None].to(self.device)
+        batch_b = torch.from_numpy(np.ascontiguousarray(b, dtype=np.float32))[:, None].to(self.device)
+        return self.model(batch_a, batch_b)[:, 0].float().clamp_(0.0, 1.0).cpu().numpy()
+
+    def _back_off(self) -> bool:
+        """After an out-of-memory error: halve the batch; at one slice, leave the GPU for the CPU.
+
+        Says what it did on the ``MedFusionLib`` logger (the CLI prints it), so a slower run is
+        never a silent surprise. Returns False when there is nothing left to try (one slice, CPU).
+        """
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        if self.batch_size > 1:
+            self.batch_size = max(1, self.batch_size // 2)
+            log.warning("out of memory on %s; retrying with %d slices per batch", self.device, self.batch_size)
+        elif self.device.type == "cuda":
+            log.warning("out of memory on %s even with one slice per batch; continuing on the CPU", self.device)
+            self.device = torch.device("cpu")
+            self.model = self.model.to(self.device)
+            self.batch_size = DEFAULT_BATCH_SIZE["cpu"]
+        else:
+            return False
+        return True

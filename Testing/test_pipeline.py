@@ -5,9 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import torch
 
 from conftest import oblique
 from MedFusionLib.errors import FusionCancelled, GridMismatchError, InputError, UnknownModelError
+from MedFusionLib.inference import SliceFuser
 from MedFusionLib.io import rgb_to_ycbcr
 from MedFusionLib.pipeline import FOREGROUND_THRESHOLD, fuse_volumes
 from MedFusionLib.preprocessing import normalize_intensity
@@ -149,3 +151,35 @@ def test_2d_gray_pair_gives_gray_float_output():
     fused = sitk.GetArrayFromImage(result.fused)
     assert fused.shape == (40, 50) and fused.dtype == np.float32
     assert np.allclose(fused, (normalize_intensity(a) + normalize_intensity(b)) / 2, atol=1e-6)
+
+
+class _MemoryHungryAverage(torch.nn.Module):
+    """Averages, but runs out of memory on batches of more than ``limit`` slices."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit, self.batch_sizes = limit, []
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        self.batch_sizes.append(a.shape[0])
+        if a.shape[0] > self.limit:
+            raise torch.OutOfMemoryError("out of memory (test)")
+        return (a + b) / 2
+
+
+def test_out_of_memory_halves_the_batch_and_finishes(phantom_pair, caplog):
+    model = _MemoryHungryAverage(limit=3)
+    fuser = SliceFuser(model, device="cpu", batch_size=16)
+    a = normalize_intensity(sitk.GetArrayFromImage(phantom_pair.ct))
+    b = normalize_intensity(sitk.GetArrayFromImage(phantom_pair.mr))
+    with caplog.at_level("WARNING", logger="MedFusionLib"):
+        fused = fuser.fuse_stack(a, b)
+    assert np.allclose(fused, (a + b) / 2, atol=1e-6)
+    assert model.batch_sizes[:3] == [16, 8, 4] and max(model.batch_sizes[3:]) == 2
+    assert "retrying with 2 slices per batch" in caplog.text
+
+
+def test_out_of_memory_with_one_slice_on_cpu_is_raised():
+    fuser = SliceFuser(_MemoryHungryAverage(limit=0), device="cpu", batch_size=4)
+    with pytest.raises(torch.OutOfMemoryError):
+        fuser.fuse_stack(np.ones((2, 8, 8), np.float32), np.ones((2, 8, 8), np.float32))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 
 from ..errors import FusionCancelled, MedFusionError
@@ -40,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # The library reports fallbacks (e.g. GPU out of memory -> smaller batches) on its logger.
+    logging.basicConfig(format="medfusion: %(message)s", level=logging.INFO)
     try:
         return int(args.handler(args) or 0)
     except FusionCancelled as error:
