@@ -33,7 +33,8 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 
 from MedFusionSlicer import dependencies
-from MedFusionSlicer.logic import AXIS_CHOICES, BACKEND_CHOICES, DEVICE_CHOICES, REGISTRATION_CHOICES, FusionLogic
+from MedFusionSlicer.choices import AXIS_CHOICES, BACKEND_CHOICES, DEVICE_CHOICES, REGISTRATION_CHOICES
+from MedFusionSlicer.logic import FusionLogic
 from MedFusionSlicer.worker import Finished, Message, Progress, overall_fraction
 
 # How often the panel looks at the worker's output (ms): smooth progress, negligible cost.
@@ -103,6 +104,7 @@ class MedFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNodeGuiTag = None
         self._job = None
         self._jobInputs = None
+        self._optionalDependenciesDeclined = False
         self._pollTimer = qt.QTimer()
         self._pollTimer.setInterval(POLL_INTERVAL_MS)
         self._pollTimer.timeout.connect(self.onPoll)
@@ -213,7 +215,7 @@ class MedFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """Install what MedFusionLib needs, after asking; False if it is still missing."""
         missing = dependencies.missing_requirements()
         required = [requirement for requirement in missing if not requirement.optional]
-        if not missing:
+        if not missing or (not required and self._optionalDependenciesDeclined):
             return True
         lines = "\n".join(f"  {r.specifier}: {r.purpose}{' (optional)' if r.optional else ''}" for r in missing)
         if not slicer.util.confirmOkCancelDisplay(
@@ -221,11 +223,14 @@ class MedFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             f"(Slicer's own packages such as SimpleITK and numpy are never changed):\n\n{lines}\n\nInstall them now?",
             windowTitle="MedFusion: install dependencies",
         ):
-            self.ui.statusLabel.text = "MedFusion cannot run without " + ", ".join(r.specifier for r in required) if required else ""
+            if required:
+                self.ui.statusLabel.text = "MedFusion cannot run without " + ", ".join(r.specifier for r in required)
+            self._optionalDependenciesDeclined = True  # ask again only when a required one is missing
             return not required
         try:
             with slicer.util.WaitCursor():
-                for line in dependencies.install(missing, self._pipInstall, self._torchInstaller()):
+                installer = dependencies.slicer_torch_installer()
+                for line in dependencies.install(missing, dependencies.slicer_pip_install, installer):
                     logging.info(line)
         except Exception as error:  # no network, a proxy, a failed build: say how to do it by hand
             logging.error(f"MedFusion: installing dependencies failed: {error}")
@@ -233,24 +238,6 @@ class MedFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return False
         self.fillModelsAndDevice()
         return not dependencies.missing_requirements(include_optional=False)
-
-    @staticmethod
-    def _pipInstall(arguments: list[str]) -> None:
-        if hasattr(slicer, "packaging"):  # Slicer >= 5.12: consent was already given above
-            slicer.packaging.pip_install(arguments, interactive=False)
-        else:
-            slicer.util.pip_install(arguments)
-
-    @staticmethod
-    def _torchInstaller():
-        """SlicerPyTorch's installer (a CUDA build that matches the driver) when that extension is there."""
-        try:
-            import PyTorchUtils
-        except ImportError:
-            return None
-        return lambda specifier: PyTorchUtils.PyTorchUtilsLogic().installTorch(
-            askConfirmation=False, torchVersionRequirement=specifier.removeprefix("torch")
-        )
 
     def onApplyButton(self) -> None:
         if not self.ensureDependencies():

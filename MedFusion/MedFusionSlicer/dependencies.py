@@ -142,3 +142,33 @@ def install(
             pip_install(pip_arguments(remaining, constraints))
         done.append("installed " + ", ".join(requirement.specifier for requirement in remaining) + " with pip")
     return done
+
+
+def slicer_pip_install(arguments: list[str]) -> None:
+    """Run pip in Slicer's Python without another prompt (the caller has asked for consent):
+    ``slicer.packaging.pip_install`` where the Slicer version has it (its core constraints apply
+    too), ``slicer.util.pip_install`` before."""
+    try:
+        import slicer.packaging
+    except ImportError:
+        import slicer.util
+
+        slicer.util.pip_install(arguments)
+    else:
+        slicer.packaging.pip_install(arguments, interactive=False)
+
+
+def slicer_torch_installer() -> Callable[[str], None] | None:
+    """SlicerPyTorch's torch installer (the build for this computer's CUDA driver) when that
+    extension is installed, else ``None`` (torch then comes from pip)."""
+    try:
+        import PyTorchUtils
+    except ImportError:
+        return None
+
+    def install_torch(specifier: str) -> None:
+        PyTorchUtils.PyTorchUtilsLogic().installTorch(
+            askConfirmation=False, torchVersionRequirement=specifier.removeprefix("torch")
+        )
+
+    return install_torch

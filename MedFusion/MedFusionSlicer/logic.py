@@ -38,14 +38,6 @@ from .volumes import (
 )
 from .worker import FusionJob, describe_attempt
 
-# The choices the panel and the headless script offer. They equal MedFusionLib's (pipeline, registration,
-# devices, geometry; Testing/test_slicer_module_files.py checks it) but are spelled out here because those
-# modules import torch, which may not be installed yet when Slicer loads the module.
-REGISTRATION_CHOICES = ("none", "rigid", "affine", "bspline")
-BACKEND_CHOICES = ("auto", "elastix", "simpleitk")
-DEVICE_CHOICES = ("auto", "cpu", "cuda")
-AXIS_CHOICES = ("axial", "coronal", "sagittal")
-
 # progress(stage, done, total) as in MedFusionLib.pipeline; log(message) for human-readable lines.
 ProgressCallback = Callable[[str, int, int], None]
 LogCallback = Callable[[str], None]

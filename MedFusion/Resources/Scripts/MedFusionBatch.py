@@ -33,10 +33,8 @@ MODULE_FOLDER = Path(__file__).resolve().parents[2]
 if str(MODULE_FOLDER) not in sys.path:
     sys.path.insert(0, str(MODULE_FOLDER))
 
-import slicer  # noqa: E402  (after the path set-up above)
-
-from MedFusionSlicer import dependencies  # noqa: E402
-from MedFusionSlicer.logic import AXIS_CHOICES, BACKEND_CHOICES, DEVICE_CHOICES, REGISTRATION_CHOICES  # noqa: E402
+from MedFusionSlicer import dependencies  # noqa: E402  (after the path set-up above)
+from MedFusionSlicer.choices import AXIS_CHOICES, BACKEND_CHOICES, DEVICE_CHOICES, REGISTRATION_CHOICES  # noqa: E402
 
 EXIT_OK, EXIT_CASE_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -78,12 +76,9 @@ def ensure_dependencies(install_allowed: bool) -> bool:
         return False
     print(f"installing {names} ...", flush=True)
     try:
-        if hasattr(slicer, "packaging"):
-            def pip_install(arguments):
-                slicer.packaging.pip_install(arguments, interactive=False)
-        else:
-            pip_install = slicer.util.pip_install
-        for line in dependencies.install(missing, pip_install):
+        for line in dependencies.install(
+            missing, dependencies.slicer_pip_install, dependencies.slicer_torch_installer()
+        ):
             print(line, flush=True)
     except Exception as error:  # network, proxy or build failure: say how to install by hand
         print(f"installing failed ({error}).\n{dependencies.offline_instructions(missing)}", file=sys.stderr)
@@ -142,6 +137,8 @@ def run(argv: list[str]) -> int:
     if not ensure_dependencies(args.install_dependencies):
         return EXIT_USAGE
 
+    import slicer  # after checking the arguments: loading the MRML libraries takes seconds
+
     from MedFusionLib.batch import read_manifest
     from MedFusionLib.errors import MedFusionError
     from MedFusionSlicer.logic import FusionLogic
@@ -155,7 +152,9 @@ def run(argv: list[str]) -> int:
             print(f"error: {error}", file=sys.stderr)
             return EXIT_USAGE
     # Slicer has its scene; with slicer-core alone, make one.
-    scene = getattr(slicer, "mrmlScene", None) or slicer.vtkMRMLScene()
+    scene = getattr(slicer, "mrmlScene", None)
+    if scene is None:
+        scene = slicer.vtkMRMLScene()
     logic = FusionLogic()
     failed = 0
     for index, (reference, moving, output) in enumerate(cases, start=1):
@@ -179,7 +178,8 @@ def run(argv: list[str]) -> int:
 
 def exit_with(status: int) -> None:
     """Leave Slicer (which keeps running after a --python-script otherwise) or plain Python."""
-    if hasattr(slicer, "app"):
+    slicer = sys.modules.get("slicer")
+    if slicer is not None and hasattr(slicer, "app"):
         slicer.util.exit(status)
     else:
         sys.exit(status)

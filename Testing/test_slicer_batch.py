@@ -1,0 +1,113 @@
+"""The headless batch script (MedFusion/Resources/Scripts/MedFusionBatch.py), run as a process with
+the slicer-core wheel standing in for ``Slicer --no-main-window --python-script``."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+pytest.importorskip("slicer_core", reason="the slicer-core wheel (a real MRML scene) is not available for this Python")
+
+from conftest import oblique  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = REPO_ROOT / "MedFusion" / "Resources" / "Scripts" / "MedFusionBatch.py"
+
+
+def run_script(*arguments: str, cwd: Path) -> subprocess.CompletedProcess:
+    # "--" as Slicer passes it after --python-script SCRIPT.
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), "--", *arguments], cwd=cwd, capture_output=True, text=True, timeout=300
+    )
+
+
+@pytest.fixture(scope="module")
+def phantom_files(tmp_path_factory, phantom_pair) -> Path:
+    """The CT/MR phantom on an oblique grid as NIfTI files."""
+    folder = tmp_path_factory.mktemp("pair")
+    sitk.WriteImage(oblique(phantom_pair.ct), str(folder / "ct.nii.gz"))
+    sitk.WriteImage(oblique(phantom_pair.mr), str(folder / "mr.nii.gz"))
+    return folder
+
+
+def test_one_pair_gives_the_same_volume_as_the_medfusion_command(phantom_files):
+    """Slicer's reader, the module's logic and our writer change nothing: the headless result equals
+    `medfusion fuse` on the same files, voxel for voxel, on the reference's grid."""
+    result = run_script("--reference", "ct.nii.gz", "--moving", "mr.nii.gz", "--output", "slicer.nii.gz",
+                        "--registration", "none", "--model", "laplacian", "--device", "cpu", cwd=phantom_files)
+    assert result.returncode == 0, result.stderr
+    assert "fuse" in result.stdout and "1 of 1 cases fused" in result.stdout
+    command = subprocess.run(
+        [sys.executable, "-m", "MedFusionLib", "fuse", "ct.nii.gz", "mr.nii.gz", "-o", "cli.nii.gz",
+         "--model", "laplacian", "--device", "cpu", "--progress", "none"],
+        cwd=phantom_files, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert command.returncode == 0, command.stderr
+    headless, cli = sitk.ReadImage(str(phantom_files / "slicer.nii.gz")), sitk.ReadImage(str(phantom_files / "cli.nii.gz"))
+    reference = sitk.ReadImage(str(phantom_files / "ct.nii.gz"))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(headless), sitk.GetArrayFromImage(cli))
+    for image in (headless, cli):
+        assert image.GetSize() == reference.GetSize()
+        np.testing.assert_allclose(image.GetOrigin(), reference.GetOrigin(), atol=1e-4)
+        np.testing.assert_allclose(image.GetSpacing(), reference.GetSpacing(), atol=1e-6)
+        np.testing.assert_allclose(image.GetDirection(), reference.GetDirection(), atol=1e-6)
+
+
+def test_case_list_goes_on_after_a_bad_case_and_exits_non_zero(phantom_files, tmp_path):
+    cases = tmp_path / "cases.csv"
+    cases.write_text(
+        f"reference,moving,output\n"
+        f"{phantom_files / 'ct.nii.gz'},{phantom_files / 'missing.nii.gz'},bad.nrrd\n"
+        f"{phantom_files / 'ct.nii.gz'},{phantom_files / 'mr.nii.gz'},good.nrrd\n"
+    )
+    result = run_script("--cases", str(cases), "--output-dir", "out", "--registration", "none",
+                        "--model", "average", "--device", "cpu", cwd=tmp_path)
+    assert result.returncode == 1
+    assert "case 1 failed" in result.stderr and "missing.nii.gz not found" in result.stderr
+    assert "1 of 2 cases fused" in result.stdout
+    assert (tmp_path / "out" / "good.nrrd").is_file() and not (tmp_path / "out" / "bad.nrrd").exists()
+
+
+def test_existing_output_is_kept_without_overwrite(phantom_files, tmp_path):
+    output = tmp_path / "fused.nrrd"
+    output.write_bytes(b"keep me")
+    result = run_script("--reference", str(phantom_files / "ct.nii.gz"), "--moving", str(phantom_files / "mr.nii.gz"),
+                        "--output", str(output), "--registration", "none", cwd=tmp_path)
+    assert result.returncode == 1 and "already exists; pass --overwrite" in result.stderr
+    assert output.read_bytes() == b"keep me"
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        ((), "either --reference"),
+        (("--reference", "a.nii.gz", "--moving", "b.nii.gz"), "all of --reference, --moving and --output"),
+        (("--cases", "cases.csv"), "--cases needs --output-dir"),
+    ],
+)
+def test_unusable_arguments_exit_2_without_a_dialog(arguments, message, tmp_path):
+    result = run_script(*arguments, cwd=tmp_path)
+    assert result.returncode == 2 and message in result.stderr
+
+
+def test_brats_t1_t2_fused_headless_on_the_reference_grid(shared_data, tmp_path):
+    """Real data: the BraTS T1 (reference) and T2, two .nii.gz files, fused headless."""
+    case = shared_data / "brats" / "BraTS-MET-example"
+    result = run_script("--reference", str(case / "t1.nii.gz"), "--moving", str(case / "t2.nii.gz"),
+                        "--output", "t1_t2_fused.nii.gz", "--registration", "none", "--device", "cpu", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    fused, reference = sitk.ReadImage(str(tmp_path / "t1_t2_fused.nii.gz")), sitk.ReadImage(str(case / "t1.nii.gz"))
+    assert fused.GetSize() == reference.GetSize()
+    np.testing.assert_allclose(fused.GetOrigin(), reference.GetOrigin(), atol=1e-4)
+    np.testing.assert_allclose(fused.GetSpacing(), reference.GetSpacing(), atol=1e-6)
+    np.testing.assert_allclose(fused.GetDirection(), reference.GetDirection(), atol=1e-6)
+    values = sitk.GetArrayFromImage(fused)
+    assert values.min() >= 0.0 and values.max() <= 1.0
+    t1, t2 = sitk.GetArrayFromImage(reference), sitk.GetArrayFromImage(sitk.ReadImage(str(case / "t2.nii.gz")))
+    assert values[t1 > 0].mean() > 0.1  # the brain is there
+    assert np.percentile(values[(t1 == 0) & (t2 == 0)], 99) < 0.01  # air stays dark
