@@ -26,17 +26,49 @@ _TISSUES = {
     "lesion": (22.0, 780.0),
 }
 
-# Ellipsoids (centre, semi-axes), mm. Later entries overwrite earlier ones.
+# Ellipsoids (centre, semi-axes in mm, folding), later entries overwriting earlier ones. Folding
+# is the relative amplitude of a wavy boundary, so that the grey/white interface has gyrus-like
+# folds that a registration can lock onto and a fusion must keep sharp.
 _ANATOMY = (
-    ("scalp", (0.0, 0.0, 0.0), (74.0, 92.0, 82.0)),
-    ("skull", (0.0, 0.0, 0.0), (69.0, 87.0, 77.0)),
-    ("csf", (0.0, 0.0, 2.0), (63.0, 81.0, 71.0)),
-    ("grey", (0.0, 0.0, 2.0), (60.0, 78.0, 68.0)),
-    ("white", (0.0, 2.0, 6.0), (49.0, 66.0, 54.0)),
-    ("ventricle", (-9.0, 4.0, 12.0), (5.0, 20.0, 9.0)),
-    ("ventricle", (9.0, 4.0, 12.0), (5.0, 20.0, 9.0)),
-    ("lesion", (26.0, -22.0, 24.0), (11.0, 11.0, 11.0)),
+    ("scalp", (0.0, 0.0, 0.0), (74.0, 92.0, 82.0), 0.0),
+    ("skull", (0.0, 0.0, 0.0), (69.0, 87.0, 77.0), 0.0),
+    ("csf", (0.0, 0.0, 2.0), (63.0, 81.0, 71.0), 0.0),
+    ("grey", (0.0, 0.0, 2.0), (60.0, 78.0, 68.0), 0.02),
+    ("white", (0.0, 2.0, 6.0), (49.0, 66.0, 54.0), 0.07),
+    ("ventricle", (-9.0, 4.0, 12.0), (5.0, 20.0, 9.0), 0.0),
+    ("ventricle", (9.0, 4.0, 12.0), (5.0, 20.0, 9.0), 0.0),
+    ("lesion", (26.0, -22.0, 24.0), (11.0, 11.0, 11.0), 0.0),
 )
+
+
+# Plane waves (unit direction, phase) summed into a smooth 3D field that folds the boundaries:
+# fixed, so the anatomy is the same in every run and for every grid.
+_FOLD_RNG = np.random.default_rng(20261125)
+_FOLD_DIRECTIONS = _FOLD_RNG.normal(size=(12, 3))
+_FOLD_DIRECTIONS /= np.linalg.norm(_FOLD_DIRECTIONS, axis=1, keepdims=True)
+_FOLD_PHASES = _FOLD_RNG.uniform(0.0, 2.0 * np.pi, size=12)
+_FOLD_WAVELENGTH_MM = 22.0
+
+
+def _inside(points: np.ndarray, centre, semi_axes, folding: float) -> np.ndarray:
+    """Which points (``(3, z, y, x)`` mm) lie inside the ellipsoid, its surface folded by ``folding``."""
+    radius = np.zeros(points.shape[1:], dtype=np.float32)
+    for axis in range(3):  # in place, one coordinate at a time: several times faster than broadcasting
+        term = points[axis] - np.float32(centre[axis])
+        term *= np.float32(1.0 / semi_axes[axis])
+        term *= term
+        radius += term
+    np.sqrt(radius, out=radius)
+    inside = radius <= 1.0
+    if not folding:
+        return inside
+    # The folds (clipped at 3 standard deviations) move the surface by at most 3 * folding:
+    # evaluate them only in that shell.
+    shell = np.abs(radius - 1.0) <= 3.0 * folding
+    phases = points[:, shell].T @ _FOLD_DIRECTIONS.T * (2.0 * np.pi / _FOLD_WAVELENGTH_MM) + _FOLD_PHASES
+    waves = np.clip(np.sin(phases).sum(axis=-1) / np.sqrt(len(_FOLD_PHASES) / 2.0), -3.0, 3.0)
+    inside[shell] = radius[shell] <= 1.0 + folding * waves
+    return inside
 
 
 @dataclass(frozen=True)
@@ -69,26 +101,29 @@ def _grid(size: tuple[int, int, int], spacing: tuple[float, float, float]) -> si
     return image
 
 
-def _physical_points(grid: sitk.Image) -> np.ndarray:
-    """Physical LPS position of every voxel, shape ``(z, y, x, 3)`` in mm."""
+def _physical_points(grid: sitk.Image, world_to_anatomy: sitk.Euler3DTransform | None = None) -> np.ndarray:
+    """Physical LPS position (mm) of every voxel, float32 ``(3, z, y, x)``; mapped through
+    ``world_to_anatomy`` when given."""
     size = grid.GetSize()
-    index = np.stack(np.meshgrid(*(np.arange(n, dtype=np.float64) for n in reversed(size)), indexing="ij")[::-1], axis=-1)
-    direction = np.asarray(grid.GetDirection()).reshape(3, 3)
-    return np.asarray(grid.GetOrigin()) + (index * np.asarray(grid.GetSpacing())) @ direction.T
+    index = np.stack(np.meshgrid(*(np.arange(n, dtype=np.float32) for n in reversed(size)), indexing="ij")[::-1])
+    matrix = np.asarray(grid.GetDirection()).reshape(3, 3) * np.asarray(grid.GetSpacing())
+    offset = np.asarray(grid.GetOrigin())
+    if world_to_anatomy is not None:
+        rotation = np.asarray(world_to_anatomy.GetMatrix()).reshape(3, 3)
+        centre = np.asarray(world_to_anatomy.GetCenter())
+        matrix = rotation @ matrix
+        offset = rotation @ (offset - centre) + centre + np.asarray(world_to_anatomy.GetTranslation())
+    points = np.tensordot(matrix.astype(np.float32), index, axes=1)
+    points += offset.astype(np.float32)[:, None, None, None]
+    return points
 
 
 def _render(grid: sitk.Image, modality: int, world_to_anatomy: sitk.Euler3DTransform | None, rng: np.random.Generator) -> sitk.Image:
     """Evaluate the anatomy on ``grid``; ``modality`` 0 = CT, 1 = MR."""
-    points = _physical_points(grid)
-    if world_to_anatomy is not None:
-        matrix = np.asarray(world_to_anatomy.GetMatrix()).reshape(3, 3)
-        centre = np.asarray(world_to_anatomy.GetCenter())
-        offset = np.asarray(world_to_anatomy.GetTranslation())
-        points = (points - centre) @ matrix.T + centre + offset
-    values = np.full(points.shape[:3], _TISSUES["air"][modality], dtype=np.float32)
-    for tissue, centre, semi_axes in _ANATOMY:
-        inside = (((points - np.asarray(centre)) / np.asarray(semi_axes)) ** 2).sum(axis=-1) <= 1.0
-        values[inside] = _TISSUES[tissue][modality]
+    points = _physical_points(grid, world_to_anatomy)
+    values = np.full(points.shape[1:], _TISSUES["air"][modality], dtype=np.float32)
+    for tissue, centre, semi_axes, folding in _ANATOMY:
+        values[_inside(points, centre, semi_axes, folding)] = _TISSUES[tissue][modality]
     image = sitk.GetImageFromArray(values)
     image.CopyInformation(grid)
     # Partial-volume blur of about one voxel, as a real scanner's point-spread function gives.
@@ -98,7 +133,7 @@ def _render(grid: sitk.Image, modality: int, world_to_anatomy: sitk.Euler3DTrans
         values = values + rng.normal(0.0, 6.0, values.shape)  # quantum noise, HU
     else:
         # A smooth receive-coil bias across the head, then magnitude (Rician) noise.
-        bias = 1.0 + 0.12 * points[..., 0] / 80.0 - 0.08 * points[..., 2] / 80.0
+        bias = 1.0 + 0.12 * points[0] / 80.0 - 0.08 * points[2] / 80.0
         real = values * bias + rng.normal(0.0, 12.0, values.shape)
         values = np.hypot(real, rng.normal(0.0, 12.0, values.shape))
     result = sitk.GetImageFromArray(values.astype(np.float32))

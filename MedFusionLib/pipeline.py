@@ -23,7 +23,7 @@ from .resources import require_memory
 from .preprocessing import apply_ct_window, foreground_bounding_box, normalize_intensity, resample_to_reference
 
 ImageSource = str | PathLike | sitk.Image
-# progress(stage, done, total): stage is "register" or "fuse"; done/total count steps of that stage.
+# progress(stage, done, total): stage "register" (done/total in percent) or "fuse" (slices).
 PipelineProgress = Callable[[str, int, int], None]
 
 REGISTRATION_CHOICES = ("none", "rigid", "affine", "bspline")
@@ -180,9 +180,14 @@ def fuse_volumes(
         from .registration import register  # optional heavy import (elastix) only when asked
 
         if progress:
-            progress("register", 0, 1)
+            progress("register", 0, 100)
         registration_result = register(
-            reference_luminance, moving_luminance, preset=registration, backend=registration_backend
+            reference_luminance,
+            moving_luminance,
+            preset=registration,
+            backend=registration_backend,
+            # Registration reports a fraction; the pipeline's stages count steps: percent.
+            progress=(lambda fraction, _message: progress("register", int(round(100 * fraction)), 100)) if progress else None,
         )
         registered_luminance = registration_result.registered
         if moving_chroma is not None:
@@ -201,7 +206,7 @@ def fuse_volumes(
                 axis=-1,
             )
         if progress:
-            progress("register", 1, 1)
+            progress("register", 100, 100)
 
     a = _normalize(reference_luminance, reference_window, reference_image.GetPixelID() in _EIGHT_BIT)
     b = _normalize(registered_luminance, moving_window, moving_image.GetPixelID() in _EIGHT_BIT)

@@ -36,12 +36,14 @@ def progress_reporter(style: str, model: str, registration: str) -> tuple[Callab
     ``none``: silence.
     """
     bar = None
+    announced_registration = False
 
     def report(stage: str, done: int, total: int) -> None:
-        nonlocal bar
+        nonlocal bar, announced_registration
         if style == "json":
             print(json.dumps({"stage": stage, "done": done, "total": total}), file=sys.stderr, flush=True)
-        elif style == "bar" and stage == "register" and done == 0:
+        elif style == "bar" and stage == "register" and not announced_registration:
+            announced_registration = True
             print(f"registering ({registration}) ...", file=sys.stderr)
         elif style == "bar" and stage == "fuse":
             if bar is None:
@@ -119,9 +121,9 @@ def run(args: argparse.Namespace) -> int:
     if args.save_registered is not None:
         write_image(result.registered_moving, args.save_registered, overwrite=args.overwrite)
     if args.save_transform is not None and result.registration is not None:
-        from ..registration import save_transform
+        from ..registration import write_transform
 
-        save_transform(result.registration.transform, args.save_transform, overwrite=args.overwrite)
+        write_transform(result.registration.transform, args.save_transform, overwrite=args.overwrite)
     fused = result.fused
     print(
         f"wrote {args.output}: size {fused.GetSize()}, spacing {tuple(round(s, 4) for s in fused.GetSpacing())} "

@@ -37,7 +37,8 @@ class LaplacianPyramidFusion(nn.Module):
     """Laplacian-pyramid fusion.
 
     Both sources are decomposed into ``levels`` band-pass layers plus a low-pass residual; at every
-    band-pass layer the coefficient of larger magnitude wins (the sharper edge), the residuals are
+    band-pass layer the coefficient with the larger local activity (mean magnitude over a 3×3
+    window) wins, i.e. the sharper structure, the residuals are
     averaged (overall brightness from both), and the pyramid is collapsed. The decomposition is
     exactly invertible, so fusing an image with itself returns it unchanged.
     """
@@ -68,6 +69,11 @@ class LaplacianPyramidFusion(nn.Module):
         bands_a, bands_b = self._decompose(a, levels), self._decompose(b, levels)
         fused = (bands_a[-1] + bands_b[-1]) * 0.5
         for band_a, band_b in zip(reversed(bands_a[:-1]), reversed(bands_b[:-1])):
-            detail = torch.where(band_a.abs() >= band_b.abs(), band_a, band_b)
+            # Activity is |coefficient| averaged over a 3×3 window, not per pixel: an isolated
+            # noise spike then cannot flip the choice, so the selection map is coherent within a
+            # slice and changes less from one slice to the next.
+            activity_a = F.avg_pool2d(band_a.abs(), 3, stride=1, padding=1, count_include_pad=False)
+            activity_b = F.avg_pool2d(band_b.abs(), 3, stride=1, padding=1, count_include_pad=False)
+            detail = torch.where(activity_a >= activity_b, band_a, band_b)
             fused = detail + F.interpolate(fused, size=detail.shape[-2:], mode="bilinear", align_corners=False)
         return fused.clamp(0.0, 1.0)
