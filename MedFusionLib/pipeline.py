@@ -252,10 +252,12 @@ def _fuse_array(
     """Crop two normalised arrays to their joint foreground, fuse slice-wise, uncrop.
 
     ``a``, ``b``: ``[z, y, x]`` (3D) or ``[y, x]`` (2D) float32 in [0, 1], same shape.
-    Returns float32 in [0, 1] of that shape; zero outside the foreground box.
+    Returns float32 in [0, 1] of that shape. Outside the foreground box, where both inputs are
+    below :data:`FOREGROUND_THRESHOLD`, it is their mean: background noise stays continuous
+    across the box's edge instead of dropping to a hard zero.
     """
     box = foreground_bounding_box([a > FOREGROUND_THRESHOLD, b > FOREGROUND_THRESHOLD], margin=FOREGROUND_MARGIN)
-    fused = np.zeros(a.shape, dtype=np.float32)
+    fused = (a + b) * np.float32(0.5)
     if box is None:
         raise InputError(
             "neither image has any foreground after normalisation (every voxel is near its minimum); "

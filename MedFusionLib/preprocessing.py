@@ -24,16 +24,18 @@ CT_WINDOWS: dict[str, tuple[float, float]] = {
 NORMALIZATION_EPS = 1e-7
 
 
-def normalize_intensity(array: np.ndarray, percentile: float = 99.0) -> np.ndarray:
-    """Clip at the ``percentile``-th percentile, then min-max scale to [0, 1].
+def normalize_intensity(array: np.ndarray, percentile: float = 99.0, low_percentile: float = 0.5) -> np.ndarray:
+    """Clip to the ``[low_percentile, percentile]`` percentiles, then min-max scale to [0, 1].
 
-    ``(x - min) / (p - min + 1e-7)`` after clipping at ``p``, computed over the whole array (a
-    volume, never a slice). Returns float32 of the same shape, in [0, 1].
+    ``(x - lo) / (hi - lo + 1e-7)`` after clipping to ``[lo, hi]``, computed over the whole array
+    (a volume, never a slice). The seed clips only the top; the bottom 0.5 % is clipped too
+    because interpolation undershoot is common in resampled scans (BraTS T1: background 0, a few
+    voxels down to −69), and min-max would lift the whole background to about 0.1.
+    ``low_percentile=0`` gives the seed's exact rule. Returns float32 of the same shape, in [0, 1].
     """
     values = np.asarray(array, dtype=np.float32)
-    low = float(values.min())
-    high = float(np.percentile(values, percentile))
-    clipped = np.minimum(values, high)
+    low, high = (float(v) for v in np.percentile(values, [low_percentile, percentile]))
+    clipped = np.clip(values, low, high)
     return ((clipped - low) / (high - low + NORMALIZATION_EPS)).astype(np.float32)
 
 

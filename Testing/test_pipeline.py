@@ -11,7 +11,7 @@ from conftest import oblique
 from MedFusionLib.errors import FusionCancelled, GridMismatchError, InputError, UnknownModelError
 from MedFusionLib.inference import SliceFuser
 from MedFusionLib.io import rgb_to_ycbcr
-from MedFusionLib.pipeline import FOREGROUND_THRESHOLD, fuse_volumes
+from MedFusionLib.pipeline import FOREGROUND_MARGIN, fuse_volumes
 from MedFusionLib.preprocessing import normalize_intensity
 
 
@@ -44,10 +44,20 @@ def test_average_fusion_equals_mean_of_volume_normalised_sources(phantom_pair):
     fused = sitk.GetArrayFromImage(fuse_volumes(phantom_pair.ct, phantom_pair.mr, model="average").fused)
     a = normalize_intensity(sitk.GetArrayFromImage(phantom_pair.ct))
     b = normalize_intensity(sitk.GetArrayFromImage(phantom_pair.mr))
-    expected = (a + b) / 2
-    inside = fused > 0  # outside the foreground box the pipeline writes zeros
-    assert np.allclose(fused[inside], expected[inside], atol=1e-6)
-    assert (expected[~inside] < FOREGROUND_THRESHOLD).all()
+    # Inside the foreground box by the model, outside it by the pipeline's background fill.
+    assert np.allclose(fused, (a + b) / 2, atol=1e-6)
+
+
+def test_only_the_joint_foreground_is_sent_to_the_model(phantom_pair):
+    """Thirty empty slices above and below the head are not fused; the output still covers them."""
+    ct = sitk.ConstantPad(phantom_pair.ct, (0, 0, 30), (0, 0, 30), -1000.0)
+    mr = sitk.ConstantPad(phantom_pair.mr, (0, 0, 30), (0, 0, 30), 0.0)
+    calls = []
+    result = fuse_volumes(ct, mr, model="laplacian", progress=lambda *call: calls.append(call))
+    fused_slices = calls[-1][2]
+    assert fused_slices <= phantom_pair.ct.GetSize()[2] + 2 * FOREGROUND_MARGIN < ct.GetSize()[2]
+    values = sitk.GetArrayFromImage(result.fused)
+    assert values.shape == sitk.GetArrayFromImage(ct).shape and values[:20].max() < 0.02
 
 
 @pytest.mark.parametrize("axis", ["coronal", "sagittal"])

@@ -21,12 +21,21 @@ from MedFusionLib.preprocessing import (
 
 def test_normalize_clips_at_99th_percentile_and_scales_to_unit_range():
     values = np.arange(1000, dtype=np.float32).reshape(10, 10, 10)  # 0..999, p99 = 989.01
-    normalized = normalize_intensity(values)
+    normalized = normalize_intensity(values, low_percentile=0.0)  # the seed's rule
     assert normalized.dtype == np.float32 and normalized.shape == values.shape
     assert normalized.min() == 0.0
     assert normalized.max() == pytest.approx(1.0, abs=1e-6)
     assert (normalized.ravel()[990:] == normalized.max()).all()  # everything above p99 is clipped
     assert normalized.ravel()[500] == pytest.approx(500 / np.percentile(values, 99), rel=1e-5)
+
+
+def test_normalize_clips_undershoot_so_the_background_stays_black():
+    volume = np.zeros((20, 20, 20), dtype=np.float32)
+    volume[5:15, 5:15, 5:15] = 500.0
+    volume[0, 0, :10] = -69.0  # interpolation undershoot, as in BraTS T1
+    normalized = normalize_intensity(volume)
+    assert normalized[volume == 0].max() == 0.0 and normalized[volume == -69].max() == 0.0
+    assert normalize_intensity(volume, low_percentile=0.0)[volume == 0].min() > 0.1  # the seed's rule
 
 
 def test_normalize_is_invariant_to_affine_intensity_changes():
