@@ -127,7 +127,12 @@ class MedFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
-        self.onCancelButton()
+        """Slicer is closing the module: end a running worker and delete its files."""
+        self._pollTimer.stop()
+        if self._job is not None:
+            self._job.cancel()
+            self._job.cleanup()
+            self._job = self._jobInputs = None
         self.removeObservers()
 
     def enter(self) -> None:
@@ -287,8 +292,8 @@ class MedFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 )
             elif isinstance(event, Message):
                 logging.info(f"MedFusion worker: {event.text}")
-                if event.text.startswith("GPU out of memory"):
-                    self.ui.statusLabel.text = event.text
+                if event.text.startswith("medfusion: "):  # the library's own notes, e.g. a GPU out-of-memory fallback
+                    self.ui.statusLabel.text = event.text.removeprefix("medfusion: ")
             elif isinstance(event, Finished):
                 self.onJobFinished(event)
                 return
@@ -300,17 +305,18 @@ class MedFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if event.state == "succeeded":
                 with slicer.util.tryWithErrorDisplay("MedFusion could not import the result.", waitCursor=True):
                     nodes = self.logic.finishJob(job, referenceNode, movingNode, outputNode)
-                    self._parameterNode.outputVolume = nodes.fusedNode
+                    if self._parameterNode is not None:
+                        self._parameterNode.outputVolume = nodes.fusedNode
                     self.showResult(nodes.fusedNode, referenceNode)
                     self.ui.progressBar.value = 100
-                    self.ui.statusLabel.text = f"Done on {job.device_used}: '{nodes.fusedNode.GetName()}'"
+                    self.ui.statusLabel.text = f"Done: '{nodes.fusedNode.GetName()}'"
             elif event.state == "cancelled":
                 self.ui.statusLabel.text = "Cancelled; the scene is unchanged."
             else:
                 self.ui.statusLabel.text = "Failed; the scene is unchanged."
                 slicer.util.errorDisplay(f"MedFusion failed: {event.error}", detailedText="\n".join(job.output_lines))
         finally:
-            if self._parameterNode.keepTemporaryFiles:
+            if self._parameterNode is not None and self._parameterNode.keepTemporaryFiles:
                 logging.info(f"MedFusion: temporary files kept in {job.folder}")
             else:
                 job.cleanup()
@@ -323,7 +329,7 @@ class MedFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         slicer.util.setSliceViewerLayers(
             background=fusedNode,
             foreground=referenceNode,
-            foregroundOpacity=self._parameterNode.referenceOpacity,
+            foregroundOpacity=self.ui.referenceOpacitySliderWidget.value,
             fit=True,
         )
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import torch
 
 pytest.importorskip("slicer_core", reason="the slicer-core wheel (a real MRML scene) is not available for this Python")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "MedFusion"))
@@ -19,7 +20,7 @@ from conftest import SMALL_SIZE, SMALL_SPACING, oblique  # noqa: E402
 from MedFusionLib.errors import FusionCancelled, InputError  # noqa: E402
 from MedFusionLib.phantom import DEMO_MISALIGNMENT, make_head_phantom  # noqa: E402
 from MedFusionLib.pipeline import fuse_volumes  # noqa: E402
-from MedFusionSlicer.logic import FusionLogic, memory_fallback  # noqa: E402
+from MedFusionSlicer.logic import FusionLogic  # noqa: E402
 from MedFusionSlicer.volumes import add_volume_node_from_image, image_from_volume_node  # noqa: E402
 from MedFusionSlicer.worker import Finished, FusionJob, Message, Progress, overall_fraction, parse_progress_line  # noqa: E402
 
@@ -124,15 +125,23 @@ def test_input_problem_explains_why_apply_is_disabled(scene_pair, phantom_pair):
     assert problem(ct, other_grid, None, "rigid") is None
 
 
-def test_memory_fallback_goes_to_smaller_batches_then_the_cpu():
-    steps, attempt = [], ("auto", None)
-    while attempt is not None:
-        steps.append(attempt)
-        attempt = memory_fallback(*attempt)
-    assert steps == [("auto", None), ("cuda", 8), ("cuda", 2), ("cuda", 1), ("cpu", None)]
-    assert memory_fallback("cuda:1", 4) == ("cuda:1", 1)
-    assert memory_fallback("cuda:1", 1) == ("cpu", None)
-    assert memory_fallback("cpu", 8) is None
+def test_library_fallback_messages_reach_the_log_callback(scene_pair):
+    """Out of memory inside the library (here a model that cannot take more than two slices at
+    once) is retried with smaller batches by MedFusionLib, and the console user is told."""
+    scene, ct, mr = scene_pair
+
+    class AtMostTwoSlices(torch.nn.Module):
+        def forward(self, a, b):
+            if a.shape[0] > 2:
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            return torch.maximum(a, b)
+
+    messages = []
+    nodes = FusionLogic().process(ct, mr, registration="none", model=AtMostTwoSlices(), device="cpu", log=messages.append)
+    assert messages[:2] == ["out of memory on cpu; retrying with 4 slices per batch",
+                            "out of memory on cpu; retrying with 2 slices per batch"]
+    expected = fuse_volumes(image_from_volume_node(ct), image_from_volume_node(mr), model="maximum", device="cpu")
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(nodes.fusedNode), sitk.GetArrayFromImage(expected.fused))
 
 
 def test_worker_job_matches_in_process_result_and_reports_progress(scene_pair):
@@ -158,6 +167,32 @@ def test_worker_job_matches_in_process_result_and_reports_progress(scene_pair):
     np.testing.assert_allclose(_ijk_to_ras(via_worker.fusedNode), _ijk_to_ras(ct), atol=1e-6)
 
 
+def test_worker_job_with_registration_imports_registered_volume_and_transform():
+    """GUI path with rigid registration: the worker's registered volume and ITK transform file come
+    back as nodes; the transform agrees with the phantom's known motion."""
+    phantom = make_head_phantom(size=SMALL_SIZE, spacing=SMALL_SPACING, misalignment=DEMO_MISALIGNMENT,
+                                moving_spacing=(3.0, 3.0, 4.0), seed=1)
+    scene = slicer.vtkMRMLScene()
+    ct = add_volume_node_from_image(scene, phantom.ct, "CT")
+    mr = add_volume_node_from_image(scene, phantom.mr, "MR")
+    logic = FusionLogic()
+    job = logic.startJob(ct, mr, registration="rigid", backend="simpleitk", model="average", device="cpu")
+    try:
+        events = job.wait(timeout=300)
+        assert job.state == "succeeded", job.error
+        assert any(isinstance(event, Progress) and event.stage == "register" for event in events)
+        nodes = logic.finishJob(job, ct, mr)
+    finally:
+        job.cleanup()
+    np.testing.assert_allclose(_ijk_to_ras(nodes.registeredNode), _ijk_to_ras(ct), atol=1e-6)
+    from_parent = vtk.vtkMatrix4x4()
+    nodes.transformNode.GetMatrixTransformFromParent(from_parent)
+    centre_lps = np.array(phantom.ct.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2 for s in SMALL_SIZE]))
+    found_ras = np.array(from_parent.MultiplyPoint((*(centre_lps * [-1, -1, 1]), 1.0))[:3])
+    truth_ras = np.array(phantom.reference_to_moving.TransformPoint(centre_lps.tolist())) * [-1, -1, 1]
+    assert np.linalg.norm(found_ras - truth_ras) < 2.0
+
+
 def test_worker_failure_carries_the_library_message(scene_pair):
     scene, ct, mr = scene_pair
     before = _node_ids(scene)
@@ -177,7 +212,7 @@ def test_cancel_ends_the_worker_process_group(tmp_path):
     """Cancel kills the process and its children at once (a worker that would run for minutes)."""
     sleeper = [sys.executable, "-c", "import subprocess, sys, time; "
                "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)']); print('started', flush=True); time.sleep(120)"]
-    job = FusionJob(tmp_path, command=lambda device, batch: sleeper)
+    job = FusionJob(tmp_path, command=sleeper)
     job.start()
     while not any(isinstance(event, Message) for event in job.poll()):
         job._reader.join(0.05)
@@ -185,27 +220,6 @@ def test_cancel_ends_the_worker_process_group(tmp_path):
     assert job._process.poll() is not None
     assert job.poll() == [Finished("cancelled", "cancelled by the user")]
     assert job.state == "cancelled"
-
-
-def test_out_of_memory_failure_restarts_with_the_fallback_attempt(tmp_path):
-    """A worker that dies of CUDA out-of-memory is started again with the next attempt."""
-    script = ("import sys, torch; batch = int(sys.argv[1]);\n"
-              "if batch > 8: raise torch.OutOfMemoryError('CUDA out of memory. Tried to allocate 2.00 GiB')\n"
-              "print('fused with', batch)")
-    attempts = []
-
-    def command(device, batch):
-        attempts.append((device, batch))
-        return [sys.executable, "-c", script, str(batch or 32)]
-
-    job = FusionJob(tmp_path, device="cuda", command=command, fallback=memory_fallback)
-    job.start()
-    events = job.wait(timeout=120)
-    assert attempts == [("cuda", None), ("cuda", 8)]
-    assert job.state == "succeeded" and job.device_used == "cuda" and job.batch_size == 8
-    assert "fused with 8" in job.output_lines
-    retries = [event.text for event in events if isinstance(event, Message) and event.text.startswith("GPU out of memory")]
-    assert retries == ["GPU out of memory (cuda, default batch); retrying with cuda, 8 slices per pass"]
 
 
 def test_progress_lines_are_parsed_strictly():

@@ -19,9 +19,11 @@ loads this module at start-up, before the user agreed to install torch (:mod:`.d
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,7 +38,7 @@ from .volumes import (
     update_volume_node_from_image,
     world_ijk_to_ras,
 )
-from .worker import FusionJob, describe_attempt
+from .worker import FusionJob
 
 # progress(stage, done, total) as in MedFusionLib.pipeline; log(message) for human-readable lines.
 ProgressCallback = Callable[[str, int, int], None]
@@ -53,7 +55,7 @@ class FusionNodes:
     resampled on the reference grid, original intensities. ``transformNode``: reference -> moving
     (ITK resampling convention, read by Slicer as "transform from parent": put the original moving
     volume under it to see it aligned). Both are ``None`` without registration. ``device``/``seconds``:
-    where and how long fusion ran (``seconds`` is ``None`` for a separate-process run).
+    where and how long fusion ran (for a separate-process run: the device asked for, and ``None``).
     """
 
     fusedNode: object
@@ -63,21 +65,22 @@ class FusionNodes:
     seconds: float | None
 
 
-def memory_fallback(device: str, batch_size: int | None) -> tuple[str, int | None] | None:
-    """The next, smaller attempt after a CUDA out-of-memory error, or ``None`` when there is none.
+@contextlib.contextmanager
+def _forwarding_library_messages(log: LogCallback) -> Iterator[None]:
+    """Pass what MedFusionLib reports on its logger (warnings such as a GPU out-of-memory fallback)
+    to ``log`` while it runs."""
 
-    ``device``/``batch_size``: what the failed attempt asked for (``batch_size=None`` is the
-    default CUDA batch). A CUDA run is retried with a quarter of the slices per forward pass down
-    to one slice, then on the CPU (default CPU batch). A CPU run has no fallback.
-    """
-    if device == "cpu":
-        return None
-    from MedFusionLib.inference import DEFAULT_BATCH_SIZE
+    class Forward(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            log(record.getMessage())
 
-    batch = batch_size or DEFAULT_BATCH_SIZE["cuda"]
-    if batch > 1:
-        return ("cuda" if device == "auto" else device), max(1, batch // 4)
-    return "cpu", None
+    library_logger = logging.getLogger("MedFusionLib")
+    handler = Forward(logging.INFO)
+    library_logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        library_logger.removeHandler(handler)
 
 
 class FusionLogic:
@@ -133,50 +136,37 @@ class FusionLogic:
                 "<reference> + <moving> fused".
             registration: ``none`` (the two must share a grid), ``rigid``, ``affine`` or ``bspline``.
             model: a registry name (``None``: MedFusionLib's default) or a fusion ``nn.Module``.
-            device: ``auto``, ``cuda`` or ``cpu``. On CUDA out-of-memory the run is retried with
-                smaller batches, then on the CPU (:func:`memory_fallback`), and ``log`` says so.
+            device: ``auto``, ``cuda`` or ``cpu``. On GPU out-of-memory MedFusionLib retries with
+                smaller batches, then on the CPU; ``log`` receives its message.
             axis: ``axial``, ``coronal`` or ``sagittal``. ``backend``: registration backend,
                 ``auto``, ``elastix`` or ``simpleitk``. ``batchSize``: slices per forward pass.
             progress: ``progress(stage, done, total)``; ``cancel()`` returning True stops the run
                 with :class:`~MedFusionLib.errors.FusionCancelled` and adds nothing to the scene.
+            log: ``log(message)`` for what the library reports on its logger (e.g. a GPU
+                out-of-memory fallback) and a closing line with device and time.
 
         Raises:
             MedFusionError subclasses with a message that says what to fix.
         """
-        import torch
-
         from MedFusionLib.pipeline import DEFAULT_MODEL, fuse_volumes
 
         say = log or (lambda message: None)
         scene = self._sceneOf(referenceNode, movingNode, outputNode)
         reference = image_from_volume_node(referenceNode)
         moving = image_from_volume_node(movingNode)
-        attempt_device, attempt_batch = device, batchSize
-        while True:
-            try:
-                result = fuse_volumes(
-                    reference,
-                    moving,
-                    model=DEFAULT_MODEL if model is None else model,
-                    registration=registration,
-                    registration_backend=backend,
-                    device=attempt_device,
-                    axis=axis,
-                    batch_size=attempt_batch,
-                    progress=progress,
-                    cancel=cancel,
-                )
-                break
-            except torch.OutOfMemoryError:
-                fallback = memory_fallback(attempt_device, attempt_batch)
-                if fallback is None:
-                    raise
-                torch.cuda.empty_cache()
-                say(
-                    f"GPU out of memory ({describe_attempt(attempt_device, attempt_batch)}); "
-                    f"retrying with {describe_attempt(*fallback)}"
-                )
-                attempt_device, attempt_batch = fallback
+        with _forwarding_library_messages(say):
+            result = fuse_volumes(
+                reference,
+                moving,
+                model=DEFAULT_MODEL if model is None else model,
+                registration=registration,
+                registration_backend=backend,
+                device=device,
+                axis=axis,
+                batch_size=batchSize,
+                progress=progress,
+                cancel=cancel,
+            )
         say(f"fused on {result.device} in {result.seconds:.1f} s")
 
         registeredNode = transformNode = None
@@ -234,7 +224,6 @@ class FusionLogic:
                 backend=backend,
                 batch_size=batchSize,
                 python_executable=pythonExecutable,
-                fallback=memory_fallback,
             )
             job.start()
         except BaseException:
@@ -260,7 +249,7 @@ class FusionLogic:
             fusedNode=self._storeFused(scene, fused, referenceNode, movingNode, outputNode),
             registeredNode=registeredNode,
             transformNode=transformNode,
-            device=job.device_used,
+            device=job.device,
             seconds=None,
         )
 

@@ -6,8 +6,8 @@ output; the GUI calls :meth:`FusionJob.poll` from a timer on the main thread and
 that arrived since the last call. A crash or an out-of-memory kill there cannot take Slicer down,
 and :meth:`FusionJob.cancel` ends the whole process group: a real Cancel.
 
-On a CUDA out-of-memory failure the job starts again with the next, smaller attempt that its
-``fallback`` function gives (fewer slices per pass, then the CPU) and says so in a message.
+GPU out-of-memory is handled inside the worker by MedFusionLib (smaller batches, then the CPU);
+the command reports it as a ``medfusion: ...`` line, which arrives here as a :class:`Message`.
 
 Only the standard library is used here, so the module loads before torch is installed.
 """
@@ -22,13 +22,9 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-# Substrings of a failed run's output that mean the GPU ran out of memory (torch's exception name
-# and its message), as opposed to any other failure.
-_OUT_OF_MEMORY_MARKERS = ("OutOfMemoryError", "CUDA out of memory")
 # Share of the progress bar given to registration when the run registers: it is the slow part on
 # the CPU, but its backends report no steps, so it moves in one jump.
 REGISTRATION_SHARE = 0.3
@@ -84,11 +80,6 @@ def overall_fraction(progress: Progress, registering: bool) -> float:
     return share + (1.0 - share) * fraction
 
 
-def describe_attempt(device: str, batch_size: int | None) -> str:
-    """``"cuda, 8 slices per pass"`` / ``"cpu, default batch"``, for messages about retries."""
-    return f"{device}, {batch_size} slices per pass" if batch_size else f"{device}, default batch"
-
-
 def error_summary(lines: list[str]) -> str:
     """The line that says why a worker failed: MedFusion's ``medfusion: error: ...`` line, else
     the last line of a traceback, else the last line of output."""
@@ -106,9 +97,8 @@ class FusionJob:
 
     Results (on success): ``fused_path``; ``registered_path`` and ``transform_path`` when it
     registers. ``state``: ``new``, ``running``, ``succeeded``, ``failed`` or ``cancelled``.
-    ``device_used``: the device of the last attempt. ``fallback(device, batch_size)`` gives the
-    next attempt after a CUDA out-of-memory error, or ``None``. ``command``, when given, replaces
-    the command line (a function of ``(device, batch_size)``), for tests and other front ends.
+    ``command``, when given, replaces the ``medfusion fuse`` command line (for other front ends
+    and tests).
     """
 
     def __init__(
@@ -122,19 +112,17 @@ class FusionJob:
         backend: str = "auto",
         batch_size: int | None = None,
         python_executable: str | None = None,
-        fallback: Callable[[str, int | None], tuple[str, int | None] | None] | None = None,
-        command: Callable[[str, int | None], list[str]] | None = None,
+        command: list[str] | None = None,
     ) -> None:
         self.folder = Path(folder)
         self.registration = registration
         self.model = model
         self.axis = axis
         self.backend = backend
-        self.python_executable = python_executable or sys.executable
-        self.fallback = fallback
-        self.command = command or self._fuse_command
-        self.device_used = device
+        self.device = device
         self.batch_size = batch_size
+        self.python_executable = python_executable or sys.executable
+        self.command = command or self._fuse_command()
         self.state = "new"
         self.error = ""
         self.output_lines: list[str] = []
@@ -155,24 +143,24 @@ class FusionJob:
     def transform_path(self) -> Path:
         return self.folder / "transform.h5"
 
-    def _fuse_command(self, device: str, batch_size: int | None) -> list[str]:
+    def _fuse_command(self) -> list[str]:
         command = [
             self.python_executable, "-m", "MedFusionLib", "fuse",
             str(self.folder / "reference.nrrd"), str(self.folder / "moving.nrrd"),
             "-o", str(self.fused_path),
             "--registration", self.registration, "--backend", self.backend,
-            "--device", device, "--axis", self.axis,
+            "--device", self.device, "--axis", self.axis,
             "--progress", "json", "--overwrite",
         ]  # fmt: skip
         if self.model:
             command += ["--model", self.model]
-        if batch_size:
-            command += ["--batch-size", str(batch_size)]
+        if self.batch_size:
+            command += ["--batch-size", str(self.batch_size)]
         if self.registration != "none":
             command += ["--save-registered", str(self.registered_path), "--save-transform", str(self.transform_path)]
         return command
 
-    def _environment(self, device: str) -> dict[str, str]:
+    def _environment(self) -> dict[str, str]:
         environment = dict(os.environ)
         # The worker must import the MedFusionLib that this Slicer module ships, wherever it lies.
         import MedFusionLib
@@ -180,24 +168,22 @@ class FusionJob:
         library_parent = str(Path(MedFusionLib.__file__).resolve().parent.parent)
         environment["PYTHONPATH"] = os.pathsep.join(p for p in (library_parent, environment.get("PYTHONPATH")) if p)
         environment["PYTHONUNBUFFERED"] = "1"
-        if device == "cpu":
+        if self.device == "cpu":
             environment["CUDA_VISIBLE_DEVICES"] = "-1"  # no CUDA context, no GPU memory taken
         return environment
 
     def start(self) -> None:
         """Start the worker process (non-blocking)."""
         self.state = "running"
-        self.output_lines = []
-        self._lines = queue.Queue()
         platform_options: dict = {}
         if os.name == "nt":
             platform_options["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP | subprocess.CREATE_NO_WINDOW
         else:
             platform_options["start_new_session"] = True  # its own process group, so cancel ends all of it
         self._process = subprocess.Popen(
-            self.command(self.device_used, self.batch_size),
+            self.command,
             cwd=self.folder,
-            env=self._environment(self.device_used),
+            env=self._environment(),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -237,22 +223,9 @@ class FusionJob:
                 events.append(Message(line))
 
     def _on_exit(self) -> list[Event]:
-        returncode = self._process.wait()
-        if self.state == "cancelled":
-            return [Finished("cancelled", "cancelled by the user")]
-        if returncode == 0:
+        if self._process.wait() == 0:
             self.state = "succeeded"
             return [Finished("succeeded")]
-        output = "\n".join(self.output_lines)
-        next_attempt = self.fallback(self.device_used, self.batch_size) if self.fallback else None
-        if next_attempt is not None and any(marker in output for marker in _OUT_OF_MEMORY_MARKERS):
-            note = Message(
-                f"GPU out of memory ({describe_attempt(self.device_used, self.batch_size)}); "
-                f"retrying with {describe_attempt(*next_attempt)}"
-            )
-            self.device_used, self.batch_size = next_attempt
-            self.start()
-            return [note]
         self.state = "failed"
         self.error = error_summary(self.output_lines)
         return [Finished("failed", self.error)]
