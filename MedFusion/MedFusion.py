@@ -241,6 +241,12 @@ class MedFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             logging.error(f"MedFusion: installing dependencies failed: {error}")
             slicer.util.errorDisplay(dependencies.offline_instructions(missing), windowTitle="MedFusion: installation failed")
             return False
+        if dependencies.needs_restart(missing) and slicer.util.confirmYesNoDisplay(
+            "A package that was upgraded is already in use; Slicer must restart to load the new version. Restart now?",
+            windowTitle="MedFusion: restart Slicer",
+        ):
+            slicer.util.restart()
+            return False
         self.fillModelsAndDevice()
         return not dependencies.missing_requirements(include_optional=False)
 

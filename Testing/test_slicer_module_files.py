@@ -202,6 +202,7 @@ def test_missing_requirements_compare_installed_versions():
     absent = dependencies.Requirement("medfusion-no-such-package", "", True, "")
     assert dependencies.missing_requirements(requirements=(old_enough, too_new, absent)) == [too_new, absent]
     assert dependencies.missing_requirements(False, requirements=(old_enough, too_new, absent)) == [too_new]
+    assert dependencies.needs_restart([too_new]) and not dependencies.needs_restart([absent])  # numpy is imported here
     assert dependencies._release("2.13.0+cpu") == (2, 13, 0)
     assert dependencies._release("1.26.0rc1") == (1, 26, 0)
 

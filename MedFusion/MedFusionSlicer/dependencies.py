@@ -20,6 +20,7 @@ from __future__ import annotations
 import importlib.metadata
 import re
 import shlex
+import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ class Requirement:
     minimum: str  # lowest accepted version, "" for any
     optional: bool  # the module works without it (with less)
     purpose: str  # shown to the user when asking for consent
+    module: str = ""  # top-level import name when it differs from the distribution's
 
     @property
     def specifier(self) -> str:
@@ -49,7 +51,7 @@ REQUIREMENTS = (
     Requirement("nibabel", "5.0", False, "reads and checks NIfTI files"),
     Requirement("safetensors", "0.4", False, "loads the shipped network weights"),
     Requirement("tqdm", "4.60", False, "progress reporting of the medfusion command"),
-    Requirement("itk-elastix", "0.20", True, "elastix registration (without it: SimpleITK registration)"),
+    Requirement("itk-elastix", "0.20", True, "elastix registration (without it: SimpleITK registration)", "itk"),
 )
 
 
@@ -84,6 +86,12 @@ def missing_requirements(include_optional: bool = True, requirements=REQUIREMENT
         if version is None or (requirement.minimum and _release(version) < _release(requirement.minimum)):
             missing.append(requirement)
     return missing
+
+
+def needs_restart(installed: list[Requirement]) -> bool:
+    """True when one of the just ``installed`` packages had already been imported in this Python
+    (an old version was upgraded under a running module): only a restart loads the new one."""
+    return any((requirement.module or requirement.distribution) in sys.modules for requirement in installed)
 
 
 def shipped_constraints() -> str:
