@@ -12,7 +12,6 @@ or fused with other options, is redone.
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import multiprocessing
 import os
@@ -23,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import InputError, MedFusionError
-from .io import atomic_output, write_image
+from .io import atomic_output, sha256_of, write_image
 
 REPORT_COLUMNS = ("case", "reference", "moving", "output", "status", "seconds", "error")
 
@@ -111,14 +110,6 @@ def completion_record_path(output: Path) -> Path:
     return output.with_name(f".{output.name}.done.json")
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for chunk in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def is_complete(case: BatchCase, options: dict) -> bool:
     """Whether an earlier run finished ``case`` with these ``options`` and its output is intact."""
     record_path = completion_record_path(case.output)
@@ -130,7 +121,7 @@ def is_complete(case: BatchCase, options: dict) -> bool:
         return False
     # Compare as stored: JSON turns tuples (e.g. a CT window) into lists.
     same_options = record.get("options") == json.loads(json.dumps(options))
-    return same_options and record.get("sha256") == _sha256(case.output)
+    return same_options and record.get("sha256") == sha256_of(case.output)
 
 
 def fuse_case(case: BatchCase, options: dict) -> CaseOutcome:
@@ -143,7 +134,7 @@ def fuse_case(case: BatchCase, options: dict) -> CaseOutcome:
         # An earlier record must not vouch for a file this run is replacing.
         completion_record_path(case.output).unlink(missing_ok=True)
         write_image(result.fused, case.output, overwrite=True)
-        record = {"sha256": _sha256(case.output), "options": options, "reference": str(case.reference), "moving": str(case.moving)}
+        record = {"sha256": sha256_of(case.output), "options": options, "reference": str(case.reference), "moving": str(case.moving)}
         with atomic_output(completion_record_path(case.output), overwrite=True) as temporary:
             temporary.write_text(json.dumps(record, indent=1))
         return CaseOutcome(case, "done", time.perf_counter() - started)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import gzip
+import hashlib
 import os
 import secrets
 import shutil
@@ -72,6 +73,15 @@ SUPPORTED_FORMATS_TEXT = (
     "a DICOM series (its directory, or one .dcm file of it), "
     "and 2D pictures: PNG (.png), JPEG (.jpg, .jpeg), BMP (.bmp), TIFF (.tif, .tiff)"
 )
+
+
+def sha256_of(path: PathLike) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB chunks (weights cards, batch completion records)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for chunk in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -8,7 +8,6 @@ pickles, and only after their hash matches the card.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from ..errors import WeightsIntegrityError, WeightsNotAvailableError
+from ..io import sha256_of
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 
@@ -26,15 +26,6 @@ def weights_path(name: str) -> Path:
 
 def model_card_path(name: str) -> Path:
     return WEIGHTS_DIR / f"{name}.json"
-
-
-def sha256_of(path: Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for chunk in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def weights_status(name: str) -> str:
