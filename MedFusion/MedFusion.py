@@ -173,13 +173,13 @@ class MedFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.modelComboBox.addItem("(installed on first Apply)", "")
             self.ui.deviceInfoLabel.text = "torch is not installed yet; Apply installs it after asking."
         else:
-            from MedFusionLib.models import list_models, model_spec
-            from MedFusionLib.pipeline import DEFAULT_MODEL
-
-            for name in list_models():
-                label = f"{name} (default)" if name == DEFAULT_MODEL else name
-                self.ui.modelComboBox.addItem(label, name)
-                self.ui.modelComboBox.setItemData(self.ui.modelComboBox.count - 1, model_spec(name).description, qt.Qt.ToolTipRole)
+            for choice in self.logic.modelChoices():
+                label = choice.name + (" (default)" if choice.default else "") + (f" - {choice.note}" if choice.note else "")
+                self.ui.modelComboBox.addItem(label, choice.name)
+                index = self.ui.modelComboBox.count - 1
+                self.ui.modelComboBox.setItemData(index, choice.description, qt.Qt.ToolTipRole)
+                if not choice.usable:
+                    self.ui.modelComboBox.model().item(index).setEnabled(False)
             self.ui.deviceInfoLabel.text = self.logic.deviceDescription()
         self.ui.modelComboBox.blockSignals(False)
         self.updateGuiFromParameterNode()

@@ -110,6 +110,21 @@ def test_failed_and_cancelled_runs_leave_the_scene_as_it_was(scene_pair, phantom
         FusionLogic().process(ct, mr, mr, registration="none")
 
 
+def test_model_choices_list_the_registry_and_which_models_can_run():
+    from MedFusionLib.models import list_models, model_spec
+    from MedFusionLib.models.pretrained import weights_status
+    from MedFusionLib.pipeline import DEFAULT_MODEL
+
+    choices = FusionLogic.modelChoices()
+    assert [choice.name for choice in choices] == list_models()
+    assert [choice.name for choice in choices if choice.default] == [DEFAULT_MODEL]
+    for choice in choices:
+        assert choice.description == model_spec(choice.name).description and choice.description
+        runs = not model_spec(choice.name).learned or weights_status(choice.name) == "ok"
+        assert choice.usable == runs and bool(choice.note) == (not runs)
+    assert next(choice for choice in choices if choice.name == DEFAULT_MODEL).usable
+
+
 def test_input_problem_explains_why_apply_is_disabled(scene_pair, phantom_pair):
     scene, ct, mr = scene_pair
     problem = FusionLogic.inputProblem

@@ -83,8 +83,35 @@ def _forwarding_library_messages(log: LogCallback) -> Iterator[None]:
         library_logger.removeHandler(handler)
 
 
+@dataclass(frozen=True)
+class ModelChoice:
+    """One entry of the panel's model list: ``usable`` is False for a learned model whose trained
+    weights are missing or damaged, and ``note`` then says so."""
+
+    name: str
+    description: str
+    default: bool
+    usable: bool
+    note: str = ""
+
+
 class FusionLogic:
     """Fuse two volume nodes; no widgets, no dialogs (safe under ``--no-main-window``)."""
+
+    @staticmethod
+    def modelChoices() -> list[ModelChoice]:
+        """Every model of MedFusionLib's registry, in its order, for the panel (imports torch)."""
+        from MedFusionLib.models import list_models, model_spec
+        from MedFusionLib.models.pretrained import weights_status
+        from MedFusionLib.pipeline import DEFAULT_MODEL
+
+        choices = []
+        for name in list_models():
+            spec = model_spec(name)
+            status = weights_status(name) if spec.learned else "ok"
+            note = {"ok": "", "missing": "no trained weights shipped yet", "corrupt": "weights file damaged; reinstall"}[status]
+            choices.append(ModelChoice(name, spec.description, name == DEFAULT_MODEL, status == "ok", note))
+        return choices
 
     @staticmethod
     def inputProblem(referenceNode, movingNode, outputNode, registration: str) -> str | None:
