@@ -1,0 +1,236 @@
+"""Tests for MedFusionLib.training and `medfusion train`: learning, exact resume, DDP, NaN guard,
+export, configuration, and the shipped weights."""
+
+from __future__ import annotations
+
+import json
+import math
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+import torch.multiprocessing as mp
+from safetensors.torch import load_file
+
+from MedFusionLib.cli import main as medfusion_main
+from MedFusionLib.errors import InputError, UnknownModelError
+from MedFusionLib.models import create_model
+from MedFusionLib.models.pretrained import WEIGHTS_DIR, sha256_of
+from MedFusionLib.training import (
+    CHECKPOINT_BEST,
+    CHECKPOINT_LAST,
+    TrainingConfig,
+    TrainingDivergedError,
+    TrainingObjective,
+    default_config,
+    epoch_indices,
+    export_weights,
+    load_config,
+    lr_lambda,
+    train,
+)
+
+TINY_AUGMENTATION = {"crop": 24, "elastic_grid": 3}
+TINY_MODELS = {
+    "emfusion": ({"growth": 4, "dense_layers": 2}, "fusion", {"ssim": 1.0, "gradient": 1.0}),
+    "haf": ({"widths": [4, 8, 8], "pyramid_channels": 4}, "fusion", {}),
+    "densefuse": ({"growth": 8}, "reconstruction", {"ssim_weight": 1.0}),
+}
+
+
+def tiny_config(model: str = "emfusion", **changes) -> TrainingConfig:
+    model_config, objective, loss = TINY_MODELS[model]
+    values = dict(
+        model=model, objective=objective, model_config=model_config, loss=loss, augmentation=TINY_AUGMENTATION,
+        epochs=2, batch_size=4, samples_per_epoch=8, learning_rate=5e-3, warmup_steps=2,
+        validation_pairs=2, tensorboard=False,
+    )
+    values.update(changes)
+    return TrainingConfig.from_dict(values)
+
+
+def synthetic_pairs(count: int = 8, size: int = 48, seed: int = 0) -> torch.Tensor:
+    """``(count, 2, size, size)`` uint8: A a smooth "soft tissue" disc, B a bright "bone" ring."""
+    generator = torch.Generator().manual_seed(seed)
+    y, x = torch.meshgrid(torch.arange(size).float(), torch.arange(size).float(), indexing="ij")
+    radius = ((x - size / 2) ** 2 + (y - size / 2) ** 2).sqrt()
+    pairs = torch.zeros(count, 2, size, size)
+    for index in range(count):
+        texture = torch.nn.functional.interpolate(torch.rand(1, 1, 5, 5, generator=generator), size=(size, size),
+                                                  mode="bilinear")[0, 0]
+        pairs[index, 0] = (radius < 0.38 * size) * (0.3 + 0.5 * texture)
+        pairs[index, 1] = ((radius > 0.38 * size) & (radius < 0.45 * size)) * 0.95
+    return (pairs * 255).round().to(torch.uint8)
+
+
+def fixed_batch_loss(model: torch.nn.Module, config: TrainingConfig, pairs: torch.Tensor) -> float:
+    """The training loss on whole pairs, in train mode (batch statistics, as it was optimised)."""
+    objective = TrainingObjective(model, config.objective, config.loss).train()
+    with torch.no_grad():
+        return float(objective(pairs.float() / 255.0)[0])
+
+
+@pytest.mark.parametrize("model", ["emfusion", "haf", "densefuse"])
+def test_a_few_steps_reduce_the_loss(tmp_path, model):
+    config = tiny_config(model, epochs=3, samples_per_epoch=16, learning_rate=2e-2)
+    pairs = synthetic_pairs()
+    torch.manual_seed(config.seed)  # train() initialises the same way
+    initial = create_model(model, pretrained=False, **config.model_config)
+    result = train(config, pairs, tmp_path / "run", progress=False)
+    assert result.steps == 12 and result.epochs_completed == 3 and result.skipped_steps == 0
+    assert fixed_batch_loss(result.model, config, pairs) < 0.9 * fixed_batch_loss(initial, config, pairs)
+
+
+def test_resume_continues_bit_for_bit(tmp_path):
+    config = tiny_config(epochs=3)
+    pairs, val = synthetic_pairs(), synthetic_pairs(4, seed=1)
+    straight = train(config, pairs, tmp_path / "straight", val_pairs=val, progress=False)
+    interrupted = train(config, pairs, tmp_path / "resumed", val_pairs=val, progress=False, stop_after_epochs=1)
+    assert interrupted.epochs_completed == 1
+    resumed = train(config, pairs, tmp_path / "resumed", val_pairs=val, progress=False, resume=True)
+    assert resumed.epochs_completed == 3 and resumed.steps == straight.steps
+    a = torch.load(tmp_path / "straight" / CHECKPOINT_LAST, weights_only=True)
+    b = torch.load(tmp_path / "resumed" / CHECKPOINT_LAST, weights_only=True)
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+    moments_a = [s["exp_avg"] for s in a["optimizer"]["state"].values()]
+    moments_b = [s["exp_avg"] for s in b["optimizer"]["state"].values()]
+    assert all(torch.equal(x, y) for x, y in zip(moments_a, moments_b))
+    assert a["best_score"] == b["best_score"] and a["best_epoch"] == b["best_epoch"]
+
+
+def test_existing_runs_need_resume_and_resume_needs_a_run(tmp_path):
+    config = tiny_config(epochs=1)
+    pairs = synthetic_pairs()
+    with pytest.raises(InputError, match="no checkpoint"):
+        train(config, pairs, tmp_path / "run", resume=True, progress=False)
+    train(config, pairs, tmp_path / "run", progress=False)
+    with pytest.raises(InputError, match="--resume"):
+        train(config, pairs, tmp_path / "run", progress=False)
+    with pytest.raises(InputError, match="another configuration"):
+        train(tiny_config(epochs=2, learning_rate=1e-3), pairs, tmp_path / "run", resume=True, progress=False)
+
+
+def test_nonfinite_losses_are_skipped_then_stop_the_run(tmp_path):
+    config = tiny_config(loss={"ssim": math.nan}, max_nonfinite_steps=3, samples_per_epoch=40)
+    with pytest.raises(TrainingDivergedError, match="3 steps in a row"):
+        train(config, synthetic_pairs(), tmp_path / "run", progress=False)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _ddp_worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
+    import os
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world_size),
+                      RANK=str(rank), LOCAL_RANK=str(rank))
+    config = tiny_config(epochs=2, samples_per_epoch=16)
+    result = train(config, synthetic_pairs(), Path(out_dir) / "run", val_pairs=synthetic_pairs(4, seed=1),
+                   device="cpu", progress=False)
+    torch.save(result.model.state_dict(), Path(out_dir) / f"rank{rank}.pt")
+
+
+def test_two_process_ddp_on_cpu_completes_with_identical_replicas(tmp_path):
+    mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    checkpoint = torch.load(tmp_path / "run" / CHECKPOINT_LAST, weights_only=True)
+    # 16 samples split over 2 ranks in batches of 4: 2 steps per epoch.
+    assert checkpoint["epoch"] == 2 and checkpoint["step"] == 4
+    replicas = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    for name, tensor in replicas[0].items():
+        assert torch.equal(tensor, replicas[1][name]), name
+        assert torch.equal(tensor, checkpoint["model"][name]), name
+
+
+def test_export_writes_weights_the_registry_can_rebuild(tmp_path):
+    config = tiny_config(epochs=1)
+    result = train(config, synthetic_pairs(), tmp_path / "run", val_pairs=synthetic_pairs(4, seed=1), progress=False,
+                   metadata={"command": "test"})
+    weights, card_path = export_weights(tmp_path / "run" / CHECKPOINT_BEST, tmp_path / "out")
+    card = json.loads(card_path.read_text())
+    assert card["sha256"] == sha256_of(weights)
+    assert card["config"] == config.model_config and card["architecture"] == "EMFusionNet"
+    assert card["training"]["command"] == "test" and card["training"]["epochs"] == 1
+    rebuilt = create_model("emfusion", pretrained=False, **card["config"])
+    rebuilt.load_state_dict(load_file(str(weights)), strict=True)
+    a, b = torch.rand(1, 1, 20, 20), torch.rand(1, 1, 20, 20)
+    with torch.no_grad():
+        assert torch.equal(rebuilt.eval()(a, b), result.model(a, b))
+
+
+def test_schedule_warms_up_then_decays_to_the_floor():
+    multiplier = lr_lambda(warmup_steps=10, total_steps=110, min_lr_ratio=0.1)
+    assert multiplier(0) == pytest.approx(0.1) and multiplier(9) == pytest.approx(1.0)
+    assert multiplier(10) == pytest.approx(1.0) and multiplier(60) == pytest.approx(0.55)
+    assert multiplier(110) == pytest.approx(0.1)
+
+
+def test_epoch_indices_cover_every_pair_before_repeating():
+    indices = epoch_indices(25, 10, torch.Generator().manual_seed(0))
+    assert len(indices) == 25 and sorted(indices[:10]) == list(range(10)) and sorted(indices[10:20]) == list(range(10))
+
+
+def test_default_configs_load_and_overrides_merge(tmp_path):
+    for model in ("emfusion", "haf", "densefuse"):
+        assert default_config(model).model == model
+    override = tmp_path / "bone.json"
+    override.write_text(json.dumps({"loss": {"source_bias": -0.5}, "epochs": 3}))
+    config = load_config("emfusion", override)
+    assert config.loss["source_bias"] == -0.5 and config.epochs == 3
+    assert config.loss["ssim"] == default_config("emfusion").loss["ssim"]  # merged, not replaced
+    override.write_text(json.dumps({"learning_rte": 1e-3}))
+    with pytest.raises(InputError, match="learning_rte"):
+        load_config("emfusion", override)
+    with pytest.raises(InputError, match="nothing to train"):
+        tiny_config().from_dict({"model": "average"})
+    with pytest.raises(UnknownModelError):
+        load_config("unet")
+
+
+def test_cli_trains_on_volume_cases_and_exports_a_loadable_model(tmp_path, phantom_pair, capsys):
+    data = tmp_path / "volumes"
+    for case in ("case1", "case2"):
+        (data / case).mkdir(parents=True)
+        sitk.WriteImage(phantom_pair.ct, str(data / case / "ct.nii.gz"))
+        sitk.WriteImage(phantom_pair.mr, str(data / case / "t2.nii.gz"))
+    config = tmp_path / "tiny.json"
+    model_config, _, loss = TINY_MODELS["emfusion"]
+    config.write_text(json.dumps({"model_config": model_config, "loss": loss, "augmentation": TINY_AUGMENTATION,
+                                  "batch_size": 4, "samples_per_epoch": 8, "tensorboard": False}))
+    out = tmp_path / "run"
+    code = medfusion_main(["train", "--model", "emfusion", "--data", str(data), "--modalities", "t2,ct",
+                           "--out", str(out), "--config", str(config), "--epochs", "1", "--quiet"])
+    assert code == 0
+    assert "wrote" in capsys.readouterr().out
+    card = json.loads((out / "emfusion.json").read_text())
+    assert card["sha256"] == sha256_of(out / "emfusion.safetensors")
+    assert card["training"]["train_cases"] == ["case1"] and card["training"]["val_cases"] == ["case2"]
+    assert "--modalities t2,ct" in card["training"]["command"]
+    # An existing run is refused without --resume (exit status 2, one-line error).
+    assert medfusion_main(["train", "--model", "emfusion", "--data", str(data), "--modalities", "t2,ct",
+                           "--out", str(out), "--config", str(config), "--epochs", "1", "--quiet"]) == 2
+
+
+SHIPPED = sorted(path.stem for path in WEIGHTS_DIR.glob("*.json"))
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_weights_load_match_their_card_and_fuse_deterministically(name, phantom_pair):
+    card = json.loads((WEIGHTS_DIR / f"{name}.json").read_text())
+    assert card["sha256"] == sha256_of(WEIGHTS_DIR / f"{name}.safetensors")
+    model = create_model(name, pretrained=True)
+    assert sum(p.numel() for p in model.parameters()) == card["parameters"]
+    mr = sitk.GetArrayFromImage(phantom_pair.mr)[20]
+    ct = sitk.GetArrayFromImage(phantom_pair.ct)[20]
+    a = torch.from_numpy(((mr - mr.min()) / (mr.max() - mr.min())).astype(np.float32))[None, None]
+    b = torch.from_numpy(((ct - ct.min()) / (ct.max() - ct.min())).astype(np.float32))[None, None]
+    with torch.inference_mode():
+        first, second = model(a, b), create_model(name, pretrained=True)(a, b)
+    assert first.shape == a.shape and torch.equal(first, second)
+    assert float(first.min()) >= 0.0 and float(first.max()) <= 1.0
