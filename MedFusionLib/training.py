@@ -620,8 +620,14 @@ def export_weights(checkpoint_path: str | Path, out_dir: str | Path, extra_card:
     from .io import atomic_output
     from .models.pretrained import sha256_of
 
-    checkpoint = torch.load(Path(checkpoint_path), map_location="cpu", weights_only=True)
+    checkpoint_path = Path(checkpoint_path)
+    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
     config = TrainingConfig.from_dict(checkpoint["config"])
+    run_totals = {}
+    last_path = checkpoint_path.with_name(CHECKPOINT_LAST)
+    if last_path.is_file():  # the whole run, beyond the selected epoch
+        last = torch.load(last_path, map_location="cpu", weights_only=True)
+        run_totals = {"run_epochs": last["epoch"], "run_steps": last["step"], "run_seconds": round(last["seconds"], 1)}
     model = create_model(config.model, pretrained=False, **config.model_config)
     model.load_state_dict(checkpoint["model"], strict=True)
     out_dir = Path(out_dir)
@@ -642,10 +648,12 @@ def export_weights(checkpoint_path: str | Path, out_dir: str | Path, extra_card:
         "training": {
             **json.loads(checkpoint["metadata"]),
             "config": config.to_dict(),
-            "epochs": checkpoint["epoch"],
-            "steps": checkpoint["step"],
+            "epochs_planned": config.epochs,
+            "selected_epoch": checkpoint["epoch"],
+            "steps_to_selected_epoch": checkpoint["step"],
+            "seconds_to_selected_epoch": round(checkpoint["seconds"], 1),
+            **run_totals,
             "skipped_steps": checkpoint["skipped_steps"],
-            "seconds": round(checkpoint["seconds"], 1),
             "torch": torch.__version__,
         },
         "validation_during_training": {
@@ -657,4 +665,31 @@ def export_weights(checkpoint_path: str | Path, out_dir: str | Path, extra_card:
     }
     with atomic_output(card_path, overwrite=True) as temporary:
         temporary.write_text(json.dumps(card, indent=2) + "\n")
+    for path in (weights, card_path):
+        path.chmod(0o644)  # package data: readable by every user of an installation
     return weights, card_path
+
+
+def harvard_validation(model: nn.Module, name: str, data_dir: str | Path, tasks: list[str], split: str = "val") -> dict:
+    """Score ``model`` and the ``average`` rule on every Harvard pair of ``tasks`` in ``split``.
+
+    The same code path as ``medfusion evaluate`` (:func:`MedFusionLib.evaluation.evaluate_pairs`).
+    Returns ``{task: {"pairs": n, name: {metric: mean}, "average": {...}, "beats_average_on": [...]}}``
+    over :data:`SELECTION_METRICS`, for a model card.
+    """
+    from .evaluation import ModelMethod, evaluate_pairs, load_harvard_pairs
+
+    pairs = load_harvard_pairs(data_dir, tasks, split)
+    methods = [ModelMethod(name, model.eval(), torch.device("cpu")), ModelMethod("average", create_model("average"), torch.device("cpu"))]
+    evaluation = evaluate_pairs(pairs, methods, metric_names=list(SELECTION_METRICS), include_references=False,
+                                examples_per_task=0)
+    result = {}
+    for task in evaluation.tasks:
+        summary = evaluation.summary(task)
+        means = {method: {m: round(summary[method][m][0], 4) for m in SELECTION_METRICS} for method in (name, "average")}
+        result[task] = {
+            "pairs": evaluation.pair_count(task),
+            **means,
+            "beats_average_on": [m for m in SELECTION_METRICS if means[name][m] > means["average"][m]],
+        }
+    return result

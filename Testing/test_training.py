@@ -156,7 +156,7 @@ def test_export_writes_weights_the_registry_can_rebuild(tmp_path):
     card = json.loads(card_path.read_text())
     assert card["sha256"] == sha256_of(weights)
     assert card["config"] == config.model_config and card["architecture"] == "EMFusionNet"
-    assert card["training"]["command"] == "test" and card["training"]["epochs"] == 1
+    assert card["training"]["command"] == "test" and card["training"]["selected_epoch"] == 1
     rebuilt = create_model("emfusion", pretrained=False, **card["config"])
     rebuilt.load_state_dict(load_file(str(weights)), strict=True)
     a, b = torch.rand(1, 1, 20, 20), torch.rand(1, 1, 20, 20)
