@@ -27,7 +27,7 @@ ImageSource = str | PathLike | sitk.Image
 PipelineProgress = Callable[[str, int, int], None]
 
 REGISTRATION_CHOICES = ("none", "rigid", "affine", "bspline")
-DEFAULT_MODEL = "laplacian"  # the best model that needs no trained weights
+DEFAULT_MODEL = "emfusion"  # best on the Harvard val split of the shipped models (see its model card)
 # Normalised intensity above which a voxel counts as foreground when cropping, and the margin
 # (voxels) kept around the box so that the networks' receptive fields see real context at its edge.
 FOREGROUND_THRESHOLD = 0.05

@@ -17,8 +17,10 @@ def model_rows() -> list[tuple[str, str, str, str, str]]:
     rows = []
     for name in list_models():
         spec = model_spec(name)
-        parameters = parameter_count(create_model(name, pretrained=False))
         weights = weights_status(name) if spec.learned else "not needed"
+        # The network `create_model(name)` gives: the shipped configuration when weights are
+        # present (it may differ from the class defaults), else the defaults.
+        parameters = parameter_count(create_model(name, pretrained=weights == "ok"))
         kind = "learned" if spec.learned else "training-free"
         rows.append((name, kind, f"{parameters:,}", weights, spec.description))
     return rows
