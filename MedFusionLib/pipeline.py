@@ -20,7 +20,7 @@ from .geometry import SLICING_AXES, grid_differences, slicing_array_axis
 from .inference import CancelCallback, SliceFuser
 from .io import read_image, rgb_to_ycbcr, ycbcr_to_rgb
 from .resources import require_memory
-from .preprocessing import apply_ct_window, foreground_bounding_box, normalize_intensity, resample_to_reference
+from .preprocessing import apply_ct_window, foreground_bounding_box, normalize_intensity
 
 ImageSource = str | PathLike | sitk.Image
 # progress(stage, done, total): stage "register" (done/total in percent) or "fuse" (slices).
@@ -132,13 +132,15 @@ def fuse_volumes(
             SimpleITK images; both 3D volumes, or both 2D images (grayscale or RGB).
         model: a registry name (``medfusion models``) or a fusion ``nn.Module``.
         registration: ``none`` requires the two to share a voxel grid; ``rigid``, ``affine`` or
-            ``bspline`` registers ``moving`` to ``reference`` first (:mod:`MedFusionLib.registration`).
+            ``bspline`` registers ``moving`` to ``reference`` first (:mod:`MedFusionLib.registration`;
+            3D volumes only: 2D pictures must already be aligned, as the benchmark pairs are).
         registration_backend: ``auto``, ``elastix`` or ``simpleitk``.
         device: ``auto`` (CUDA when usable), ``cpu``, ``cuda``.
         axis: slicing plane, ``axial``, ``coronal`` or ``sagittal`` (from the direction matrix).
         reference_window, moving_window: a CT window (name from
             :data:`~MedFusionLib.preprocessing.CT_WINDOWS` or ``(level, width)`` in HU) for a CT
-            input; ``None`` normalises by 99th-percentile clipping and min-max instead.
+            input; ``None`` scales 8-bit pictures by 1/255 and normalises anything else per
+            volume (:func:`~MedFusionLib.preprocessing.normalize_intensity`).
         progress: ``progress(stage, done, total)``; ``cancel()`` returning True stops the run with
             :class:`~MedFusionLib.errors.FusionCancelled`. Nothing is written by this function.
     """
@@ -190,21 +192,6 @@ def fuse_volumes(
             progress=(lambda fraction, _message: progress("register", int(round(100 * fraction)), 100)) if progress else None,
         )
         registered_luminance = registration_result.registered
-        if moving_chroma is not None:
-            moving_chroma = np.stack(
-                [
-                    sitk.GetArrayFromImage(
-                        resample_to_reference(
-                            _with_geometry(moving_chroma[..., c], moving_image),
-                            reference_image,
-                            registration_result.transform,
-                            default_value=128.0,
-                        )
-                    )
-                    for c in range(2)
-                ],
-                axis=-1,
-            )
         if progress:
             progress("register", 100, 100)
 
@@ -232,12 +219,6 @@ def fuse_volumes(
         device=str(fuser.device),
         seconds=time.perf_counter() - started,
     )
-
-
-def _with_geometry(values: np.ndarray, like: sitk.Image) -> sitk.Image:
-    image = sitk.GetImageFromArray(values.astype(np.float32))
-    image.CopyInformation(like)
-    return image
 
 
 def _fuse_array(
