@@ -116,6 +116,7 @@ def fuse_volumes(
     model: str | torch.nn.Module = DEFAULT_MODEL,
     registration: str = "none",
     registration_backend: str = "auto",
+    registration_initializer: str | sitk.Transform = "auto",
     device: str | torch.device = "auto",
     axis: str = "axial",
     batch_size: int | None = None,
@@ -135,6 +136,9 @@ def fuse_volumes(
             ``bspline`` registers ``moving`` to ``reference`` first (:mod:`MedFusionLib.registration`;
             3D volumes only: 2D pictures must already be aligned, as the benchmark pairs are).
         registration_backend: ``auto``, ``elastix`` or ``simpleitk``.
+        registration_initializer: the starting alignment (``auto``, ``moments``, ``geometry``,
+            ``none``) or a ``sitk.Transform`` (reference -> moving points), e.g. for scans whose
+            fields of view do not overlap in physical space.
         device: ``auto`` (CUDA when usable), ``cpu``, ``cuda``.
         axis: slicing plane, ``axial``, ``coronal`` or ``sagittal`` (from the direction matrix).
         reference_window, moving_window: a CT window (name from
@@ -188,6 +192,7 @@ def fuse_volumes(
             moving_luminance,
             preset=registration,
             backend=registration_backend,
+            initializer=registration_initializer,
             # Registration reports a fraction; the pipeline's stages count steps: percent.
             progress=(lambda fraction, _message: progress("register", int(round(100 * fraction)), 100)) if progress else None,
         )

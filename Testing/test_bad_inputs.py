@@ -104,3 +104,50 @@ def test_a_single_slice_volume_is_fused(tmp_path):
     b = _write(tmp_path, "b.nii.gz", rng.random((1, 30, 30)).astype(np.float32), spacing=(0.5, 0.5, 3.0))
     assert main(["fuse", str(a), str(b), "-o", str(tmp_path / "f.nii.gz"), "--progress", "none"]) == 0
     assert sitk.ReadImage(str(tmp_path / "f.nii.gz")).GetSize() == (30, 30, 1)
+
+
+def test_several_dicom_series_must_be_chosen_then_fuse(inputs, tmp_path, capsys):
+    from MedFusionLib.io import list_dicom_series, write_dicom_series
+
+    good = sitk.ReadImage(str(inputs["good"]))
+    other = sitk.Image(good)
+    other.SetOrigin((0.0, 0.0, 40.0))
+    write_dicom_series(good, tmp_path / "a", modality="MR", series_description="good")
+    write_dicom_series(other, tmp_path / "b", modality="MR", series_description="other")
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    for folder in (tmp_path / "a", tmp_path / "b"):
+        for index, file in enumerate(sorted(folder.iterdir())):
+            file.rename(mixed / f"{folder.name}{index:03d}.dcm")
+    output = tmp_path / "f.nii.gz"
+    assert main(["fuse", str(inputs["good"]), str(mixed), "-o", str(output), "--progress", "none"]) == 2
+    error = capsys.readouterr().err
+    assert "--moving-series" in error and "good" in error and "other" in error and not output.exists()
+    uid = next(series.uid for series in list_dicom_series(mixed) if series.description == "good")
+    assert main(["fuse", str(inputs["good"]), str(mixed), "-o", str(output), "--moving-series", uid, "--progress", "none"]) == 0
+    assert sitk.ReadImage(str(output)).GetSize() == good.GetSize()
+
+
+def test_no_physical_overlap_is_a_registration_error_without_output(inputs, tmp_path, capsys):
+    far = sitk.ReadImage(str(inputs["good"]))
+    far.SetOrigin((1000.0, 1000.0, 1000.0))
+    write_image(far, tmp_path / "far.nii.gz")
+    output = tmp_path / "f.nii.gz"
+    code = main(["fuse", str(inputs["good"]), str(tmp_path / "far.nii.gz"), "-o", str(output), "--registration", "rigid", "--progress", "none"])
+    assert code == 2
+    error = capsys.readouterr().err
+    assert "share no physical space" in error and "--init" in error and not output.exists()
+
+
+def test_the_advised_geometry_initialisation_registers_far_apart_scans(phantom_pair, tmp_path):
+    """Following the no-overlap message's advice (--init geometry) works for a scan 1 m away."""
+    far = sitk.Image(phantom_pair.mr)
+    far.SetOrigin([o + 1000.0 for o in far.GetOrigin()])
+    write_image(phantom_pair.ct, tmp_path / "ct.nii.gz")
+    write_image(far, tmp_path / "far.nii.gz")
+    output, registered = tmp_path / "f.nii.gz", tmp_path / "r.nii.gz"
+    arguments = ["fuse", str(tmp_path / "ct.nii.gz"), str(tmp_path / "far.nii.gz"), "-o", str(output), "--registration", "rigid",
+                 "--init", "geometry", "--save-registered", str(registered), "--model", "average", "--progress", "none"]
+    assert main(arguments) == 0
+    aligned = sitk.GetArrayFromImage(phantom_pair.mr)
+    assert np.corrcoef(sitk.GetArrayFromImage(sitk.ReadImage(str(registered))).ravel(), aligned.ravel())[0, 1] > 0.95

@@ -57,6 +57,15 @@ def progress_reporter(style: str, model: str, registration: str) -> tuple[Callab
     return report, close
 
 
+def initial_alignment(args: argparse.Namespace):
+    """``--initial-transform`` read as a transform, else the ``--init`` name."""
+    if args.initial_transform is None:
+        return args.init
+    from ..registration import read_transform
+
+    return read_transform(args.initial_transform)
+
+
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "fuse",
@@ -70,6 +79,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--model", default=DEFAULT_MODEL, help=f"fusion model (default {DEFAULT_MODEL}; see `medfusion models`)")
     parser.add_argument("--registration", choices=REGISTRATION_CHOICES, default="none", help="register MOVING to REFERENCE first (default none: grids must match)")
     parser.add_argument("--backend", choices=("auto", "elastix", "simpleitk"), default="auto", help="registration backend")
+    parser.add_argument("--init", choices=("auto", "moments", "geometry", "none"), default="auto", help="registration's starting alignment: auto (centres of mass when the images overlap), moments, geometry (image centres) or none")
+    parser.add_argument("--initial-transform", type=Path, default=None, metavar="IN.tfm", help="start registration from this ITK transform (reference -> moving points) instead of --init")
     parser.add_argument("--device", choices=DEVICE_CHOICES, default="auto", help="compute device (default auto: CUDA when usable)")
     parser.add_argument("--axis", choices=SLICING_AXES, default="axial", help="slicing plane for 3D fusion")
     parser.add_argument("--batch-size", type=int, default=None, help="slices per forward pass")
@@ -108,6 +119,7 @@ def run(args: argparse.Namespace) -> int:
             model=args.model,
             registration=args.registration,
             registration_backend=args.backend,
+            registration_initializer=initial_alignment(args),
             device=args.device,
             axis=args.axis,
             batch_size=args.batch_size,
