@@ -11,13 +11,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import SimpleITK as sitk
 
 from .presets import Stage, shrink_factors
 
 Progress = Callable[[float, str], None]
 
-# Linear stages use a quasi-Newton optimiser on levels at least this coarse (mm), regular steps below.
+# Rigid stages use a quasi-Newton optimiser on levels at least this coarse (mm), regular steps below.
 QUASI_NEWTON_FROM_MM = 4.0
 
 
@@ -38,6 +39,7 @@ def register_stages(
     stages, the reference foreground centre, so rotations do not drag the head sideways.
     """
     transform = start
+    mask_fraction = 1.0 if fixed_mask is None else float(np.mean(sitk.GetArrayViewFromImage(fixed_mask) > 0))
     for index, stage in enumerate(stages):
         stage_transform = _new_transform(stage, fixed, centre)
         levels = shrink_factors(fixed, moving, stage)
@@ -53,8 +55,9 @@ def register_stages(
                 stage_transform,
                 fixed_mask,
                 moving_mask,
+                mask_fraction,
                 seed,
-                coarse=min(fixed_level.GetSpacing()) >= QUASI_NEWTON_FROM_MM,
+                quasi_newton=stage.kind == "rigid" and min(fixed_level.GetSpacing()) >= QUASI_NEWTON_FROM_MM,
             )
         transform = sitk.CompositeTransform([transform, stage_transform])
     if progress is not None:
@@ -82,11 +85,11 @@ def _optimise_level(
     transform: sitk.Transform,
     fixed_mask: sitk.Image | None,
     moving_mask: sitk.Image | None,
+    mask_fraction: float,
     seed: int,
-    coarse: bool,
+    quasi_newton: bool,
 ) -> None:
-    """Optimise ``transform`` in place on one resolution level (``coarse``: a level of at least
-    :data:`QUASI_NEWTON_FROM_MM`)."""
+    """Optimise ``transform`` in place on one resolution level."""
     method = sitk.ImageRegistrationMethod()
     method.SetMetricAsMattesMutualInformation(stage.bins)
     # Gradients by finite differences at the samples, not gradient images of every voxel.
@@ -94,7 +97,9 @@ def _optimise_level(
     method.MetricUseMovingImageGradientFilterOff()
     method.SetMetricSamplingStrategy(method.RANDOM)
     # SimpleITK reads seed 0 as "seed from the wall clock", which would not be reproducible.
-    method.SetMetricSamplingPercentage(min(1.0, stage.samples_per_level / fixed.GetNumberOfPixels()), seed + 1)
+    # ITK draws from the whole image and drops samples outside the mask: draw more to keep as many.
+    candidates = fixed.GetNumberOfPixels() * (1.0 if fixed_mask is None else mask_fraction)
+    method.SetMetricSamplingPercentage(min(1.0, stage.samples_per_level / max(candidates, 1.0)), seed + 1)
     method.SetInterpolator(sitk.sitkLinear)
     if fixed_mask is not None:
         method.SetMetricFixedMask(fixed_mask)
@@ -110,9 +115,10 @@ def _optimise_level(
             maximumNumberOfFunctionEvaluations=2 * stage.iterations,
             costFunctionConvergenceFactor=1e7,
         )
-    elif coarse:
+    elif quasi_newton:
         # Far from the answer, quasi-Newton steps follow the curvature: a regular-step descent
         # crawls there, its direction dominated by translation while a large rotation remains.
+        # (Not for affine stages: unscaled, it would trade millimetres for matrix entries.)
         method.SetOptimizerAsLBFGS2(solutionAccuracy=1e-5, numberOfIterations=100, deltaConvergenceTolerance=1e-6)
     else:
         # Near the answer, on a noisier fine level, regular steps polish it.
