@@ -17,7 +17,13 @@ import SimpleITK as sitk
 from MedFusionLib.cli import main
 from MedFusionLib.errors import InputError, OutputExistsError, RegistrationError
 from MedFusionLib.phantom import make_head_phantom, rigid_motion
-from MedFusionLib.registration import apply_transform, available_backends, read_transform, register, write_transform
+from MedFusionLib.registration import (
+    apply_transform,
+    available_backends,
+    read_transform,
+    register,
+    write_transform,
+)
 from MedFusionLib.registration.accuracy import (
     random_rigid,
     rigid_errors,

@@ -37,7 +37,10 @@ from MedFusionLib.registration.accuracy import (
     target_registration_errors,
     warp_with_known_transform,
 )
-from MedFusionLib.registration.elastix_backend import load_itk_elastix, simpleitk_has_elastix
+from MedFusionLib.registration.elastix_backend import (
+    load_itk_elastix,
+    simpleitk_has_elastix,
+)
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "brats"
 
@@ -53,7 +56,7 @@ def resident_mib() -> float:
 class PeakMemory:
     """Largest growth of this process's resident memory (MiB) while the block runs."""
 
-    def __enter__(self) -> "PeakMemory":
+    def __enter__(self) -> PeakMemory:
         self.base = resident_mib()
         self.peak = self.base
         self.running = True
