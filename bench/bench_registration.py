@@ -14,8 +14,8 @@ seconds of ``register`` (elastix's one-off library load per process excluded and
 and the process CPU seconds it used. Peak memory: the largest resident-set growth above the level
 before the call, sampled every 5 ms. Usage::
 
-    python bench/registration.py                      # both backends, all presets, 3 rigid draws
-    python bench/registration.py --backends simpleitk --presets rigid --draws 5
+    python bench/bench_registration.py                      # both backends, all presets, 3 rigid draws
+    python bench/bench_registration.py --backends simpleitk --presets rigid --draws 5
 """
 
 from __future__ import annotations
