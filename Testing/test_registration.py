@@ -107,7 +107,7 @@ def test_rigid_preset_recovers_a_known_motion_across_grids(backend, rigid_pair, 
 def test_affine_preset_recovers_scaling_and_shear(backend, aligned, head_mask):
     """MR to MR (another noise draw): on the CT/MR phantom, 3 % anisotropic scaling makes a
     rotated pose score best for both backends (its nested ellipsoids trade aspect ratio for tilt),
-    so the multimodal affine case is measured on BraTS in bench/registration.py instead."""
+    so the multimodal affine case is measured on BraTS in bench/bench_registration.py instead."""
     _, mr = aligned
     reference = make_head_phantom(size=PHANTOM_SIZE, spacing=PHANTOM_SPACING, seed=9).mr
     truth = sitk.AffineTransform(3)

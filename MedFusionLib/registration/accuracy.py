@@ -3,7 +3,7 @@
 Make a test pair by moving a volume through a *known* transform (:func:`warp_with_known_transform`),
 register it back, and compare the transform found with the one applied: the target registration
 error (TRE) at every foreground voxel, and for rigid motion the residual rotation and translation.
-The tests and ``bench/registration.py`` measure this way; it works on any real volume.
+The tests and ``bench/bench_registration.py`` measure this way; it works on any real volume.
 """
 
 from __future__ import annotations
