@@ -1,13 +1,15 @@
 """The one fusion flow that the CLI, the Slicer logic and batch scripts all call.
 
-read -> (register, resample) -> normalise per volume -> crop to joint foreground -> fuse slice by
-slice -> uncrop -> an image with exactly the reference's geometry. See :func:`fuse_volumes`.
+read -> (register, resample) -> normalise per volume -> per slice, a box around the joint
+foreground -> fuse inside the boxes -> an image with exactly the reference's geometry. See
+:func:`fuse_volumes`. Volumes are normalised and fused in slabs of slices, so beyond the inputs and
+the output only a bounded working set is held (two 512×512×400 CTs fuse in well under 4 GB).
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from os import PathLike
 from typing import Callable
 
@@ -17,10 +19,10 @@ import torch
 
 from .errors import GridMismatchError, InputError
 from .geometry import SLICING_AXES, grid_differences, slicing_array_axis
-from .inference import CancelCallback, SliceFuser
+from .inference import Box, CancelCallback, SliceFuser
 from .io import read_image, rgb_to_ycbcr, ycbcr_to_rgb
 from .resources import require_memory
-from .preprocessing import apply_ct_window, foreground_bounding_box, normalize_intensity
+from .preprocessing import apply_ct_window, percentile_bounds, resolve_ct_window, scale_to_bounds
 
 ImageSource = str | PathLike | sitk.Image
 # progress(stage, done, total): stage "register" (done/total in percent) or "fuse" (slices).
@@ -28,10 +30,14 @@ PipelineProgress = Callable[[str, int, int], None]
 
 REGISTRATION_CHOICES = ("none", "rigid", "affine", "bspline")
 DEFAULT_MODEL = "emfusion"  # best on the Harvard val split of the shipped models (see its model card)
-# Normalised intensity above which a voxel counts as foreground when cropping, and the margin
-# (voxels) kept around the box so that the networks' receptive fields see real context at its edge.
+# Normalised intensity above which a voxel counts as foreground, and the margin (voxels) added
+# around each slice's foreground box so the faint rim of the anatomy below the threshold (partial
+# volume) is fused by the model too. The model's own context beyond the box is added by
+# SliceFuser (its receptive radius), so the margin does not need to cover it.
 FOREGROUND_THRESHOLD = 0.05
-FOREGROUND_MARGIN = 8
+FOREGROUND_MARGIN = 4
+# Slices normalised and fused at a time: about 16 M voxels (64 MB per float32 slab).
+SLAB_VOXELS = 16_000_000
 _EIGHT_BIT = (sitk.sitkUInt8, sitk.sitkVectorUInt8)
 
 
@@ -43,6 +49,9 @@ class FusionResult:
     colour 2D input, an RGB uint8 image (the fused luminance with the colour source's chroma).
     ``registered_moving``: the moving image on the reference grid, original intensities.
     ``registration``: the registration result (transform, metric before/after), ``None`` without.
+    ``stage_seconds``: wall time of ``load`` (checks), ``register``, ``fuse`` (normalisation,
+    boxes, the model) and ``assemble``; ``seconds`` is the whole call. ``fused_slices``: slices
+    the model ran on (the others hold no foreground). ``precision``: fp32, bf16 or fp16.
     """
 
     fused: sitk.Image
@@ -51,6 +60,9 @@ class FusionResult:
     model: str
     device: str
     seconds: float
+    precision: str = "fp32"
+    fused_slices: int = 0
+    stage_seconds: dict[str, float] = field(default_factory=dict)
 
 
 def load_image(source: ImageSource, role: str) -> sitk.Image:
@@ -73,10 +85,9 @@ def load_image(source: ImageSource, role: str) -> sitk.Image:
             "scalar images, or RGB only for 2D (e.g. pseudo-colour PET/SPECT). Convert it to grayscale first."
         )
     values = sitk.GetArrayViewFromImage(image)
-    finite = np.isfinite(values)
-    if not finite.all():
+    if np.issubdtype(values.dtype, np.floating) and not np.isfinite(values).all():
         raise InputError(
-            f"the {role} image contains {int((~finite).sum())} NaN or infinite voxels; "
+            f"the {role} image contains {int((~np.isfinite(values)).sum())} NaN or infinite voxels; "
             "fix or mask them in the source image (e.g. replace with the background value) and retry"
         )
     if values.min() == values.max():
@@ -88,25 +99,34 @@ def load_image(source: ImageSource, role: str) -> sitk.Image:
 
 
 def _split_luminance(image: sitk.Image) -> tuple[sitk.Image, np.ndarray | None]:
-    """Scalar float32 image to fuse, plus ``(H, W, 2)`` Cb/Cr of an RGB image (``None`` if scalar)."""
+    """Scalar image to fuse (a scalar input as it is), plus ``(H, W, 2)`` Cb/Cr of an RGB image
+    (``None`` if scalar)."""
     if image.GetNumberOfComponentsPerPixel() == 1:
-        return sitk.Cast(image, sitk.sitkFloat32), None
+        return image, None
     ycbcr = rgb_to_ycbcr(sitk.GetArrayFromImage(image).astype(np.float32))
     luminance = sitk.GetImageFromArray(ycbcr[..., 0].astype(np.float32))
     luminance.CopyInformation(image)
     return luminance, ycbcr[..., 1:]
 
 
-def _normalize(image: sitk.Image, window: str | tuple[float, float] | None, eight_bit: bool) -> np.ndarray:
-    """Scale to [0, 1]: a CT window if given; ``x / 255`` for 8-bit pictures (already display-scaled,
-    and the literature's convention for the benchmark PNGs, which keeps fused colour in gamut);
-    otherwise per-volume percentile clipping and min-max."""
-    values = sitk.GetArrayFromImage(image)
+Scaling = Callable[[np.ndarray], np.ndarray]
+
+
+def _scaling(values: np.ndarray, window: str | tuple[float, float] | None, eight_bit: bool) -> Scaling:
+    """The map of raw intensities to [0, 1] for one image, to apply slab by slab.
+
+    A CT window if given; ``x / 255`` for 8-bit pictures (already display-scaled, and the
+    literature's convention for the benchmark PNGs, which keeps fused colour in gamut); otherwise
+    per-volume percentile clipping and min-max (:func:`~MedFusionLib.preprocessing.normalize_intensity`),
+    whose percentiles come from the whole volume here, before any slab is scaled.
+    """
     if window is not None:
-        return apply_ct_window(values, window)
+        resolve_ct_window(window)  # an unknown window name fails now, not after the slow steps
+        return lambda slab: apply_ct_window(slab, window)
     if eight_bit:
-        return (values / 255.0).astype(np.float32)
-    return normalize_intensity(values)
+        return lambda slab: (np.asarray(slab, dtype=np.float32) / 255.0).astype(np.float32)
+    bounds = percentile_bounds(values)
+    return lambda slab: scale_to_bounds(slab, bounds)
 
 
 def fuse_volumes(
@@ -123,6 +143,9 @@ def fuse_volumes(
     reference_window: str | tuple[float, float] | None = None,
     moving_window: str | tuple[float, float] | None = None,
     pretrained: bool = True,
+    precision: str = "auto",
+    threads: int | None = None,
+    compile: bool = False,
     progress: PipelineProgress | None = None,
     cancel: CancelCallback | None = None,
 ) -> FusionResult:
@@ -145,6 +168,10 @@ def fuse_volumes(
             :data:`~MedFusionLib.preprocessing.CT_WINDOWS` or ``(level, width)`` in HU) for a CT
             input; ``None`` scales 8-bit pictures by 1/255 and normalises anything else per
             volume (:func:`~MedFusionLib.preprocessing.normalize_intensity`).
+        precision: ``auto`` (fp16 on CUDA, fp32 on the CPU), ``fp32``, ``bf16`` or ``fp16``
+            (:mod:`MedFusionLib.precision`).
+        threads: torch CPU threads (process-wide); ``None`` keeps torch's default (all cores).
+        compile: ``torch.compile`` the model (pays off only over many volumes).
         progress: ``progress(stage, done, total)``; ``cancel()`` returning True stops the run with
             :class:`~MedFusionLib.errors.FusionCancelled`. Nothing is written by this function.
     """
@@ -160,14 +187,19 @@ def fuse_volumes(
             f"the reference is {reference_image.GetDimension()}D but the moving image is "
             f"{moving_image.GetDimension()}D; give two volumes or two 2D images"
         )
-    # Normalised copies, crops, stacks and the output: about eight float32 arrays of the reference
-    # grid (registration adds the moving grid's resampling on top).
+    # Beyond the inputs: the float32 result and its copy into the output image, plus one
+    # transient copy for the percentiles; registration adds the resampled moving image. Slabs
+    # are bounded by SLAB_VOXELS.
     require_memory(
-        8 * 4 * reference_image.GetNumberOfPixels(),
+        (3 + (registration != "none")) * 4 * reference_image.GetNumberOfPixels(),
         f"fusing on a {'×'.join(map(str, reference_image.GetSize()))} reference grid",
     )
     # Build the model before the slow steps, so a wrong name or missing weights fail at once.
-    fuser = SliceFuser(model, device=device, batch_size=batch_size, pretrained=pretrained)
+    fuser = SliceFuser(
+        model, device=device, batch_size=batch_size, pretrained=pretrained,
+        precision=precision, compile=compile, threads=threads,
+    )
+    stage_seconds = {"load": time.perf_counter() - started}
 
     reference_luminance, reference_chroma = _split_luminance(reference_image)
     moving_luminance, moving_chroma = _split_luminance(moving_image)
@@ -199,10 +231,16 @@ def fuse_volumes(
         registered_luminance = registration_result.registered
         if progress:
             progress("register", 100, 100)
+        stage_seconds["register"] = registration_result.seconds
 
-    a = _normalize(reference_luminance, reference_window, reference_image.GetPixelID() in _EIGHT_BIT)
-    b = _normalize(registered_luminance, moving_window, moving_image.GetPixelID() in _EIGHT_BIT)
-    fused = _fuse_array(a, b, reference_image, axis, fuser, progress, cancel)
+    fuse_started = time.perf_counter()
+    a = sitk.GetArrayViewFromImage(reference_luminance)
+    b = sitk.GetArrayViewFromImage(registered_luminance)
+    scale_a = _scaling(a, reference_window, reference_image.GetPixelID() in _EIGHT_BIT)
+    scale_b = _scaling(b, moving_window, moving_image.GetPixelID() in _EIGHT_BIT)
+    slice_axis = slicing_array_axis(reference_image, axis) if a.ndim == 3 else None
+    fused, fused_slices = fuse_arrays(a, b, scale_a, scale_b, slice_axis, fuser, progress, cancel)
+    stage_seconds["fuse"] = time.perf_counter() - fuse_started
 
     chroma = reference_chroma if reference_chroma is not None else moving_chroma
     if chroma is None:
@@ -212,10 +250,12 @@ def fuse_volumes(
         fused_image = sitk.GetImageFromArray(np.clip(np.rint(rgb), 0, 255).astype(np.uint8), isVector=True)
     fused_image.CopyInformation(reference_image)
 
+    del fused  # the image holds its own copy
     if registration_result is None:
         registered_moving = moving_image
     else:
         registered_moving = registration_result.registered
+    stage_seconds["assemble"] = time.perf_counter() - fuse_started - stage_seconds["fuse"]
     return FusionResult(
         fused=fused_image,
         registered_moving=registered_moving,
@@ -223,39 +263,86 @@ def fuse_volumes(
         model=model if isinstance(model, str) else type(model).__name__,
         device=str(fuser.device),
         seconds=time.perf_counter() - started,
+        precision=fuser.precision,
+        fused_slices=fused_slices,
+        stage_seconds=stage_seconds,
     )
 
 
-def _fuse_array(
+def fuse_arrays(
     a: np.ndarray,
     b: np.ndarray,
-    reference: sitk.Image,
-    axis: str,
+    scale_a: Scaling,
+    scale_b: Scaling,
+    slice_axis: int | None,
     fuser: SliceFuser,
-    progress: PipelineProgress | None,
-    cancel: CancelCallback | None,
-) -> np.ndarray:
-    """Crop two normalised arrays to their joint foreground, fuse slice-wise, uncrop.
+    progress: PipelineProgress | None = None,
+    cancel: CancelCallback | None = None,
+) -> tuple[np.ndarray, int]:
+    """Normalise and fuse two raw arrays of one shape, slab by slab; returns ``(fused, slices)``.
 
-    ``a``, ``b``: ``[z, y, x]`` (3D) or ``[y, x]`` (2D) float32 in [0, 1], same shape.
-    Returns float32 in [0, 1] of that shape. Outside the foreground box, where both inputs are
-    below :data:`FOREGROUND_THRESHOLD`, it is their mean: background noise stays continuous
-    across the box's edge instead of dropping to a hard zero.
+    ``a``, ``b``: ``[z, y, x]`` (3D, sliced along array axis ``slice_axis``) or ``[y, x]`` (2D,
+    ``slice_axis`` None), any real dtype; ``scale_a``/``scale_b`` map raw values to float32 in
+    [0, 1] element-wise. ``fused``: float32 in [0, 1] of the same shape: inside each slice's box
+    (the joint foreground, above :data:`FOREGROUND_THRESHOLD` in either input, grown by
+    :data:`FOREGROUND_MARGIN`) the model's output; elsewhere the mean of the two normalised
+    inputs, so background noise stays continuous across a box's edge instead of dropping to a
+    hard zero. ``slices``: how many slices had a box. Two passes over slabs of about
+    :data:`SLAB_VOXELS` voxels: boxes first (so progress knows its total), then fusion; memory
+    beyond the inputs is the output plus a few slabs.
     """
-    box = foreground_bounding_box([a > FOREGROUND_THRESHOLD, b > FOREGROUND_THRESHOLD], margin=FOREGROUND_MARGIN)
-    fused = (a + b) * np.float32(0.5)
-    if box is None:
+    stack_a = a[None] if slice_axis is None else np.moveaxis(a, slice_axis, 0)
+    stack_b = b[None] if slice_axis is None else np.moveaxis(b, slice_axis, 0)
+    fused = np.empty(a.shape, dtype=np.float32)
+    stack_fused = fused[None] if slice_axis is None else np.moveaxis(fused, slice_axis, 0)
+    count = stack_a.shape[0]
+    slab = max(1, SLAB_VOXELS // (stack_a[0].size or 1))
+    starts = range(0, count, slab)
+
+    boxes: list[Box | None] = []
+    kept = None  # a single slab's normalised pair is reused instead of recomputed
+    for start in starts:
+        pair = scale_a(stack_a[start : start + slab]), scale_b(stack_b[start : start + slab])
+        boxes += slice_boxes((pair[0] > FOREGROUND_THRESHOLD) | (pair[1] > FOREGROUND_THRESHOLD), FOREGROUND_MARGIN)
+        kept = pair if len(starts) == 1 else None
+    total = sum(box is not None for box in boxes)
+    if total == 0:
         raise InputError(
             "neither image has any foreground after normalisation (every voxel is near its minimum); "
             "check the inputs, or pass a CT window that matches the image's intensity range"
         )
-    slice_axis = slicing_array_axis(reference, axis) if a.ndim == 3 else None
-    stack_a, stack_b = a[box], b[box]
-    if slice_axis is None:
-        stack_a, stack_b = stack_a[None], stack_b[None]
-    else:
-        stack_a, stack_b = np.moveaxis(stack_a, slice_axis, 0), np.moveaxis(stack_b, slice_axis, 0)
-    stage_progress = (lambda done, total: progress("fuse", done, total)) if progress else None
-    fused_stack = fuser.fuse_stack(stack_a, stack_b, progress=stage_progress, cancel=cancel)
-    fused[box] = fused_stack[0] if slice_axis is None else np.moveaxis(fused_stack, 0, slice_axis)
-    return fused
+    if progress:
+        progress("fuse", 0, total)
+    done = 0
+    for start in starts:
+        stop = min(start + slab, count)
+        slab_a, slab_b = kept or (scale_a(stack_a[start:stop]), scale_b(stack_b[start:stop]))
+        out = stack_fused[start:stop]
+        np.add(slab_a, slab_b, out=out)
+        out *= np.float32(0.5)
+        slab_progress = (lambda d, _t, before=done: progress("fuse", before + d, total)) if progress else None
+        fuser.fuse_stack(slab_a, slab_b, boxes[start:stop], out=out, progress=slab_progress, cancel=cancel)
+        done += sum(box is not None for box in boxes[start:stop])
+    return fused, total
+
+
+def slice_boxes(foreground: np.ndarray, margin: int) -> list[Box | None]:
+    """Per slice of an ``(N, H, W)`` boolean stack: the box around its True pixels grown by
+    ``margin`` (clipped to the slice), or ``None`` for a slice without any."""
+    height, width = foreground.shape[1:]
+    rows, columns = foreground.any(axis=2), foreground.any(axis=1)
+    boxes: list[Box | None] = []
+    for row_mask, column_mask in zip(rows, columns):
+        if not row_mask.any():
+            boxes.append(None)
+            continue
+        occupied_rows, occupied_columns = np.flatnonzero(row_mask), np.flatnonzero(column_mask)
+        boxes.append(
+            (
+                max(int(occupied_rows[0]) - margin, 0),
+                min(int(occupied_rows[-1]) + 1 + margin, height),
+                max(int(occupied_columns[0]) - margin, 0),
+                min(int(occupied_columns[-1]) + 1 + margin, width),
+            )
+        )
+    return boxes

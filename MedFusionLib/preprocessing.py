@@ -32,11 +32,29 @@ def normalize_intensity(array: np.ndarray, percentile: float = 99.0, low_percent
     because interpolation undershoot is common in resampled scans (BraTS T1: background 0, a few
     voxels down to −69), and min-max would lift the whole background to about 0.1.
     ``low_percentile=0`` gives the seed's exact rule. Returns float32 of the same shape, in [0, 1].
+    The same as :func:`scale_to_bounds` with :func:`percentile_bounds`, which the pipeline
+    applies slab by slab to bound its memory.
     """
-    values = np.asarray(array, dtype=np.float32)
-    low, high = (float(v) for v in np.percentile(values, [low_percentile, percentile]))
-    clipped = np.clip(values, low, high)
-    return ((clipped - low) / (high - low + NORMALIZATION_EPS)).astype(np.float32)
+    return scale_to_bounds(array, percentile_bounds(array, percentile, low_percentile))
+
+
+def percentile_bounds(array: np.ndarray, percentile: float = 99.0, low_percentile: float = 0.5) -> tuple[float, float]:
+    """The ``(low_percentile, percentile)`` percentiles of the whole ``array``, as floats.
+
+    Computed in the array's own type (no float32 copy of an integer volume).
+    """
+    low, high = np.percentile(np.asarray(array), [low_percentile, percentile])
+    return float(low), float(high)
+
+
+def scale_to_bounds(array: np.ndarray, bounds: tuple[float, float]) -> np.ndarray:
+    """Clip to ``bounds = (lo, hi)`` and map to [0, 1]: ``(x - lo) / (hi - lo + 1e-7)``, float32.
+
+    Element-wise, so applying it to slabs of a volume gives exactly the whole-volume result.
+    """
+    low, high = bounds
+    clipped = np.clip(np.asarray(array, dtype=np.float32), low, high)
+    return ((clipped - low) / (high - low + NORMALIZATION_EPS)).astype(np.float32, copy=False)
 
 
 def resolve_ct_window(window: str | tuple[float, float]) -> tuple[float, float]:

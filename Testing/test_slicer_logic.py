@@ -152,7 +152,8 @@ def test_library_fallback_messages_reach_the_log_callback(scene_pair):
             return torch.maximum(a, b)
 
     messages = []
-    nodes = FusionLogic().process(ct, mr, registration="none", model=AtMostTwoSlices(), device="cpu", log=messages.append)
+    nodes = FusionLogic().process(ct, mr, registration="none", model=AtMostTwoSlices(), device="cpu", batchSize=8,
+                                  log=messages.append)
     assert messages[:2] == ["out of memory on cpu; retrying with 4 slices per batch",
                             "out of memory on cpu; retrying with 2 slices per batch"]
     expected = fuse_volumes(image_from_volume_node(ct), image_from_volume_node(mr), model="maximum", device="cpu")

@@ -19,7 +19,7 @@ import sys
 from ..errors import FusionCancelled, MedFusionError
 
 # Order is the order of `medfusion --help`.
-COMMANDS = ("fuse", "register", "demo", "batch", "models", "doctor", "evaluate", "train")
+COMMANDS = ("fuse", "register", "demo", "batch", "models", "doctor", "evaluate", "train", "benchmark")
 
 
 def build_parser() -> argparse.ArgumentParser:

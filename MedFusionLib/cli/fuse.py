@@ -15,6 +15,7 @@ from ..errors import InputError, OutputExistsError
 from ..geometry import SLICING_AXES
 from ..io import read_image, write_image
 from ..pipeline import DEFAULT_MODEL, REGISTRATION_CHOICES, fuse_volumes
+from ..precision import PRECISION_CHOICES
 
 
 def parse_window(text: str | None) -> str | tuple[float, float] | None:
@@ -83,7 +84,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--initial-transform", type=Path, default=None, metavar="IN.tfm", help="start registration from this ITK transform (reference -> moving points) instead of --init")
     parser.add_argument("--device", choices=DEVICE_CHOICES, default="auto", help="compute device (default auto: CUDA when usable)")
     parser.add_argument("--axis", choices=SLICING_AXES, default="axial", help="slicing plane for 3D fusion")
-    parser.add_argument("--batch-size", type=int, default=None, help="slices per forward pass")
+    parser.add_argument("--batch-size", type=int, default=None, help="slices per forward pass (default 1 on the CPU, 32 on CUDA)")
+    parser.add_argument("--precision", choices=PRECISION_CHOICES, default="auto",
+                        help="auto (fp16 on CUDA, fp32 on the CPU), fp32, bf16 (fast only on CPUs with AMX/AVX512-BF16) or fp16 (CUDA)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: one per core)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model (pays off only over many volumes)")
     parser.add_argument("--reference-window", type=parse_window, default=None, metavar="WINDOW", help="CT window for a CT reference: brain, bone, soft-tissue, ... or LEVEL,WIDTH")
     parser.add_argument("--moving-window", type=parse_window, default=None, metavar="WINDOW", help="CT window for a CT moving image")
     parser.add_argument("--reference-series", default=None, metavar="UID", help="DICOM SeriesInstanceUID when REFERENCE holds several series")
@@ -123,6 +128,9 @@ def run(args: argparse.Namespace) -> int:
             device=args.device,
             axis=args.axis,
             batch_size=args.batch_size,
+            precision=args.precision,
+            threads=args.threads,
+            compile=args.compile,
             reference_window=args.reference_window,
             moving_window=args.moving_window,
             progress=show_progress,
@@ -139,6 +147,7 @@ def run(args: argparse.Namespace) -> int:
     fused = result.fused
     print(
         f"wrote {args.output}: size {fused.GetSize()}, spacing {tuple(round(s, 4) for s in fused.GetSpacing())} "
-        f"(model {result.model}, {result.device}, {result.seconds:.1f} s)"
+        f"(model {result.model}, {result.device}, {result.precision}, {result.fused_slices} slices fused, "
+        f"{result.seconds:.1f} s of which fusion {result.stage_seconds.get('fuse', 0.0):.1f} s)"
     )
     return 0

@@ -72,18 +72,19 @@ class FeaturePyramid(nn.Module):
 
     Takes features from fine to coarse, ``[(B, C_i, H / 2**i, W / 2**i)]``, and returns the
     fine-resolution sum ``(B, out_channels, H, W)``, so coarse context reaches every pixel.
+    There is no 3×3 smoothing convolution after the sum (as in detection FPNs): at full
+    resolution it cost more than the whole encoder, and the decoder's own 3×3 layer smooths.
     """
 
     def __init__(self, in_channels: list[int] | tuple[int, ...], out_channels: int = 64) -> None:
         super().__init__()
         self.lateral = nn.ModuleList(nn.Conv2d(c, out_channels, 1) for c in in_channels)
-        self.smooth = nn.Conv2d(out_channels, out_channels, 3, padding=1)
 
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
         merged = self.lateral[-1](features[-1])
         for lateral, feature in zip(reversed(self.lateral[:-1]), reversed(features[:-1])):
             merged = lateral(feature) + F.interpolate(merged, size=feature.shape[-2:], mode="bilinear", align_corners=False)
-        return self.smooth(merged)
+        return merged
 
 
 def pad_to_multiple(images: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:

@@ -46,6 +46,11 @@ class DenseFuseNet(nn.Module):
         fusion_rule: ``"l1"`` (activity-weighted) or ``"addition"``.
     """
 
+    # Eight 3×3 layers plus the 3×3 activity window of the l1 rule: 9 pixels of context make
+    # cropped inference equal a whole-slice pass (MedFusionLib.inference).
+    receptive_radius = 9
+    size_multiple = 1
+
     def __init__(self, growth: int = 16, fusion_rule: str = "l1") -> None:
         super().__init__()
         if fusion_rule not in ("l1", "addition"):

@@ -30,8 +30,13 @@ class EMFusionNet(nn.Module):
         dense_layers: number of densely connected layers (the remaining three narrow the width).
     """
 
+    size_multiple = 1
+
     def __init__(self, growth: int = 16, dense_layers: int = 4) -> None:
         super().__init__()
+        # One pixel of reach per 3×3 layer: cropped inference with this much context equals a
+        # whole-slice pass (MedFusionLib.inference). 7 for the shipped network.
+        self.receptive_radius = dense_layers + 3
         self.dense = nn.ModuleList()
         channels = 2
         for _ in range(dense_layers):

@@ -1,11 +1,13 @@
 """HAF: hierarchically aggregated fusion, the project's light real-time network (seed text §4.1–4.2).
 
-Each modality has its own encoder of depthwise-separable convolutions at three scales
-(64, 128, 256 channels at full, 1/2 and 1/4 resolution). At every scale two attention gates let
-each modality weight its features by where the *other* one has structure; the gated pair is
-concatenated, a feature pyramid brings all scales to 64 channels at full resolution, and a small
-decoder produces the fused image. The two stride-2 stages need ``H, W`` divisible by 4, so the
-input is reflect-padded and the output cropped back.
+Each modality has its own encoder of depthwise-separable convolutions at three scales (the
+seed's 64, 128, 256 channels; the shipped network uses 16, 32, 64) at full, 1/2 and 1/4
+resolution. At every scale two attention gates let each modality weight its features by where
+the *other* one has structure; the gated pair is concatenated, a feature pyramid (1×1 lateral
+convolutions, upsample, sum) brings all scales to one width at full resolution, and a
+depthwise-separable decoder produces the fused image. Everything at full resolution is 1×1 or
+depthwise, which is what keeps HAF fast on a CPU. The two stride-2 stages need ``H, W``
+divisible by 4, so the input is reflect-padded and the output cropped back.
 """
 
 from __future__ import annotations
@@ -55,10 +57,23 @@ class HAFNet(nn.Module):
 
     Args:
         widths: encoder channels at full, 1/2 and 1/4 resolution.
-        pyramid_channels: width of the feature pyramid and decoder input.
+        pyramid_channels: width of the feature pyramid (the decoder's input).
+        decoder_channels: width of the decoder's depthwise-separable layer.
     """
 
-    def __init__(self, widths: tuple[int, int, int] = (64, 128, 256), pyramid_channels: int = 64) -> None:
+    # Inference with cropped slices (MedFusionLib.inference) keeps outputs identical to a
+    # whole-slice pass when the crop has this much context on every side and starts on the
+    # stride-4 grid. Receptive radius: stem 1 + full-res depthwise 1 + stride-2 depthwise 1
+    # + stride-4 depthwise 2 + two bilinear upsamplings 4 + 2 + decoder depthwise 1 = 12 px.
+    receptive_radius = 12
+    size_multiple = 4
+
+    def __init__(
+        self,
+        widths: tuple[int, int, int] = (16, 32, 64),
+        pyramid_channels: int = 16,
+        decoder_channels: int = 16,
+    ) -> None:
         super().__init__()
         widths = tuple(widths)
         self.encoder_a = _Encoder(widths)
@@ -68,17 +83,14 @@ class HAFNet(nn.Module):
         self.pyramid = FeaturePyramid([2 * w for w in widths], pyramid_channels)
         self.decoder = nn.Sequential(
             nn.ReLU(inplace=True),
-            nn.Conv2d(pyramid_channels, 32, 3, padding=1),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(32, 16, 3, padding=1),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(16, 1, 1),
+            DepthwiseSeparableConv(pyramid_channels, decoder_channels),
+            nn.Conv2d(decoder_channels, 1, 1),
             nn.Sigmoid(),
         )
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        a, size = pad_to_multiple(a, 4)
-        b, _ = pad_to_multiple(b, 4)
+        a, size = pad_to_multiple(a, self.size_multiple)
+        b, _ = pad_to_multiple(b, self.size_multiple)
         scales = []
         for feat_a, feat_b, gate_a, gate_b in zip(self.encoder_a(a), self.encoder_b(b), self.gates_a, self.gates_b):
             scales.append(torch.cat([gate_a(feat_b, feat_a), gate_b(feat_a, feat_b)], dim=1))

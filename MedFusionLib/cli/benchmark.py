@@ -1,0 +1,90 @@
+"""``medfusion benchmark``: naive loop vs product path per model, and registration timings."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ..benchmark import DEFAULT_MODELS, DEFAULT_SIZE, markdown_report, run_benchmark
+from ..devices import DEVICE_CHOICES
+from ..io import atomic_output
+from ..models import list_models
+from ..precision import PRECISION_CHOICES
+
+
+def parse_size(text: str) -> tuple[int, int, int]:
+    """``"240x240x155"`` -> ``(240, 240, 155)``."""
+    try:
+        size = tuple(int(part) for part in text.lower().split("x"))
+    except ValueError:
+        size = ()
+    if len(size) != 3 or min(size) < 8:
+        raise argparse.ArgumentTypeError(f"a size is XxYxZ with each at least 8, e.g. 240x240x155, not {text!r}")
+    return size
+
+
+def parse_names(text: str, choices: tuple[str, ...] | list[str], what: str) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in choices]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown {what} {', '.join(unknown)}; choose from {', '.join(choices)}")
+    return names
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "benchmark",
+        help="time fusion (naive loop vs product path) and registration on this machine",
+        description="Fuse one volume pair with every model twice in one process, the naive way (each whole "
+        "slice alone, fp32, eager) and the product way, and print a Markdown table: seconds per volume, "
+        "ms per slice, voxels per second, speed-up, peak memory and the largest difference between the two "
+        "outputs; then registration timings per preset and backend. Input: the shared BraTS T1/T2 case when "
+        "this checkout has ../shared/data, else --data, else a phantom of --size.",
+    )
+    parser.add_argument("--models", default=",".join(DEFAULT_MODELS),
+                        type=lambda text: parse_names(text, list_models(), "model"),
+                        help=f"comma-separated models (default {','.join(DEFAULT_MODELS)})")
+    parser.add_argument("--data", type=Path, default=None, help="a case folder with t1.nii.gz and t2.nii.gz")
+    parser.add_argument("--size", type=parse_size, default=DEFAULT_SIZE, metavar="XxYxZ",
+                        help="phantom size when no data is found (default 240x240x155)")
+    parser.add_argument("--device", choices=DEVICE_CHOICES, default="auto", help="compute device (default auto)")
+    parser.add_argument("--precisions", default="",
+                        type=lambda text: parse_names(text, PRECISION_CHOICES, "precision"),
+                        help="also time the product path in these precisions (e.g. bf16 on a CPU, fp16 on CUDA)")
+    parser.add_argument("--batch-size", type=int, default=None, help="product path's slices per pass (default: the device's)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's, one per core)")
+    parser.add_argument("--compile", action="store_true", help="also time the product path under torch.compile")
+    parser.add_argument("--registration", default="rigid,affine",
+                        type=lambda text: [] if text == "none" else parse_names(text, ("rigid", "affine", "bspline"), "preset"),
+                        help="registration presets to time, or none (default rigid,affine)")
+    parser.add_argument("--backends", default=None,
+                        type=lambda text: parse_names(text, ("elastix", "simpleitk"), "backend"),
+                        help="registration backends (default: every installed one)")
+    parser.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write every figure as JSON")
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    report = run_benchmark(
+        models=args.models,
+        data=args.data,
+        size=args.size,
+        device=args.device,
+        precisions=args.precisions,
+        batch_size=args.batch_size,
+        compile=args.compile,
+        presets=args.registration,
+        backends=args.backends,
+        report=lambda line: print(line, flush=True),
+    )
+    print("\n" + markdown_report(report))
+    if args.json is not None:
+        with atomic_output(args.json, overwrite=True) as temporary:
+            temporary.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"\nwrote {args.json}")
+    return 0
