@@ -35,7 +35,7 @@ DEFAULT_MODEL = "emfusion"  # best on the Harvard val split of the shipped model
 # volume) is fused by the model too. The model's own context beyond the box is added by
 # SliceFuser (its receptive radius), so the margin does not need to cover it.
 FOREGROUND_THRESHOLD = 0.05
-FOREGROUND_MARGIN = 4
+FOREGROUND_MARGIN = 2
 # Slices normalised and fused at a time: about 16 M voxels (64 MB per float32 slab).
 SLAB_VOXELS = 16_000_000
 _EIGHT_BIT = (sitk.sitkUInt8, sitk.sitkVectorUInt8)

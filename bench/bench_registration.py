@@ -21,13 +21,13 @@ before the call, sampled every 5 ms. Usage::
 from __future__ import annotations
 
 import argparse
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
+from MedFusionLib.benchmark import PeakMemory
 from MedFusionLib.errors import RegistrationError
 from MedFusionLib.registration import available_backends, register
 from MedFusionLib.registration.accuracy import (
@@ -43,40 +43,6 @@ from MedFusionLib.registration.elastix_backend import (
 )
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "brats"
-
-
-def resident_mib() -> float:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024.0
-    raise RuntimeError("no VmRSS in /proc/self/status")
-
-
-class PeakMemory:
-    """Largest growth of this process's resident memory (MiB) while the block runs."""
-
-    def __enter__(self) -> PeakMemory:
-        self.base = resident_mib()
-        self.peak = self.base
-        self.running = True
-        self.thread = threading.Thread(target=self._sample, daemon=True)
-        self.thread.start()
-        return self
-
-    def _sample(self) -> None:
-        while self.running:
-            self.peak = max(self.peak, resident_mib())
-            time.sleep(0.005)
-
-    def __exit__(self, *exc) -> None:
-        self.running = False
-        self.thread.join()
-        self.peak = max(self.peak, resident_mib())
-
-    @property
-    def growth(self) -> float:
-        return self.peak - self.base
 
 
 def timed_register(reference, moving, preset, backend):

@@ -1,0 +1,249 @@
+"""The fast fusion path: cropped inference equals whole slices, folding, precision, streaming, benchmark."""
+
+from __future__ import annotations
+
+import json
+import logging
+import tracemalloc
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from MedFusionLib import pipeline
+from MedFusionLib.benchmark import (
+    BenchmarkPair,
+    FusionRow,
+    benchmark_fusion,
+    benchmark_registration,
+    markdown_report,
+    naive_fuse,
+)
+from MedFusionLib.cli import main
+from MedFusionLib.errors import InputError
+from MedFusionLib.inference import SliceFuser
+from MedFusionLib.models import create_model
+from MedFusionLib.models.haf import HAFNet
+from MedFusionLib.models.optimize import fold_batch_norms, prepare_for_inference
+from MedFusionLib.pipeline import fuse_arrays
+from MedFusionLib.precision import ACCURACY_BUDGET, cpu_has_native_bf16, inference_dtype
+from MedFusionLib.preprocessing import normalize_intensity
+
+LEARNED = ["emfusion", "haf", "densefuse"]
+
+
+@pytest.fixture(scope="module")
+def normalized_pair(phantom_pair):
+    """The phantom CT/MR as ``(Z, Y, X)`` float32 stacks in [0, 1]."""
+    return (
+        normalize_intensity(sitk.GetArrayFromImage(phantom_pair.ct)),
+        normalize_intensity(sitk.GetArrayFromImage(phantom_pair.mr)),
+    )
+
+
+def _whole_slices(model: torch.nn.Module, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return model(torch.from_numpy(a)[:, None], torch.from_numpy(b)[:, None])[:, 0].clamp(0, 1).numpy()
+
+
+@pytest.mark.parametrize("name", LEARNED)
+def test_cropped_inference_equals_a_whole_slice_pass(name, normalized_pair):
+    """Boxes anywhere (touching an edge, odd sizes and offsets: HAF's stride-4 grid) give what
+    the unmodified network gives on whole slices, within fp32 rounding."""
+    a, b = (stack[10:16] for stack in normalized_pair)
+    height, width = a.shape[1:]
+    boxes = [(0, 9, 0, width), (5, 30, 7, 22), (13, 14, 31, 32), None, (height - 11, height, width - 5, width), (3, height - 2, 1, width - 3)]
+    fuser = SliceFuser(name, device="cpu")
+    fused = fuser.fuse_stack(a, b, boxes, out=np.full(a.shape, -1.0, np.float32))
+    expected = _whole_slices(create_model(name), a, b)
+    for index, box in enumerate(boxes):
+        if box is None:
+            assert (fused[index] == -1.0).all()  # untouched
+            continue
+        top, bottom, left, right = box
+        np.testing.assert_allclose(fused[index, top:bottom, left:right], expected[index, top:bottom, left:right], atol=1e-5, rtol=0)
+        outside = np.ones((height, width), bool)
+        outside[top:bottom, left:right] = False
+        assert (fused[index][outside] == -1.0).all()
+
+
+@pytest.mark.parametrize("name", LEARNED)
+def test_declared_receptive_radius_bounds_what_an_input_pixel_changes(name):
+    """Cropping is only exact if the radius is right: perturb one pixel, nothing farther changes."""
+    model = create_model(name)
+    a, b = torch.rand(1, 1, 64, 64, generator=torch.Generator().manual_seed(0)), torch.rand(1, 1, 64, 64)
+    reach = 0
+    with torch.no_grad():
+        base = model(a, b)
+        for row, column in ((32, 32), (33, 30), (30, 33), (31, 31)):
+            moved = a.clone()
+            moved[0, 0, row, column] += 0.5
+            rows, columns = torch.nonzero((model(moved, b) - base)[0, 0] != 0, as_tuple=True)
+            reach = max(reach, int((rows - row).abs().max()), int((columns - column).abs().max()))
+    assert 0 < reach <= model.receptive_radius
+
+
+def test_batching_and_side_by_side_slices_give_the_same_volume(normalized_pair):
+    a, b = normalized_pair
+    boxes = pipeline.slice_boxes((a > 0.05) | (b > 0.05), 2)
+    single = SliceFuser("emfusion", device="cpu", batch_size=1)
+    assert single.parallel_slices == torch.get_num_threads()
+    threads = torch.get_num_threads()
+    one_at_a_time = single.fuse_stack(a, b, boxes)
+    assert torch.get_num_threads() == threads  # restored after the side-by-side run
+    batched = SliceFuser("emfusion", device="cpu", batch_size=7).fuse_stack(a, b, boxes)
+    np.testing.assert_allclose(one_at_a_time, batched, atol=1e-5, rtol=0)
+
+
+def test_folding_batch_norms_keeps_the_function_and_the_callers_module():
+    torch.manual_seed(0)
+    model = HAFNet(widths=(8, 16, 32), pyramid_channels=8, decoder_channels=8).eval()
+    with torch.no_grad():  # non-trivial statistics, as after training
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.2, 0.2)
+                module.running_var.uniform_(0.5, 2.0)
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.1, 0.1)
+    a, b = torch.rand(2, 1, 40, 44), torch.rand(2, 1, 40, 44)
+    with torch.no_grad():
+        expected = model(a, b)
+        prepared = prepare_for_inference(model, torch.device("cpu"), channels_last=True)
+        folded = prepared(a.contiguous(memory_format=torch.channels_last), b.contiguous(memory_format=torch.channels_last))
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in prepared.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())  # the original is intact
+    torch.testing.assert_close(folded, expected, atol=1e-5, rtol=0)
+    assert fold_batch_norms(HAFNet(widths=(8, 16, 32)).eval()) == 28  # every conv+BN pair of the net
+
+
+def test_precision_policy():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert inference_dtype("auto", cpu) is None  # bf16 misses the accuracy budget: fp32 on CPUs
+    assert inference_dtype("auto", cuda) is torch.float16
+    assert inference_dtype("fp32", cuda) is None
+    with pytest.raises(InputError, match="fp16 needs a CUDA device"):
+        inference_dtype("fp16", cpu)
+    with pytest.raises(InputError, match="unknown precision"):
+        inference_dtype("int8", cpu)
+    assert ACCURACY_BUDGET == pytest.approx(1 / 255)
+
+
+def test_bf16_on_a_cpu_without_native_support_warns(caplog):
+    if cpu_has_native_bf16():
+        pytest.skip("this CPU computes bf16 natively")
+    with caplog.at_level(logging.WARNING, logger="MedFusionLib"):
+        assert inference_dtype("bf16", torch.device("cpu")) is torch.bfloat16
+    assert "emulated" in caplog.text
+
+
+def test_fp16_on_the_cpu_is_refused_by_the_command(phantom_pair, tmp_path, capsys):
+    ct, mr = tmp_path / "ct.nii.gz", tmp_path / "mr.nii.gz"
+    sitk.WriteImage(phantom_pair.ct, str(ct))
+    sitk.WriteImage(phantom_pair.mr, str(mr))
+    code = main(["fuse", str(ct), str(mr), "-o", str(tmp_path / "f.nii.gz"), "--device", "cpu", "--precision", "fp16"])
+    assert code == 2 and "fp16 needs a CUDA device" in capsys.readouterr().err
+    assert not (tmp_path / "f.nii.gz").exists()
+
+
+def _traced_peak(function) -> tuple[object, int]:
+    tracemalloc.start()
+    try:
+        result = function()
+        return result, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_fusion_streams_slabs_so_memory_beyond_the_output_is_bounded(monkeypatch):
+    """numpy allocations while fusing (traced): the output plus a few slabs, not whole-volume
+    temporaries; and the slab size does not change the result."""
+    rng = np.random.default_rng(3)
+    a = rng.integers(0, 1000, size=(48, 64, 64)).astype(np.int16)
+    b = rng.integers(0, 1000, size=(48, 64, 64)).astype(np.int16)
+
+    def scale(slab):
+        return np.asarray(slab, np.float32) / np.float32(1000.0)
+
+    fuser = SliceFuser("average", device="cpu")
+    whole, whole_peak = _traced_peak(lambda: fuse_arrays(a, b, scale, scale, 0, fuser))
+    slab_voxels = 2 * 64 * 64
+    monkeypatch.setattr(pipeline, "SLAB_VOXELS", slab_voxels)
+    slabs, slab_peak = _traced_peak(lambda: fuse_arrays(a, b, scale, scale, 0, fuser))
+    np.testing.assert_array_equal(whole[0], slabs[0])
+    output_bytes = whole[0].nbytes
+    assert slab_peak <= output_bytes + 12 * 4 * slab_voxels
+    assert whole_peak > 3 * output_bytes  # in one slab: normalised copies of both whole volumes
+
+
+def _small_pair(phantom_pair) -> BenchmarkPair:
+    """The phantom with six empty slices above and below the head (52 slices)."""
+    ct = sitk.ConstantPad(phantom_pair.ct, (0, 0, 6), (0, 0, 6), -1000.0)
+    mr = sitk.ConstantPad(phantom_pair.mr, (0, 0, 6), (0, 0, 6), 0.0)
+    return BenchmarkPair(ct, mr, "phantom 48×56×52")
+
+
+def test_benchmark_rows_compare_the_product_with_the_naive_loop(phantom_pair):
+    lines = []
+    rows = benchmark_fusion(_small_pair(phantom_pair), ["emfusion", "laplacian"], device="cpu", report=lines.append)
+    assert [(row.model, row.path) for row in rows] == [
+        ("emfusion", "naive"), ("emfusion", "product"), ("laplacian", "naive"), ("laplacian", "product")]
+    for naive, product in (rows[0:2], rows[2:4]):
+        assert naive.speedup == 1.0 and naive.within_budget is None
+        assert product.within_budget is True and product.max_abs_diff <= 1e-5
+        assert product.fused_slices <= 40 < naive.fused_slices == 52  # empty slices are skipped
+        assert product.seconds > 0 and product.voxels_per_second > 0
+        assert product.speedup == pytest.approx(naive.seconds / product.seconds)
+    assert len(lines) == 4 and lines[1].startswith("| emfusion | product | fp32 |")
+
+
+def test_naive_reference_is_the_same_fused_volume_as_the_pipeline(phantom_pair):
+    fused = sitk.GetArrayFromImage(pipeline.fuse_volumes(phantom_pair.ct, phantom_pair.mr, model="emfusion").fused)
+    naive = naive_fuse(create_model("emfusion"), sitk.GetArrayViewFromImage(phantom_pair.ct),
+                       sitk.GetArrayViewFromImage(phantom_pair.mr), torch.device("cpu"))
+    np.testing.assert_allclose(fused, naive, atol=1e-5, rtol=0)
+
+
+def test_registration_rows_and_markdown(phantom_pair):
+    rows, load_seconds = benchmark_registration(_small_pair(phantom_pair), ["rigid"], ["simpleitk"], report=lambda _: None)
+    assert load_seconds is None and len(rows) == 1
+    assert rows[0].error == "" and rows[0].metric_after < rows[0].metric_before and rows[0].seconds > 0
+    report = {
+        "machine": {"cpu": "test CPU", "cpu_features": ["avx2"], "cores_available": 2, "torch_threads": 2,
+                    "torch": torch.__version__, "device": "cpu"},
+        "input": "phantom",
+        "fusion": [vars(FusionRow("emfusion", "product", "fp32", 1, 1.0, 10.0, 1e6, 4.0, 100.0, 1e-6, 30, True))],
+        "registration": [vars(rows[0])],
+        "elastix_load_seconds": None,
+    }
+    text = markdown_report(json.loads(json.dumps(report)))
+    assert "| emfusion | product | fp32 | 1 | 1.00 | 10.0 | 1.00 | 4.00× | 100 | 1.0e-06 ✓ | 30 |" in text
+    assert "| rigid | simpleitk |" in text and "test CPU" in text
+
+
+def test_benchmark_command_writes_json(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    code = main(["benchmark", "--models", "average", "--size", "40x40x24", "--registration", "none",
+                 "--device", "cpu", "--json", str(out), "--data", str(_phantom_case(tmp_path))])
+    assert code == 0
+    report = json.loads(out.read_text())
+    assert [row["path"] for row in report["fusion"]] == ["naive", "product"]
+    assert report["fusion"][1]["within_budget"] is True
+    assert "| average | product |" in capsys.readouterr().out
+
+
+def _phantom_case(tmp_path):
+    from MedFusionLib.phantom import make_head_phantom
+
+    phantom = make_head_phantom(size=(40, 40, 24), spacing=(5.0, 5.0, 6.0), seed=2)
+    case = tmp_path / "case"
+    case.mkdir()
+    sitk.WriteImage(phantom.ct, str(case / "t1.nii.gz"))
+    sitk.WriteImage(phantom.mr, str(case / "t2.nii.gz"))
+    return case
+
+
+def test_benchmark_command_rejects_unknown_names(capsys):
+    with pytest.raises(SystemExit):
+        main(["benchmark", "--models", "nope"])
+    assert "unknown model nope" in capsys.readouterr().err
