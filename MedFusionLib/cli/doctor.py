@@ -12,6 +12,7 @@ import torch
 from .. import __version__
 from ..models import list_models, model_spec
 from ..models.pretrained import weights_status
+from ..precision import cpu_has_native_bf16
 
 _PACKAGES = ("torch", "SimpleITK", "numpy", "nibabel", "pydicom", "safetensors", "tqdm", "Pillow", "itk-elastix")
 
@@ -39,6 +40,8 @@ def run(args: argparse.Namespace) -> int:
     print("compute:")
     print(f"  torch build  {'CUDA ' + torch.version.cuda if torch.version.cuda else 'CPU only'}")
     print(f"  CPU threads  {torch.get_num_threads()} (CPU capability {torch.backends.cpu.get_cpu_capability()})")
+    native = "yes: --precision bf16 is fast here" if cpu_has_native_bf16() else "no: fp32 (bf16 would be emulated, slow)"
+    print(f"  native bf16  {native}")
     if torch.cuda.is_available():
         for index in range(torch.cuda.device_count()):
             properties = torch.cuda.get_device_properties(index)
