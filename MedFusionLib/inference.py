@@ -15,8 +15,8 @@ foreground, chosen by the pipeline) and nothing else. What makes it fast, each s
   side by side as torch has threads, each on one core (measured fastest); CUDA batches 32
   slices, copied from pinned host memory without blocking.
 - **Precision** from :mod:`MedFusionLib.precision` (fp16 autocast on CUDA, fp32 on the CPU by
-  default); optional ``torch.compile`` (pays only for many volumes: compiling takes longer than
-  fusing one volume on a CPU).
+  default); optional ``torch.compile`` (measured no faster on a 2-core CPU, after 18-67 s of
+  compiling; off by default).
 - On out-of-memory the batch is halved, and at one slice a CUDA run moves to the CPU (logged).
 """
 
