@@ -38,9 +38,9 @@ from .devices import resolve_device
 from .errors import InputError
 from .inference import SliceFuser
 from .models import create_model
-from .pipeline import FOREGROUND_MARGIN, FOREGROUND_THRESHOLD, fuse_arrays, slice_boxes
+from .pipeline import FOREGROUND_MARGIN, FOREGROUND_THRESHOLD, fuse_arrays
 from .precision import ACCURACY_BUDGET, PRECISION_CHOICES, cpu_has_native_bf16
-from .preprocessing import normalize_intensity, percentile_bounds, scale_to_bounds
+from .preprocessing import normalize_intensity, percentile_bounds, scale_to_bounds, slice_boxes
 
 DEFAULT_MODELS = ("emfusion", "haf", "densefuse", "laplacian")
 DEFAULT_SIZE = (240, 240, 155)

@@ -22,7 +22,7 @@ from .geometry import SLICING_AXES, grid_differences, slicing_array_axis
 from .inference import Box, CancelCallback, SliceFuser
 from .io import read_image, rgb_to_ycbcr, ycbcr_to_rgb
 from .resources import require_memory
-from .preprocessing import apply_ct_window, percentile_bounds, resolve_ct_window, scale_to_bounds
+from .preprocessing import apply_ct_window, percentile_bounds, resolve_ct_window, scale_to_bounds, slice_boxes
 
 ImageSource = str | PathLike | sitk.Image
 # progress(stage, done, total): stage "register" (done/total in percent) or "fuse" (slices).
@@ -324,25 +324,3 @@ def fuse_arrays(
         fuser.fuse_stack(slab_a, slab_b, boxes[start:stop], out=out, progress=slab_progress, cancel=cancel)
         done += sum(box is not None for box in boxes[start:stop])
     return fused, total
-
-
-def slice_boxes(foreground: np.ndarray, margin: int) -> list[Box | None]:
-    """Per slice of an ``(N, H, W)`` boolean stack: the box around its True pixels grown by
-    ``margin`` (clipped to the slice), or ``None`` for a slice without any."""
-    height, width = foreground.shape[1:]
-    rows, columns = foreground.any(axis=2), foreground.any(axis=1)
-    boxes: list[Box | None] = []
-    for row_mask, column_mask in zip(rows, columns):
-        if not row_mask.any():
-            boxes.append(None)
-            continue
-        occupied_rows, occupied_columns = np.flatnonzero(row_mask), np.flatnonzero(column_mask)
-        boxes.append(
-            (
-                max(int(occupied_rows[0]) - margin, 0),
-                min(int(occupied_rows[-1]) + 1 + margin, height),
-                max(int(occupied_columns[0]) - margin, 0),
-                min(int(occupied_columns[-1]) + 1 + margin, width),
-            )
-        )
-    return boxes

@@ -96,19 +96,24 @@ def resample_to_reference(
     return sitk.Resample(moving, reference, transform, interpolator, default_value, moving.GetPixelID())
 
 
-def foreground_bounding_box(masks: list[np.ndarray], margin: int = 0) -> tuple[slice, ...] | None:
-    """Smallest box (one slice per axis) containing every True voxel of any mask, grown by ``margin``.
-
-    All masks share one shape. Returns ``None`` when every mask is empty.
-    """
-    union = np.logical_or.reduce(masks)
-    if not union.any():
-        return None
-    box = []
-    for axis in range(union.ndim):
-        other_axes = tuple(i for i in range(union.ndim) if i != axis)
-        occupied = np.flatnonzero(union.any(axis=other_axes))
-        start = max(int(occupied[0]) - margin, 0)
-        stop = min(int(occupied[-1]) + 1 + margin, union.shape[axis])
-        box.append(slice(start, stop))
-    return tuple(box)
+def slice_boxes(foreground: np.ndarray, margin: int) -> list[tuple[int, int, int, int] | None]:
+    """Per slice of an ``(N, H, W)`` boolean stack: ``(row_start, row_stop, column_start,
+    column_stop)`` around its True pixels, grown by ``margin`` and clipped to the slice, or
+    ``None`` for a slice without any."""
+    height, width = foreground.shape[1:]
+    rows, columns = foreground.any(axis=2), foreground.any(axis=1)
+    boxes: list[tuple[int, int, int, int] | None] = []
+    for row_mask, column_mask in zip(rows, columns):
+        if not row_mask.any():
+            boxes.append(None)
+            continue
+        occupied_rows, occupied_columns = np.flatnonzero(row_mask), np.flatnonzero(column_mask)
+        boxes.append(
+            (
+                max(int(occupied_rows[0]) - margin, 0),
+                min(int(occupied_rows[-1]) + 1 + margin, height),
+                max(int(occupied_columns[0]) - margin, 0),
+                min(int(occupied_columns[-1]) + 1 + margin, width),
+            )
+        )
+    return boxes

@@ -28,7 +28,7 @@ from MedFusionLib.models.haf import HAFNet
 from MedFusionLib.models.optimize import fold_batch_norms, prepare_for_inference
 from MedFusionLib.pipeline import fuse_arrays
 from MedFusionLib.precision import ACCURACY_BUDGET, cpu_has_native_bf16, inference_dtype
-from MedFusionLib.preprocessing import normalize_intensity
+from MedFusionLib.preprocessing import normalize_intensity, slice_boxes
 
 LEARNED = ["emfusion", "haf", "densefuse"]
 
@@ -86,7 +86,7 @@ def test_declared_receptive_radius_bounds_what_an_input_pixel_changes(name):
 
 def test_batching_and_side_by_side_slices_give_the_same_volume(normalized_pair):
     a, b = normalized_pair
-    boxes = pipeline.slice_boxes((a > 0.05) | (b > 0.05), 2)
+    boxes = slice_boxes((a > 0.05) | (b > 0.05), 2)
     single = SliceFuser("emfusion", device="cpu", batch_size=1)
     assert single.parallel_slices == torch.get_num_threads()
     threads = torch.get_num_threads()

@@ -13,9 +13,9 @@ from MedFusionLib.geometry import grid_differences, slicing_array_axis
 from MedFusionLib.preprocessing import (
     CT_WINDOWS,
     apply_ct_window,
-    foreground_bounding_box,
     normalize_intensity,
     resample_to_reference,
+    slice_boxes,
 )
 
 
@@ -73,15 +73,13 @@ def test_resample_to_reference_takes_the_reference_geometry_and_keeps_physical_p
     assert shifted[16, 20, 20] == 100.0
 
 
-def test_foreground_bounding_box():
-    mask_a = np.zeros((10, 12, 14), dtype=bool)
-    mask_b = np.zeros_like(mask_a)
-    mask_a[2:4, 5, 6] = True
-    mask_b[7, 9:11, 3] = True
-    assert foreground_bounding_box([mask_a, mask_b]) == (slice(2, 8), slice(5, 11), slice(3, 7))
-    assert foreground_bounding_box([mask_a, mask_b], margin=3) == (slice(0, 10), slice(2, 12), slice(0, 10))
-    assert foreground_bounding_box([np.zeros((3, 3), bool)]) is None
-
+def test_slice_boxes():
+    mask = np.zeros((3, 10, 12), bool)
+    mask[0, 2:5, 3:4] = True
+    mask[0, 7, 10] = True
+    mask[2, 0, 0] = True
+    assert slice_boxes(mask, margin=0) == [(2, 8, 3, 11), None, (0, 1, 0, 1)]
+    assert slice_boxes(mask, margin=2) == [(0, 10, 1, 12), None, (0, 3, 0, 3)]
 
 def _grid(direction=(1, 0, 0, 0, 1, 0, 0, 0, 1)) -> sitk.Image:
     image = sitk.Image([8, 9, 10], sitk.sitkFloat32)
