@@ -5,8 +5,8 @@ foreground, chosen by the pipeline) and nothing else. What makes it fast, each s
 ``medfusion benchmark`` against a naive whole-slice loop (README, "Performance"):
 
 - **Only the box is computed**, from an input window that adds the model's receptive radius of
-  real image around it (``receptive_radius``/``size_multiple`` class attributes of the
-  networks); the result inside the box therefore equals a whole-slice pass up to float rounding.
+  real image around it (the networks' ``receptive_radius`` and ``size_multiple``
+  attributes); the result inside the box therefore equals a whole-slice pass up to float rounding.
   Models that do not declare a radius get whole slices.
 - **Inference form** (:func:`~MedFusionLib.models.optimize.prepare_for_inference`): BatchNorms
   folded into convolutions, channels-last layout, ``torch.inference_mode``.
@@ -53,8 +53,9 @@ class SliceFuser:
     """Fuses stacks of 2D slices with one fusion model.
 
     Args:
-        model: a registry name (built with ``create_model(name, pretrained)``) or a ready module;
-            the module itself is not modified (an inference copy is made).
+        model: a registry name (built with ``create_model(name, pretrained)``) or a ready module
+            (copied before its BatchNorms are folded; otherwise moved to the device and layout in
+            place, as ``Module.to`` does).
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (see :func:`~MedFusionLib.devices.resolve_device`).
         batch_size: slices per forward pass; :data:`DEFAULT_BATCH_SIZE` of the device when ``None``.
         pretrained: passed to :func:`~MedFusionLib.models.create_model` for a name.
