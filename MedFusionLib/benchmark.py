@@ -16,7 +16,8 @@ Both are timed from the raw arrays to the fused float32 volume ("fusion alone": 
 writing or registration; the model is built before the clock starts). Per row: milliseconds per
 slice of the volume, seconds per volume, voxels per second, speed-up over naive, peak memory
 (resident-set growth above the level before the row, sampled every 5 ms; on CUDA the peak
-allocated by torch), and the largest absolute difference from the naive output. Registration
+allocated by torch), and the largest absolute difference from the naive output; with
+``repeats`` > 1 each row is the fastest run (shared machines vary by 10-15 % between runs). Registration
 rows time :func:`MedFusionLib.registration.register` per preset and backend on the moving volume
 displaced by a fixed rigid motion (itk-elastix's one-off library load is shown apart).
 """
@@ -212,6 +213,20 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _timed(run, device: torch.device, repeats: int):
+    """``(last result, fastest seconds, largest peak MiB)`` of ``repeats`` calls of ``run()``."""
+    fastest, largest_peak, result = float("inf"), 0.0, None
+    for _ in range(repeats):
+        result = None  # free the previous output before measuring memory again
+        with PeakMemory(device) as memory:
+            started = time.perf_counter()
+            result = run()
+            _synchronize(device)
+            fastest = min(fastest, time.perf_counter() - started)
+        largest_peak = max(largest_peak, memory.growth)
+    return result, fastest, largest_peak
+
+
 def _product_fuse(fuser: SliceFuser, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, int]:
     """The pipeline's fusion of raw axial stacks (percentile normalisation, as for MR)."""
     bounds_a, bounds_b = percentile_bounds(a), percentile_bounds(b)
@@ -227,10 +242,14 @@ def benchmark_fusion(
     precisions: list[str] | None = None,
     batch_size: int | None = None,
     compile: bool = False,
+    repeats: int = 1,
     report=print,
 ) -> list[FusionRow]:
     """Naive and product rows for every model (see the module docstring); ``precisions`` adds
-    product rows in those precisions besides the default ``auto``; ``report`` gets one line per row."""
+    product rows in those precisions besides the default ``auto``; each row is the fastest of
+    ``repeats`` runs (with the largest peak memory of them); ``report`` gets one line per row."""
+    if repeats < 1:
+        raise InputError(f"repeats must be at least 1, got {repeats}")
     torch_device = resolve_device(device)
     a = sitk.GetArrayViewFromImage(pair.reference)
     b = sitk.GetArrayViewFromImage(pair.moving)
@@ -252,12 +271,8 @@ def benchmark_fusion(
     for name in models:
         reference_model = create_model(name, device=torch_device)
         naive_fuse(reference_model, a[slices // 2 : slices // 2 + 1], b[slices // 2 : slices // 2 + 1], torch_device)  # warm-up
-        with PeakMemory(torch_device) as memory:
-            started = time.perf_counter()
-            naive = naive_fuse(reference_model, a, b, torch_device)
-            _synchronize(torch_device)
-            naive_seconds = time.perf_counter() - started
-        add_row(name, "naive", "fp32", 1, naive_seconds, memory.growth, 0.0, slices, naive_seconds, None)
+        naive, naive_seconds, peak = _timed(lambda: naive_fuse(reference_model, a, b, torch_device), torch_device, repeats)
+        add_row(name, "naive", "fp32", 1, naive_seconds, peak, 0.0, slices, naive_seconds, None)
 
         variants = [("auto", False)] + [(p, False) for p in (precisions or []) if p != "auto"]
         if compile:
@@ -271,15 +286,11 @@ def benchmark_fusion(
                 compile_seconds = time.perf_counter() - started
             else:
                 _product_fuse(fuser, a[slices // 2 : slices // 2 + 1], b[slices // 2 : slices // 2 + 1])  # warm-up
-            with PeakMemory(torch_device) as memory:
-                started = time.perf_counter()
-                fused, fused_slices = _product_fuse(fuser, a, b)
-                _synchronize(torch_device)
-                seconds = time.perf_counter() - started
+            (fused, fused_slices), seconds, peak = _timed(lambda: _product_fuse(fuser, a, b), torch_device, repeats)
             difference = float(np.abs(fused - naive).max())
             tolerance = FP32_TOLERANCE if fuser.precision == "fp32" else ACCURACY_BUDGET
             path = "product" + (f" compiled (compiling: {compile_seconds:.0f} s)" if compiled else "")
-            add_row(name, path, fuser.precision, fuser.batch_size, seconds, memory.growth, difference, fused_slices,
+            add_row(name, path, fuser.precision, fuser.batch_size, seconds, peak, difference, fused_slices,
                     naive_seconds, tolerance)
         del reference_model, naive
     return rows
@@ -353,7 +364,7 @@ def markdown_report(report: dict) -> str:
         f"Machine: {machine['cpu']} ({', '.join(machine['cpu_features']) or 'no AVX2'}), {machine['cores_available']} cores available, "
         f"torch {machine['torch']} with {machine['torch_threads']} threads, device {machine['device']}"
         + (f" ({machine['gpu']})" if "gpu" in machine else ""),
-        f"Input: {report['input']}",
+        f"Input: {report['input']}; each fusion row the fastest of {report.get('repeats', 1)} run(s)",
         "",
         FUSION_HEADER,
         *(format_fusion_row(FusionRow(**row)) for row in report["fusion"]),
@@ -379,6 +390,7 @@ def run_benchmark(
     compile: bool = False,
     presets: list[str] | None = None,
     backends: list[str] | None = None,
+    repeats: int = 1,
     report=print,
 ) -> dict:
     """Run fusion (and, when ``presets`` is non-empty, registration) benchmarks; returns the
@@ -390,7 +402,8 @@ def run_benchmark(
     torch_device = resolve_device(device)
     result = {"machine": machine_description(torch_device), "input": pair.source, "fusion": [], "registration": []}
     report(f"input: {pair.source}\n\n{FUSION_HEADER}")
-    rows = benchmark_fusion(pair, models, device, precisions, batch_size, compile, report=report)
+    rows = benchmark_fusion(pair, models, device, precisions, batch_size, compile, repeats, report=report)
+    result["repeats"] = repeats
     result["fusion"] = [asdict(row) for row in rows]
     if presets:
         from .registration import available_backends

@@ -85,6 +85,7 @@ def main() -> None:
     parser.add_argument("--registration", default="rigid,affine", help="presets to time, or none")
     parser.add_argument("--large", action="store_true", help="instead: peak memory of fusing two 512×512×400 volumes")
     parser.add_argument("--large-model", default="emfusion")
+    parser.add_argument("--repeats", type=int, default=1, help="keep the fastest of this many runs per row")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
 
@@ -100,6 +101,7 @@ def main() -> None:
             device=args.device,
             precisions=[p for p in args.precisions.split(",") if p],
             compile=args.compile,
+            repeats=args.repeats,
             presets=[] if args.registration == "none" else args.registration.split(","),
             report=lambda line: print(line, flush=True),
         )

@@ -61,6 +61,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--backends", default=None,
                         type=lambda text: parse_names(text, ("elastix", "simpleitk"), "backend"),
                         help="registration backends (default: every installed one)")
+    parser.add_argument("--repeats", type=int, default=1, help="time each fusion row this often, keep the fastest (default 1)")
     parser.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write every figure as JSON")
     return parser
 
@@ -80,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
         compile=args.compile,
         presets=args.registration,
         backends=args.backends,
+        repeats=args.repeats,
         report=lambda line: print(line, flush=True),
     )
     print("\n" + markdown_report(report))
