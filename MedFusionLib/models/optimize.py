@@ -1,9 +1,9 @@
 """Inference form of a fusion model: the same function, laid out to run fast.
 
-:func:`prepare_for_inference` returns a copy with every BatchNorm folded into the convolution
-before it (one pass over the features instead of two; exact up to float rounding) and, where it
-pays, the channels-last memory format that oneDNN (CPU) and cuDNN (CUDA) convolutions prefer.
-The caller's module is never modified.
+:func:`prepare_for_inference` folds every BatchNorm into the convolution before it (one pass
+over the features instead of two; exact up to float rounding), in a copy so the caller's network
+keeps its layers, and, where it pays, sets the channels-last memory format that oneDNN (CPU) and
+cuDNN (CUDA) convolutions prefer.
 """
 
 from __future__ import annotations
@@ -44,7 +44,8 @@ def prepare_for_inference(model: nn.Module, device: torch.device, channels_last:
 
     A model with BatchNorms is copied before folding, so the caller's module keeps its layers;
     like ``Module.to``, moving to the device and layout acts on the module itself otherwise.
-    Attributes the inference engine reads (``receptive_radius``, ``size_multiple``) are kept.
+    Attributes the inference engine reads (``receptive_radius``, ``size_multiple``,
+    ``window_step``) are kept.
     """
     if any(isinstance(m, nn.BatchNorm2d) for m in model.modules()):
         model = copy.deepcopy(model)
