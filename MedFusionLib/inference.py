@@ -12,7 +12,7 @@ foreground, chosen by the pipeline) and nothing else. What makes it fast, each s
   folded into convolutions, channels-last layout, ``torch.inference_mode``.
 - **Batches** of consecutive slices share one window (the union of their boxes). The CPU default
   is one slice per pass, since a single slice's features stay in cache, with as many slices
-  side by side as torch has threads, each on one core (measured fastest); CUDA batches 32
+  side by side as torch has threads (at most 8), sharing the cores (measured fastest); CUDA batches 32
   slices, copied from pinned host memory without blocking.
 - **Precision** from :mod:`MedFusionLib.precision` (fp16 autocast on CUDA, fp32 on the CPU by
   default); optional ``torch.compile`` (measured no faster on a 2-core CPU, after 18-67 s of
@@ -47,6 +47,10 @@ CancelCallback = Callable[[], bool]  # returns True to stop
 Box = tuple[int, int, int, int]
 
 DEFAULT_BATCH_SIZE = {"cpu": 1, "cuda": 32}
+# At most this many CPU slices in flight at once: each holds its features (about 0.2 GB for a
+# 512×512 EMFusion slice), so memory stays bounded on many-core machines; cores beyond it are
+# shared out as threads per slice.
+MAX_SLICES_SIDE_BY_SIDE = 8
 
 
 class SliceFuser:
@@ -172,17 +176,18 @@ class SliceFuser:
     @property
     def parallel_slices(self) -> int:
         """How many slices run side by side: on the CPU with one slice per pass, one per torch
-        thread, each single-threaded (measured faster than splitting every small convolution
-        over the cores, which synchronises them once per layer); otherwise 1."""
+        thread (at most :data:`MAX_SLICES_SIDE_BY_SIDE`), each with its share of the threads
+        (measured faster than splitting every small convolution over the cores, which
+        synchronises them once per layer); otherwise 1."""
         if self.device.type != "cpu" or self.batch_size != 1 or self.compiled:
             return 1
-        return torch.get_num_threads()
+        return min(torch.get_num_threads(), MAX_SLICES_SIDE_BY_SIDE)
 
     def _fuse_side_by_side(self, a, b, boxes, todo, out, progress, cancel) -> None:
         """:meth:`fuse_stack`'s CPU path: slices in a thread pool, torch single-threaded meanwhile."""
         workers = self.parallel_slices
         previous_threads = torch.get_num_threads()
-        torch.set_num_threads(1)  # process-wide; restored below
+        torch.set_num_threads(max(1, previous_threads // workers))  # process-wide; restored below
         pending: deque[Future] = deque()
         done = 0
         pool = ThreadPoolExecutor(workers, thread_name_prefix="medfusion-slice")

@@ -88,7 +88,7 @@ def test_batching_and_side_by_side_slices_give_the_same_volume(normalized_pair):
     a, b = normalized_pair
     boxes = slice_boxes((a > 0.05) | (b > 0.05), 2)
     single = SliceFuser("emfusion", device="cpu", batch_size=1)
-    assert single.parallel_slices == torch.get_num_threads()
+    assert single.parallel_slices == min(torch.get_num_threads(), 8)
     threads = torch.get_num_threads()
     one_at_a_time = single.fuse_stack(a, b, boxes)
     assert torch.get_num_threads() == threads  # restored after the side-by-side run
@@ -112,6 +112,7 @@ def test_folding_batch_norms_keeps_the_function_and_the_callers_module():
         prepared = prepare_for_inference(model, torch.device("cpu"), channels_last=True)
         folded = prepared(a.contiguous(memory_format=torch.channels_last), b.contiguous(memory_format=torch.channels_last))
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in prepared.modules())
+    assert prepared.gate_pairs is not None and model.gate_pairs is None  # HAF's gates merged in the copy
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())  # the original is intact
     torch.testing.assert_close(folded, expected, atol=1e-5, rtol=0)
     assert fold_batch_norms(HAFNet(widths=(8, 16, 32)).eval()) == 28  # every conv+BN pair of the net

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .blocks import AttentionGate, DepthwiseSeparableConv, FeaturePyramid, crop_to, pad_to_multiple
+from .blocks import AttentionGate, CrossAttentionGatePair, DepthwiseSeparableConv, FeaturePyramid, crop_to, pad_to_multiple
 from .registry import register_model
 
 
@@ -84,6 +84,7 @@ class HAFNet(nn.Module):
         self.encoder_b = _Encoder(widths)
         self.gates_a = nn.ModuleList(AttentionGate(w, w, max(w // 4, 8)) for w in widths)
         self.gates_b = nn.ModuleList(AttentionGate(w, w, max(w // 4, 8)) for w in widths)
+        self.gate_pairs: nn.ModuleList | None = None  # set by fuse_for_inference
         self.pyramid = FeaturePyramid([2 * w for w in widths], pyramid_channels)
         self.decoder = nn.Sequential(
             nn.ReLU(inplace=True),
@@ -92,10 +93,22 @@ class HAFNet(nn.Module):
             nn.Sigmoid(),
         )
 
+    def fuse_for_inference(self) -> None:
+        """Evaluate each scale's two gates as one :class:`CrossAttentionGatePair` from now on.
+
+        Call on an eval-mode copy whose BatchNorms are folded
+        (:func:`~MedFusionLib.models.optimize.prepare_for_inference` does both); not for training.
+        """
+        self.gate_pairs = nn.ModuleList(CrossAttentionGatePair(a, b) for a, b in zip(self.gates_a, self.gates_b))
+
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         a, size = pad_to_multiple(a, self.size_multiple)
         b, _ = pad_to_multiple(b, self.size_multiple)
         scales = []
-        for feat_a, feat_b, gate_a, gate_b in zip(self.encoder_a(a), self.encoder_b(b), self.gates_a, self.gates_b):
-            scales.append(torch.cat([gate_a(feat_b, feat_a), gate_b(feat_a, feat_b)], dim=1))
+        for index, (feat_a, feat_b) in enumerate(zip(self.encoder_a(a), self.encoder_b(b))):
+            if self.gate_pairs is not None:
+                scales.append(self.gate_pairs[index](feat_a, feat_b))
+            else:
+                gate_a, gate_b = self.gates_a[index], self.gates_b[index]
+                scales.append(torch.cat([gate_a(feat_b, feat_a), gate_b(feat_a, feat_b)], dim=1))
         return crop_to(self.decoder(self.pyramid(scales)), size)

@@ -50,6 +50,8 @@ def prepare_for_inference(model: nn.Module, device: torch.device, channels_last:
     if any(isinstance(m, nn.BatchNorm2d) for m in model.modules()):
         model = copy.deepcopy(model)
         fold_batch_norms(model.eval())
+        if hasattr(model, "fuse_for_inference"):  # a network's own exact rewrites (HAF's gates)
+            model.fuse_for_inference()
     model = model.eval().to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
