@@ -39,9 +39,9 @@ from .devices import resolve_device
 from .errors import InputError
 from .inference import SliceFuser
 from .models import create_model
-from .pipeline import FOREGROUND_MARGIN, FOREGROUND_THRESHOLD, fuse_arrays
+from .pipeline import FOREGROUND_MARGIN, FOREGROUND_THRESHOLD, fuse_arrays, intensity_scaling
 from .precision import ACCURACY_BUDGET, PRECISION_CHOICES, cpu_has_native_bf16
-from .preprocessing import normalize_intensity, percentile_bounds, scale_to_bounds, slice_boxes
+from .preprocessing import normalize_intensity, slice_boxes
 
 DEFAULT_MODELS = ("emfusion", "haf", "densefuse", "laplacian")
 DEFAULT_SIZE = (240, 240, 155)
@@ -229,10 +229,7 @@ def _timed(run, device: torch.device, repeats: int):
 
 def _product_fuse(fuser: SliceFuser, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, int]:
     """The pipeline's fusion of raw axial stacks (percentile normalisation, as for MR)."""
-    bounds_a, bounds_b = percentile_bounds(a), percentile_bounds(b)
-    return fuse_arrays(
-        a, b, lambda slab: scale_to_bounds(slab, bounds_a), lambda slab: scale_to_bounds(slab, bounds_b), 0, fuser
-    )
+    return fuse_arrays(a, b, intensity_scaling(a), intensity_scaling(b), 0, fuser)
 
 
 def benchmark_fusion(
@@ -292,7 +289,6 @@ def benchmark_fusion(
             path = "product" + (f" compiled (compiling: {compile_seconds:.0f} s)" if compiled else "")
             add_row(name, path, fuser.precision, fuser.batch_size, seconds, peak, difference, fused_slices,
                     naive_seconds, tolerance)
-        del reference_model, naive
     return rows
 
 

@@ -37,7 +37,7 @@ from .devices import resolve_device
 from .errors import FusionCancelled, InputError
 from .models import create_model
 from .models.optimize import has_convolutions, prepare_for_inference
-from .precision import inference_dtype, precision_name
+from .precision import autocast_dtype, precision_name
 
 log = logging.getLogger("MedFusionLib")
 
@@ -63,7 +63,7 @@ class SliceFuser:
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (see :func:`~MedFusionLib.devices.resolve_device`).
         batch_size: slices per forward pass; :data:`DEFAULT_BATCH_SIZE` of the device when ``None``.
         pretrained: passed to :func:`~MedFusionLib.models.create_model` for a name.
-        precision: ``auto``, ``fp32``, ``bf16`` or ``fp16`` (:func:`~MedFusionLib.precision.inference_dtype`).
+        precision: ``auto``, ``fp32``, ``bf16`` or ``fp16`` (:func:`~MedFusionLib.precision.autocast_dtype`).
         channels_last: ``None`` decides by the model (networks with convolutions: yes).
         compile: wrap the model in ``torch.compile`` (first call compiles; dynamic shapes).
         threads: set torch's intra-op thread count (process-wide); ``None`` keeps torch's
@@ -92,7 +92,7 @@ class SliceFuser:
         else:
             self.model_name = type(model).__name__
             source = model
-        self.autocast_dtype = inference_dtype(precision, self.device)
+        self.autocast_dtype = autocast_dtype(precision, self.device)
         self.channels_last = has_convolutions(source) if channels_last is None else channels_last
         self.receptive_radius: int | None = getattr(source, "receptive_radius", None)
         self.size_multiple: int = getattr(source, "size_multiple", 1)
@@ -164,10 +164,7 @@ class SliceFuser:
                     if not self._back_off():
                         raise
                     continue  # the same slices again, fewer at a time or on the CPU
-                # Each slice keeps only its own box, so the result does not depend on batching.
-                for fused_slice, index in zip(fused, indices):
-                    top, bottom, left, right = boxes[index]
-                    out[index, top:bottom, left:right] = fused_slice[top - box[0] : bottom - box[0], left - box[2] : right - box[2]]
+                _store(out, fused, indices, boxes, box)
                 done += len(indices)
                 if progress:
                     progress(done, total)
@@ -203,7 +200,7 @@ class SliceFuser:
             for index in todo:
                 if cancel is not None and cancel():
                     raise FusionCancelled("fusion was cancelled before it finished")
-                pending.append(pool.submit(self._fuse_one_slice, a, b, boxes[index], index, out))
+                pending.append(pool.submit(self._fuse_one_slice, a, b, boxes, index, out))
                 if len(pending) >= 2 * workers:  # bounded queue: progress and cancel stay prompt
                     collect_oldest()
             while pending:
@@ -212,10 +209,9 @@ class SliceFuser:
             pool.shutdown(wait=True, cancel_futures=True)
             torch.set_num_threads(previous_threads)
 
-    def _fuse_one_slice(self, a: np.ndarray, b: np.ndarray, box: Box, index: int, out: np.ndarray) -> None:
+    def _fuse_one_slice(self, a: np.ndarray, b: np.ndarray, boxes: Sequence[Box | None], index: int, out: np.ndarray) -> None:
         with torch.inference_mode():  # thread-local, so entered in the worker
-            fused = self._fuse_batch(a, b, [index], box)
-        out[index, box[0] : box[1], box[2] : box[3]] = fused[0]
+            _store(out, self._fuse_batch(a, b, [index], boxes[index]), [index], boxes, boxes[index])
 
     def input_window(self, box: Box, height: int, width: int) -> Box:
         """The input region that determines the output inside ``box`` of an ``H × W`` slice.
@@ -278,6 +274,16 @@ class SliceFuser:
         else:
             return False
         return True
+
+
+def _store(out: np.ndarray, fused: np.ndarray, indices: list[int], boxes: Sequence[Box | None], union: Box) -> None:
+    """Write ``fused`` (the model's output over ``union`` for slices ``indices``) into ``out``.
+
+    Each slice keeps only its own box, so the result does not depend on how slices were batched.
+    """
+    for fused_slice, index in zip(fused, indices):
+        top, bottom, left, right = boxes[index]
+        out[index, top:bottom, left:right] = fused_slice[top - union[0] : bottom - union[0], left - union[2] : right - union[2]]
 
 
 def _union(boxes: list[Box]) -> Box:

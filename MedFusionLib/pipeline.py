@@ -112,7 +112,7 @@ def _split_luminance(image: sitk.Image) -> tuple[sitk.Image, np.ndarray | None]:
 Scaling = Callable[[np.ndarray], np.ndarray]
 
 
-def _scaling(values: np.ndarray, window: str | tuple[float, float] | None, eight_bit: bool) -> Scaling:
+def intensity_scaling(values: np.ndarray, window: str | tuple[float, float] | None = None, eight_bit: bool = False) -> Scaling:
     """The map of raw intensities to [0, 1] for one image, to apply slab by slab.
 
     A CT window if given; ``x / 255`` for 8-bit pictures (already display-scaled, and the
@@ -236,8 +236,8 @@ def fuse_volumes(
     fuse_started = time.perf_counter()
     a = sitk.GetArrayViewFromImage(reference_luminance)
     b = sitk.GetArrayViewFromImage(registered_luminance)
-    scale_a = _scaling(a, reference_window, reference_image.GetPixelID() in _EIGHT_BIT)
-    scale_b = _scaling(b, moving_window, moving_image.GetPixelID() in _EIGHT_BIT)
+    scale_a = intensity_scaling(a, reference_window, reference_image.GetPixelID() in _EIGHT_BIT)
+    scale_b = intensity_scaling(b, moving_window, moving_image.GetPixelID() in _EIGHT_BIT)
     slice_axis = slicing_array_axis(reference_image, axis) if a.ndim == 3 else None
     fused, fused_slices = fuse_arrays(a, b, scale_a, scale_b, slice_axis, fuser, progress, cancel)
     stage_seconds["fuse"] = time.perf_counter() - fuse_started

@@ -1,4 +1,4 @@
-"""Numeric precision for fusion inference: which autocast dtype a run uses, and why.
+"""Numeric precision: which autocast dtype a fusion (or training) run uses, and why.
 
 Reduced precision is only worth it where the hardware computes it natively, and only acceptable
 while the fused image stays within :data:`ACCURACY_BUDGET` of the fp32 result.
@@ -43,11 +43,12 @@ def cpu_has_native_bf16() -> bool:
     return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
-def inference_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for ``precision`` on ``device``; ``None`` means plain fp32.
 
     ``auto``: fp16 on CUDA (within the budget), fp32 on the CPU (bf16 is not). ``fp16`` needs
-    CUDA; ``bf16`` on a CPU without native support works but is logged as slow.
+    CUDA; ``bf16`` on a CPU without native support works but is logged as slow. Training
+    (:mod:`MedFusionLib.training`) uses the same rule.
     """
     if precision not in PRECISION_CHOICES:
         raise InputError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISION_CHOICES)}")
@@ -61,5 +62,5 @@ def inference_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 
 
 def precision_name(dtype: torch.dtype | None) -> str:
-    """``"fp32"``, ``"bf16"`` or ``"fp16"`` for a value of :func:`inference_dtype`."""
+    """``"fp32"``, ``"bf16"`` or ``"fp16"`` for a value of :func:`autocast_dtype`."""
     return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]

@@ -46,11 +46,12 @@ from .errors import InputError, MedFusionError
 from .losses import FusionLoss, FusionLossWeights, ReconstructionLoss
 from .models import create_model, model_spec
 from .models.registry import parameter_count
+from .precision import PRECISION_CHOICES, autocast_dtype
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 SELECTION_METRICS = ("EN", "SD", "SF", "MI", "SCD", "VIF", "Qabf", "SSIM")
 OBJECTIVES = ("fusion", "reconstruction")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PRECISIONS = PRECISION_CHOICES
 CHECKPOINT_LAST = "last.pt"
 CHECKPOINT_BEST = "best.pt"
 
@@ -196,15 +197,6 @@ class TrainingObjective(nn.Module):
         # Both modalities as single images: the auto-encoder must serve either source.
         images = torch.cat([a, b], dim=0)
         return self.loss(self.model.reconstruct(images), images)
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for ``precision`` on ``device`` (None: full fp32)."""
-    if precision == "fp16" and device.type != "cuda":
-        raise InputError("precision fp16 needs CUDA; use bf16 or fp32 on the CPU")
-    if precision == "auto":
-        return torch.float16 if device.type == "cuda" else None
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
 def epoch_indices(samples: int, count: int, generator: torch.Generator) -> list[int]:

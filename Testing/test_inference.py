@@ -27,7 +27,7 @@ from MedFusionLib.models import create_model
 from MedFusionLib.models.haf import HAFNet
 from MedFusionLib.models.optimize import fold_batch_norms, prepare_for_inference
 from MedFusionLib.pipeline import fuse_arrays
-from MedFusionLib.precision import ACCURACY_BUDGET, cpu_has_native_bf16, inference_dtype
+from MedFusionLib.precision import ACCURACY_BUDGET, cpu_has_native_bf16, autocast_dtype
 from MedFusionLib.preprocessing import normalize_intensity, slice_boxes
 
 LEARNED = ["emfusion", "haf", "densefuse"]
@@ -120,13 +120,13 @@ def test_folding_batch_norms_keeps_the_function_and_the_callers_module():
 
 def test_precision_policy():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert inference_dtype("auto", cpu) is None  # bf16 misses the accuracy budget: fp32 on CPUs
-    assert inference_dtype("auto", cuda) is torch.float16
-    assert inference_dtype("fp32", cuda) is None
+    assert autocast_dtype("auto", cpu) is None  # bf16 misses the accuracy budget: fp32 on CPUs
+    assert autocast_dtype("auto", cuda) is torch.float16
+    assert autocast_dtype("fp32", cuda) is None
     with pytest.raises(InputError, match="fp16 needs a CUDA device"):
-        inference_dtype("fp16", cpu)
+        autocast_dtype("fp16", cpu)
     with pytest.raises(InputError, match="unknown precision"):
-        inference_dtype("int8", cpu)
+        autocast_dtype("int8", cpu)
     assert ACCURACY_BUDGET == pytest.approx(1 / 255)
 
 
@@ -134,7 +134,7 @@ def test_bf16_on_a_cpu_without_native_support_warns(caplog):
     if cpu_has_native_bf16():
         pytest.skip("this CPU computes bf16 natively")
     with caplog.at_level(logging.WARNING, logger="MedFusionLib"):
-        assert inference_dtype("bf16", torch.device("cpu")) is torch.bfloat16
+        assert autocast_dtype("bf16", torch.device("cpu")) is torch.bfloat16
     assert "emulated" in caplog.text
 
 

@@ -1,8 +1,8 @@
 """Fusion speed and memory: the naive whole-slice loop against the product path, and large volumes.
 
-Default: the same run as ``medfusion benchmark`` (every shipped model, naive vs product, in one
-process, on the shared BraTS T1/T2 case or a 240×240×155 phantom; registration per preset and
-backend), printed as Markdown tables. See :mod:`MedFusionLib.benchmark` for what each figure
+Default: ``medfusion benchmark`` with the same options (every shipped model, naive vs product,
+in one process, on the shared BraTS T1/T2 case or a 240×240×155 phantom; registration per preset
+and backend), printed as Markdown tables. See :mod:`MedFusionLib.benchmark` for what each figure
 means.
 
 ``--large``: peak memory of a whole ``medfusion fuse`` of two 512×512×400 volumes (int16, 0.5 mm,
@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from MedFusionLib.benchmark import DEFAULT_MODELS, markdown_report, run_benchmark
+from MedFusionLib.cli import main as medfusion_main
 from MedFusionLib.phantom import make_head_phantom
 
 LARGE_SIZE = (512, 512, 400)
@@ -76,36 +76,22 @@ def large_volume_run(model: str) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", default=",".join(DEFAULT_MODELS))
-    parser.add_argument("--data", type=Path, default=None, help="case folder with t1.nii.gz and t2.nii.gz")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--precisions", default="", help="extra product-path precisions, e.g. bf16 or fp16")
-    parser.add_argument("--compile", action="store_true")
-    parser.add_argument("--registration", default="rigid,affine", help="presets to time, or none")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog="Without --large, every option is passed on to `medfusion benchmark` (see its --help).",
+    )
     parser.add_argument("--large", action="store_true", help="instead: peak memory of fusing two 512×512×400 volumes")
     parser.add_argument("--large-model", default="emfusion")
-    parser.add_argument("--repeats", type=int, default=1, help="keep the fastest of this many runs per row")
-    parser.add_argument("--json", type=Path, default=None)
-    args = parser.parse_args()
-
-    if args.large:
-        result = large_volume_run(args.large_model)
-        print(f"| volumes | model | seconds | peak RSS MiB | inputs MiB | output MiB |\n|---|---|---|---|---|---|\n"
-              f"| 2 × {result['size']} int16 | {result['model']} | {result['seconds']} | {result['peak_rss_mib']} | "
-              f"{result['inputs_mib']} | {result['output_mib']} |\n{result['stdout']}")
-    else:
-        result = run_benchmark(
-            models=[m for m in args.models.split(",") if m],
-            data=args.data,
-            device=args.device,
-            precisions=[p for p in args.precisions.split(",") if p],
-            compile=args.compile,
-            repeats=args.repeats,
-            presets=[] if args.registration == "none" else args.registration.split(","),
-            report=lambda line: print(line, flush=True),
-        )
-        print("\n" + markdown_report(result))
+    parser.add_argument("--json", type=Path, default=None, help="with --large: also write the figures as JSON")
+    args, benchmark_options = parser.parse_known_args()
+    if not args.large:
+        raise SystemExit(medfusion_main(["benchmark", *benchmark_options] + (["--json", str(args.json)] if args.json else [])))
+    if benchmark_options:
+        parser.error(f"--large takes only --large-model and --json, not {' '.join(benchmark_options)}")
+    result = large_volume_run(args.large_model)
+    print(f"| volumes | model | seconds | peak RSS MiB | inputs MiB | output MiB |\n|---|---|---|---|---|---|\n"
+          f"| 2 × {result['size']} int16 | {result['model']} | {result['seconds']} | {result['peak_rss_mib']} | "
+          f"{result['inputs_mib']} | {result['output_mib']} |\n{result['stdout']}")
     if args.json is not None:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
 
