@@ -7,3 +7,4 @@ Everything here imports with the ``slicer-core`` wheel (a real MRML scene withou
 application), so it is tested outside Slicer; Qt, CTK and ``slicer.ScriptedLoadableModule`` are
 used only by ``MedFusion.py``.
 """
+# ruff: noqa: N999  (the package name is MedFusion's, in the CamelCase of Slicer modules)

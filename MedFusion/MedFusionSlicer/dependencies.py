@@ -5,10 +5,11 @@ them break Slicer (a common complaint about AI extensions). So MedFusion:
 
 * checks versions with :mod:`importlib.metadata` before importing anything heavy;
 * installs only what is missing, never upgrades what Slicer ships: every install runs with a
-  constraints file that pins the shipped packages to the versions installed now (on Slicer
-  versions with ``slicer.packaging`` its core constraints apply as well);
-* installs torch through SlicerPyTorch's ``PyTorchUtils`` when that extension is present, so the
-  CUDA build matches the installed driver; plain pip otherwise;
+  constraints file that pins the shipped packages to the versions installed now;
+* installs torch from the PyTorch index of the CUDA build that SlicerPyTorch detects for the
+  installed driver when that extension is present (only torch: not SlicerPyTorch's installer,
+  which adds torchvision and skips the constraints); plain pip (PyPI) otherwise;
+* installs the optional itk-elastix on its own, so its failure blocks nothing;
 * without itk-elastix, registration uses SimpleITK's own (shipped) registration;
 * offline, says which wheels to fetch elsewhere and the command that installs them.
 
@@ -124,59 +125,105 @@ def offline_instructions(requirements: list[Requirement]) -> str:
     )
 
 
+class DependenciesMissing(RuntimeError):
+    """MedFusionLib's Python packages are not installed (raised by :func:`require`)."""
+
+
+def require(requirements=REQUIREMENTS) -> None:
+    """Raise :class:`DependenciesMissing`, saying how to install them, if required packages are
+    missing: for the Python console and scripts, where nothing may ask the user."""
+    missing = missing_requirements(include_optional=False, requirements=requirements)
+    if missing:
+        names = ", ".join(requirement.specifier for requirement in missing)
+        raise DependenciesMissing(
+            f"MedFusion needs the Python packages {names}, which are not installed in Slicer's Python. "
+            "Install them with MedFusion.MedFusionLogic().installDependencies() in the Python console "
+            "(or press Apply in the MedFusion module, which asks first; headless: MedFusionBatch.py "
+            "--install-dependencies), then run again."
+        )
+
+
 def install(
     requirements: list[Requirement],
     pip_install: Callable[[list[str]], None],
-    install_torch: Callable[[str], None] | None = None,
+    torch_index_url: str | None = None,
 ) -> list[str]:
     """Install ``requirements`` (the user has already agreed) and return what was done, for the log.
 
-    ``pip_install(arguments)`` runs pip in Slicer's Python (``slicer.util.pip_install``);
-    ``install_torch(specifier)`` installs torch with a driver-matching build (SlicerPyTorch's
-    ``PyTorchUtilsLogic().installTorch``), or ``None`` to use pip for torch too. The shipped
-    packages are pinned by a constraints file for the duration of the call.
+    ``pip_install(arguments)`` runs pip in Slicer's Python (:func:`slicer_pip_install`). Required
+    packages go in one pip call; each optional package (itk-elastix) in its own call afterwards,
+    and its failure is reported in the returned lines but does not stop anything: the module works
+    without it. torch is installed from ``torch_index_url`` when given (the PyTorch index of the
+    CUDA build for this computer, :func:`torch_index_for`), and only torch, never torchvision.
+    Every call runs with a constraints file that pins the packages Slicer ships at their installed
+    versions. A failure of a required package raises (pip's ``CalledProcessError``).
     """
     done = []
-    remaining = list(requirements)
-    torch = next((requirement for requirement in remaining if requirement.distribution == "torch"), None)
-    if torch is not None and install_torch is not None:
-        install_torch(torch.specifier)
-        done.append(f"installed {torch.specifier} with SlicerPyTorch (build chosen for this computer's driver)")
-        remaining.remove(torch)
-    if remaining:
-        with tempfile.TemporaryDirectory(prefix="MedFusion-constraints-") as folder:
-            constraints = Path(folder) / "slicer-shipped.txt"
-            constraints.write_text(shipped_constraints())
-            pip_install(pip_arguments(remaining, constraints))
-        done.append("installed " + ", ".join(requirement.specifier for requirement in remaining) + " with pip")
+    required = [requirement for requirement in requirements if not requirement.optional]
+    optional = [requirement for requirement in requirements if requirement.optional]
+    with tempfile.TemporaryDirectory(prefix="MedFusion-constraints-") as folder:
+        constraints = Path(folder) / "slicer-shipped.txt"
+        constraints.write_text(shipped_constraints())
+        torch = next((requirement for requirement in required if requirement.distribution == "torch"), None)
+        if torch is not None and torch_index_url:
+            # torch alone from the PyTorch index (its CUDA build); its own dependencies from PyPI.
+            pip_install(pip_arguments([torch], constraints) + ["--index-url", torch_index_url,
+                                                                "--extra-index-url", "https://pypi.org/simple"])
+            done.append(f"installed {torch.specifier} from {torch_index_url}")
+            required.remove(torch)
+        if required:
+            pip_install(pip_arguments(required, constraints))
+            done.append("installed " + ", ".join(requirement.specifier for requirement in required) + " with pip")
+        for requirement in optional:
+            try:
+                pip_install(pip_arguments([requirement], constraints))
+            except Exception as error:  # noqa: BLE001  (optional: say so and go on without it)
+                done.append(f"could not install the optional {requirement.specifier} ({error}); "
+                            f"going on without it: {requirement.purpose}")
+            else:
+                done.append(f"installed the optional {requirement.specifier} with pip")
     return done
 
 
 def slicer_pip_install(arguments: list[str]) -> None:
-    """Run pip in Slicer's Python without another prompt (the caller has asked for consent):
-    ``slicer.packaging.pip_install`` where the Slicer version has it (its core constraints apply
-    too), ``slicer.util.pip_install`` before."""
-    try:
-        import slicer.packaging
-    except ImportError:
-        import slicer.util
+    """Run pip in Slicer's Python, with no prompt of its own (the caller has asked for consent).
 
-        slicer.util.pip_install(arguments)
-    else:
-        slicer.packaging.pip_install(arguments, interactive=False)
+    ``slicer.util.pip_install(list)`` exists in every supported Slicer and passes the list to
+    ``pip install`` (on 5.12 and later through ``slicer.packaging.pip_install``, which shows a
+    progress dialog and raises ``CalledProcessError`` on failure). ``slicer.packaging.pip_install``
+    itself has no ``interactive`` argument there, so it is not called directly.
+    """
+    import slicer.util
+
+    slicer.util.pip_install(arguments)
 
 
-def slicer_torch_installer() -> Callable[[str], None] | None:
-    """SlicerPyTorch's torch installer (the build for this computer's CUDA driver) when that
-    extension is installed, else ``None`` (torch then comes from pip)."""
+def torch_index_for(backends: list[str]) -> str | None:
+    """The PyTorch wheel index for the best of ``backends`` (e.g. ``["cpu", "cu121", "cu126"]`` ->
+    ``.../whl/cu126``; only ``cpu`` -> ``.../whl/cpu``); ``None`` for an empty list."""
+    cuda = sorted((backend for backend in backends if re.fullmatch(r"cu\d+", backend)), key=lambda b: int(b[2:]))
+    if cuda:
+        return f"https://download.pytorch.org/whl/{cuda[-1]}"
+    if "cpu" in backends:
+        return "https://download.pytorch.org/whl/cpu"
+    return None
+
+
+def slicer_torch_index() -> str | None:
+    """The PyTorch index for this computer's NVIDIA driver, as SlicerPyTorch detects it, when that
+    extension is installed; else ``None`` (torch then comes from PyPI: on Linux a CUDA build, on
+    Windows and macOS a CPU build).
+
+    Only SlicerPyTorch's detection is used (``getCompatibleComputationBackends``, through
+    light-the-torch), not its installer: that one also installs torchvision, which MedFusion does
+    not need, and without the constraints that protect Slicer's own packages.
+    """
     try:
         import PyTorchUtils
     except ImportError:
         return None
-
-    def install_torch(specifier: str) -> None:
-        PyTorchUtils.PyTorchUtilsLogic().installTorch(
-            askConfirmation=False, torchVersionRequirement=specifier.removeprefix("torch")
-        )
-
-    return install_torch
+    try:
+        backends = PyTorchUtils.PyTorchUtilsLogic.getCompatibleComputationBackends(torchVersionRequirement=">=2.2")
+    except Exception:  # noqa: BLE001  (no network for light-the-torch, an old SlicerPyTorch: fall back to PyPI)
+        return None
+    return torch_index_for(list(backends))

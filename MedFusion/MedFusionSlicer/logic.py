@@ -1,50 +1,109 @@
 """The fusion logic on MRML nodes: what the panel, the Python console and headless scripts call.
 
 :class:`FusionLogic` converts volume nodes to SimpleITK images (:mod:`.volumes`), calls
-:func:`MedFusionLib.pipeline.fuse_volumes` (the one implementation of every step) and puts the
-results back into the scene as nodes: the fused volume, the moving volume resampled on the
-reference grid and the registration transform. Nodes are created only after a run succeeded, so
-a failed or cancelled run leaves the scene as it was.
+:func:`MedFusionLib.fusion.pipeline.fuse_volumes` (the one implementation of every step) with one
+:class:`FusionOptions`, and puts the results into the scene: the fused volume, the moving volume
+resampled on the reference grid, the registration transform and a checkerboard of the two for
+judging the registration (:mod:`.compare`). Nodes are created or changed only after a run
+succeeded, so a failed or cancelled run leaves the scene as it was.
 
 Two ways to run:
 
 * :meth:`FusionLogic.process` runs synchronously in this process (console, ``--no-main-window``).
-* :meth:`FusionLogic.startJob` / :meth:`FusionLogic.finishJob` run the same work in a separate
-  process (the ``medfusion fuse`` command, :mod:`.worker`) so that Slicer's interface never
-  freezes, and Cancel can end it at once.
+* :meth:`FusionLogic.startJob` / :meth:`FusionLogic.finishJob` run the same work on the warm
+  worker process (:mod:`.worker`, :mod:`.server`), so that Slicer never freezes, torch never
+  enters Slicer's process, and Cancel can end it at once.
 
-MedFusionLib's torch-dependent modules are imported inside the methods, not at the top: Slicer
-loads this module at start-up, before the user agreed to install torch (:mod:`.dependencies`).
+Which nodes a run writes (the output policy): an output volume the user chose is overwritten;
+otherwise each (reference, moving, model) has its own fused node, "<reference> + <moving> fused
+(<model>)", created by its first run and updated by later runs of the same inputs, and each
+(reference, moving) pair one registered volume, one transform and one checkerboard, updated in
+place. Runs on other inputs never touch them. MedFusion marks its nodes with the attribute
+``MedFusion.role`` and node references to the inputs.
+
+Nothing heavy is imported at the top: Slicer loads this module at start-up (SimpleITK, numpy and
+MedFusionLib's torch-dependent modules are imported when a run needs them).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import SimpleITK as sitk
+from . import dependencies
+from .choices import FusionOptions, make_options
+from .worker import DEFAULT_IDLE_TIMEOUT_S, MOVING_FILE, REFERENCE_FILE, FusionJob, WorkerProcess
 
-from MedFusionLib.errors import InputError
-
-from .volumes import (
-    add_volume_node_from_image,
-    image_from_volume_node,
-    load_transform_node,
-    update_volume_node_from_image,
-    world_ijk_to_ras,
-)
-from .worker import FusionJob
-
-# progress(stage, done, total) as in MedFusionLib.pipeline; log(message) for human-readable lines.
+# progress(stage, done, total) as in MedFusionLib.fusion.pipeline; log(message) for human-readable lines.
 ProgressCallback = Callable[[str, int, int], None]
 LogCallback = Callable[[str], None]
 # Largest difference of IJK-to-RAS entries (mm) that still counts as one voxel grid.
 _GRID_TOLERANCE_MM = 1e-4
+ROLE_ATTRIBUTE = "MedFusion.role"
+MODEL_ATTRIBUTE = "MedFusion.model"
+REFERENCE_ROLE, MOVING_ROLE = "MedFusion.reference", "MedFusion.moving"
+DEMO_NAMES = ("MedFusion demo CT", "MedFusion demo MR")
+
+
+@dataclass(frozen=True)
+class RegistrationSummary:
+    """What a registration found, for the status line and the console.
+
+    ``metric_before``/``metric_after``: Mattes mutual information at the start and the end (as ITK
+    reports it: lower is better). ``doubtful``/``confidence``: MedFusionLib's judgement of the
+    result where it provides one (``None``: no judgement available).
+    """
+
+    preset: str = ""
+    backend: str = ""
+    metric_before: float | None = None
+    metric_after: float | None = None
+    seconds: float | None = None
+    doubtful: bool | None = None
+    confidence: str = ""
+
+    @classmethod
+    def from_report(cls, report: dict | None) -> RegistrationSummary | None:
+        """From the worker's ``registration`` event or :func:`MedFusionSlicer.server.registration_report`."""
+        if not report:
+            return None
+        confidence = report.get("confidence") or {}
+        if not isinstance(confidence, dict):
+            confidence = {"summary": str(confidence)}
+        doubtful = confidence.get("doubtful")
+
+        def number(key):
+            value = report.get(key)
+            return float(value) if isinstance(value, (int, float)) else None
+
+        return cls(
+            preset=str(report.get("preset", "")),
+            backend=str(report.get("backend", "")),
+            metric_before=number("metric_before"),
+            metric_after=number("metric_after"),
+            seconds=number("seconds"),
+            doubtful=None if doubtful is None else bool(doubtful),
+            confidence=str(confidence.get("summary", "")),
+        )
+
+    def text(self) -> str:
+        """One line, e.g. "rigid registration (elastix, 2.4 s): metric -0.31 -> -0.62; confident: ..."."""
+        what = " ".join(part for part in (self.preset, "registration") if part)
+        details = ", ".join(part for part in (self.backend, f"{self.seconds:.1f} s" if self.seconds is not None else "") if part)
+        line = what + (f" ({details})" if details else "")
+        if self.metric_before is not None and self.metric_after is not None:
+            line += f": metric {self.metric_before:.3f} -> {self.metric_after:.3f}"
+        if self.doubtful is True:
+            line += "; DOUBTFUL" + (f": {self.confidence}" if self.confidence else "") + " - check it in the views (Compare)"
+        elif self.confidence:
+            line += f"; {self.confidence}"
+        return line
 
 
 @dataclass
@@ -54,15 +113,24 @@ class FusionNodes:
     ``fusedNode``: float32 in [0, 1] on the reference grid. ``registeredNode``: the moving volume
     resampled on the reference grid, original intensities. ``transformNode``: reference -> moving
     (ITK resampling convention, read by Slicer as "transform from parent": put the original moving
-    volume under it to see it aligned). Both are ``None`` without registration. ``device``/``seconds``:
-    where and how long fusion ran (for a separate-process run: the device asked for, and ``None``).
+    volume under it to see it aligned). ``checkerboardNode``: squares alternating between the
+    reference and the registered volume, for judging the registration. The last three and
+    ``registration`` (:class:`RegistrationSummary`) are ``None`` without registration.
+    ``device``/``seconds``: where and how long the fusion ran; ``options``: what it ran with;
+    ``referenceNode``/``movingNode``: its inputs; ``messages``: what ``log`` received.
     """
 
     fusedNode: object
-    registeredNode: object
-    transformNode: object | None
-    device: str
-    seconds: float | None
+    registeredNode: object | None = None
+    transformNode: object | None = None
+    checkerboardNode: object | None = None
+    registration: RegistrationSummary | None = None
+    device: str = ""
+    seconds: float | None = None
+    options: FusionOptions | None = None
+    referenceNode: object | None = None
+    movingNode: object | None = None
+    messages: list[str] = field(default_factory=list)
 
 
 @contextlib.contextmanager
@@ -95,31 +163,56 @@ class ModelChoice:
     note: str = ""
 
 
+def apply_state(problem: str | None, running: bool, installing: bool) -> tuple[bool, str]:
+    """Whether Apply is enabled, and its tooltip: never while a run or a dependency install is going
+    on (a second click would start a second run or a second pip), else only for usable inputs."""
+    if installing:
+        return False, "Installing MedFusion's Python packages; wait until it is done."
+    if running:
+        return False, "A fusion is running; Cancel stops it."
+    if problem is not None:
+        return False, problem
+    return True, "Register and fuse the two volumes (runs in a separate process)."
+
+
 class FusionLogic:
-    """Fuse two volume nodes; no widgets, no dialogs (safe under ``--no-main-window``)."""
+    """Fuse two volume nodes; no widgets, no dialogs (safe under ``--no-main-window``).
+
+    Holds the warm worker the panel's runs use (:meth:`startJob`); :meth:`stopWorker` ends it.
+    """
+
+    _worker: WorkerProcess | None = None
+    workerIdleTimeout: float = DEFAULT_IDLE_TIMEOUT_S
+
+    # --- choices -------------------------------------------------------------------------
 
     @staticmethod
     def modelChoices() -> list[ModelChoice]:
-        """Every model of MedFusionLib's registry, in its order, for the panel (imports torch)."""
-        from MedFusionLib.models import list_models, model_spec
-        from MedFusionLib.models.pretrained import weights_status
-        from MedFusionLib.pipeline import DEFAULT_MODEL
+        """Every model of MedFusionLib's registry, in its order (imports torch into this process;
+        the panel asks the worker instead: :meth:`workerModelChoices`)."""
+        from .server import model_choices
 
-        choices = []
-        for name in list_models():
-            spec = model_spec(name)
-            status = weights_status(name) if spec.learned else "ok"
-            note = {"ok": "", "missing": "no trained weights shipped yet", "corrupt": "weights file damaged; reinstall"}[status]
-            choices.append(ModelChoice(name, spec.description, name == DEFAULT_MODEL, status == "ok", note))
-        return choices
+        return [ModelChoice(**choice) for choice in model_choices()]
+
+    @staticmethod
+    def workerModelChoices(info: dict | None) -> list[ModelChoice]:
+        """The model list from the worker's ``ready`` event (empty if it has not arrived)."""
+        return [ModelChoice(**choice) for choice in (info or {}).get("models", [])]
+
+    # --- inputs ----------------------------------------------------------------------------
 
     @staticmethod
     def inputProblem(referenceNode, movingNode, outputNode, registration: str) -> str | None:
         """Why Apply cannot run with these inputs (one sentence for a tooltip), or ``None``.
 
-        Cheap checks only (no voxel is read): both volumes selected, distinct, the output not an
-        input, and for ``registration="none"`` the same voxel grid (size and IJK-to-RAS).
+        Cheap checks only (no voxel is read): both volumes selected, grey-scale, distinct, the
+        output not an input, no non-linear parent transform, and for ``registration="none"`` the
+        same voxel grid (size and IJK-to-RAS). Never raises: it runs in a GUI observer.
         """
+        from MedFusionLib.core.errors import InputError
+
+        from .volumes import is_scalar_volume, world_ijk_to_ras
+
         if referenceNode is None:
             return "Select the reference volume (its grid is the output's grid)."
         if movingNode is None:
@@ -129,14 +222,37 @@ class FusionLogic:
         if outputNode is not None and (outputNode is referenceNode or outputNode is movingNode):
             return "The output volume is one of the inputs; choose another output or create a new one."
         for node in (referenceNode, movingNode):
+            if not is_scalar_volume(node):
+                return f"'{node.GetName()}' is a label map or not a grey-scale volume; select a scalar volume."
             if node.GetImageData() is None:
                 return f"Volume '{node.GetName()}' has no voxels."
+        try:
+            reference_grid, moving_grid = world_ijk_to_ras(referenceNode), world_ijk_to_ras(movingNode)
+        except InputError as error:  # a non-linear parent transform: say how to fix it
+            return str(error)[:1].upper() + str(error)[1:] + "."
         if registration == "none":
             same_size = referenceNode.GetImageData().GetDimensions() == movingNode.GetImageData().GetDimensions()
-            reference_grid, moving_grid = world_ijk_to_ras(referenceNode), world_ijk_to_ras(movingNode)
             if not same_size or abs(reference_grid - moving_grid).max() > _GRID_TOLERANCE_MM:
                 return "The volumes are on different voxel grids; choose a registration (e.g. rigid)."
         return None
+
+    @staticmethod
+    def defaultInputs(scene, reference=None, moving=None) -> tuple:
+        """Reference and moving volumes to preselect: the given ones, else the first two grey-scale
+        volumes of the scene (never a label map, never MedFusion's own results)."""
+        from .volumes import is_scalar_volume, scalar_volumes
+
+        reference = reference if is_scalar_volume(reference) else None
+        moving = moving if is_scalar_volume(moving) else None
+        if reference is None:
+            candidates = scalar_volumes(scene, exclude=(moving,))
+            reference = candidates[0] if candidates else None
+        if moving is None:
+            candidates = scalar_volumes(scene, exclude=(reference,))
+            moving = candidates[0] if candidates else None
+        return reference, moving
+
+    # --- running in this process ------------------------------------------------------------
 
     def process(
         self,
@@ -144,144 +260,257 @@ class FusionLogic:
         movingNode,
         outputNode=None,
         *,
-        registration: str = "rigid",
-        model=None,
-        device: str = "auto",
-        axis: str = "axial",
-        backend: str = "auto",
-        batchSize: int | None = None,
+        options: FusionOptions | None = None,
         progress: ProgressCallback | None = None,
         log: LogCallback | None = None,
         cancel: Callable[[], bool] | None = None,
+        **changes,
     ) -> FusionNodes:
-        """Register ``movingNode`` to ``referenceNode``, fuse them and add the results to the scene.
+        """Register ``movingNode`` to ``referenceNode``, fuse them and put the results in the scene.
 
         Args:
             referenceNode, movingNode: scalar volume nodes of one scene; the output lies on the
                 reference's grid (its world geometry, parent transform included).
-            outputNode: a scalar volume node to overwrite with the fused volume; ``None`` creates
-                "<reference> + <moving> fused".
-            registration: ``none`` (the two must share a grid), ``rigid``, ``affine`` or ``bspline``.
-            model: a registry name (``None``: MedFusionLib's default) or a fusion ``nn.Module``.
-            device: ``auto``, ``cuda`` or ``cpu``. On GPU out-of-memory MedFusionLib retries with
-                smaller batches, then on the CPU; ``log`` receives its message.
-            axis: ``axial``, ``coronal`` or ``sagittal``. ``backend``: registration backend,
-                ``auto``, ``elastix`` or ``simpleitk``. ``batchSize``: slices per forward pass.
+            outputNode: a scalar volume node to overwrite with the fused volume; ``None``: the
+                fused node of these inputs and model (created by the first such run).
+            options: a ``FusionOptions`` (default: the library's defaults, the same as
+                ``medfusion fuse``); keyword ``changes`` replace single fields, e.g.
+                ``registration="rigid", model="haf", device="cpu"``.
             progress: ``progress(stage, done, total)``; ``cancel()`` returning True stops the run
-                with :class:`~MedFusionLib.errors.FusionCancelled` and adds nothing to the scene.
-            log: ``log(message)`` for what the library reports on its logger (e.g. a GPU
-                out-of-memory fallback) and a closing line with device and time.
+                with ``FusionCancelled`` and adds nothing to the scene.
+            log: ``log(message)`` for what the library reports (e.g. a GPU out-of-memory fallback),
+                the registration summary and a closing line with device and time.
 
         Raises:
-            MedFusionError subclasses with a message that says what to fix.
+            MedFusionError subclasses with a message that says what to fix, including missing
+            Python packages (with the console command that installs them).
         """
-        from MedFusionLib.pipeline import DEFAULT_MODEL, fuse_volumes
+        dependencies.require()
+        from .server import fuse, registration_report
+        from .volumes import image_from_volume_node
 
-        say = log or (lambda message: None)
+        options = make_options(options, **changes)
+        messages: list[str] = []
+
+        def say(message: str) -> None:
+            messages.append(message)
+            if log is not None:
+                log(message)
+
         scene = self._sceneOf(referenceNode, movingNode, outputNode)
         reference = image_from_volume_node(referenceNode)
         moving = image_from_volume_node(movingNode)
         with _forwarding_library_messages(say):
-            result = fuse_volumes(
-                reference,
-                moving,
-                model=DEFAULT_MODEL if model is None else model,
-                registration=registration,
-                registration_backend=backend,
-                device=device,
-                axis=axis,
-                batch_size=batchSize,
-                progress=progress,
-                cancel=cancel,
-            )
+            result = fuse(reference, moving, options.to_dict(), progress, cancel)
+        summary = RegistrationSummary.from_report(registration_report(result.registration)) if result.registration else None
+        if summary is not None:
+            say(summary.text())
         say(f"fused on {result.device} in {result.seconds:.1f} s")
+        transform = result.registration.transform if result.registration is not None else None
+        nodes = self._storeResults(scene, referenceNode, movingNode, outputNode, options, result.fused,
+                                   result.registered_moving if transform is not None else None, transform)
+        nodes.registration, nodes.device, nodes.seconds, nodes.messages = summary, result.device, result.seconds, messages
+        return nodes
 
-        registeredNode = transformNode = None
-        if result.registration is not None:
-            with tempfile.TemporaryDirectory(prefix="MedFusion-") as folder:
-                path = Path(folder) / "transform.h5"
-                sitk.WriteTransform(result.registration.transform, str(path))
-                transformNode = load_transform_node(scene, path, f"{movingNode.GetName()} to {referenceNode.GetName()}")
-            registeredNode = add_volume_node_from_image(scene, result.registered_moving, f"{movingNode.GetName()} registered")
-        return FusionNodes(
-            fusedNode=self._storeFused(scene, result.fused, referenceNode, movingNode, outputNode),
-            registeredNode=registeredNode,
-            transformNode=transformNode,
-            device=result.device,
-            seconds=result.seconds,
-        )
+    # --- running on the warm worker ---------------------------------------------------------
+
+    def worker(self, cpu_only: bool = False, pythonExecutable: str | None = None) -> WorkerProcess:
+        """The warm worker (started on demand by a job); a CPU-only run gets a worker that cannot
+        see the GPU, so the previous one is ended when that choice changes."""
+        current = self._worker
+        if current is not None and current.cpu_only != cpu_only:
+            current.stop()
+            current = None
+        if current is None:
+            current = WorkerProcess(pythonExecutable, cpu_only=cpu_only, idle_timeout=self.workerIdleTimeout)
+            self._worker = current
+        return current
+
+    def startWorker(self, cpu_only: bool = False, pythonExecutable: str | None = None) -> WorkerProcess | None:
+        """Start the warm worker in the background now (module entry), if the packages it needs are
+        installed; returns it, or ``None`` when they are missing."""
+        if dependencies.missing_requirements(include_optional=False):
+            return None
+        worker = self.worker(cpu_only, pythonExecutable)
+        if not worker.alive:
+            worker.take_lines()
+            worker.start()
+        return worker
+
+    def stopWorker(self) -> None:
+        """End the warm worker (module cleanup, Slicer exit, Reload)."""
+        if self._worker is not None:
+            self._worker.stop()
+            self._worker = None
 
     def startJob(
         self,
         referenceNode,
         movingNode,
+        outputNode=None,
         *,
-        registration: str = "rigid",
-        model: str | None = None,
-        device: str = "auto",
-        axis: str = "axial",
-        backend: str = "auto",
-        batchSize: int | None = None,
+        options: FusionOptions | None = None,
         pythonExecutable: str | None = None,
         temporaryRoot: str | None = None,
+        keepFiles: bool = False,
+        **changes,
     ) -> FusionJob:
-        """Start the fusion of two nodes in a separate process and return the running job.
+        """Start the fusion of two nodes on the warm worker and return the running job.
 
-        The inputs are written to a new temporary folder (under ``temporaryRoot``, default the
-        system's) as NRRD files with their world geometry; the job runs ``python -m MedFusionLib
-        fuse ... --progress json`` there (``pythonExecutable``: Slicer's ``PythonSlicer``; default
-        this interpreter). Poll it with :meth:`FusionJob.poll`, end it with :meth:`FusionJob.cancel`,
-        and call :meth:`finishJob` once it succeeded. Nothing is added to the scene here.
+        Everything the run needs is captured now (inputs, output node, options, whether to keep
+        the temporary files), so that leaving the module, or changing the panel, during the run
+        changes nothing about it. The inputs go to a new temporary folder (under
+        ``temporaryRoot``) as uncompressed NRRD with their world geometry. Poll the job with
+        :meth:`FusionJob.poll`, end it with :meth:`FusionJob.cancel`, and call :meth:`finishJob`
+        once it succeeded. Nothing is added to the scene here.
         """
         from MedFusionLib.io import write_image
 
-        self._sceneOf(referenceNode, movingNode, None)
+        from .volumes import image_from_volume_node
+
+        options = make_options(options, **changes)
+        self._sceneOf(referenceNode, movingNode, outputNode)
         reference = image_from_volume_node(referenceNode)
         moving = image_from_volume_node(movingNode)
         folder = Path(tempfile.mkdtemp(prefix="MedFusion-", dir=temporaryRoot))
         try:
-            write_image(reference, folder / "reference.nrrd", compress=False)
-            write_image(moving, folder / "moving.nrrd", compress=False)
-            job = FusionJob(
-                folder,
-                registration=registration,
-                model=model,
-                device=device,
-                axis=axis,
-                backend=backend,
-                batch_size=batchSize,
-                python_executable=pythonExecutable,
-            )
+            write_image(reference, folder / REFERENCE_FILE, compress=False)
+            write_image(moving, folder / MOVING_FILE, compress=False)
+            job = FusionJob(folder, options.to_dict(), self.worker(options.device == "cpu", pythonExecutable), keep_files=keepFiles)
+            job.context = {"reference": referenceNode, "moving": movingNode, "output": outputNode, "options": options}
             job.start()
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
         return job
 
-    def finishJob(self, job: FusionJob, referenceNode, movingNode, outputNode=None) -> FusionNodes:
-        """Import the results of a succeeded ``job`` as nodes (see :meth:`process`)."""
+    def finishJob(self, job: FusionJob, referenceNode=None, movingNode=None, outputNode=None) -> FusionNodes:
+        """Import the results of a succeeded ``job`` (see :meth:`process`); the nodes default to
+        those captured by :meth:`startJob`."""
+        from MedFusionLib.core.errors import InputError
         from MedFusionLib.io import read_image
 
         if job.state != "succeeded":
             raise InputError(f"the fusion job has not succeeded (state: {job.state}); nothing to import")
+        context = getattr(job, "context", {})
+        referenceNode = referenceNode or context.get("reference")
+        movingNode = movingNode or context.get("moving")
+        outputNode = outputNode or context.get("output")
+        if outputNode is not None and outputNode.GetScene() is None:
+            outputNode = None  # the chosen output was deleted during the run: make a new one
+        for role, node in (("reference", referenceNode), ("moving", movingNode)):
+            if node is None or node.GetScene() is None:
+                raise InputError(f"the {role} volume was removed from the scene during the run; nothing was imported")
         scene = self._sceneOf(referenceNode, movingNode, outputNode)
         fused = read_image(job.fused_path)  # read everything before touching the scene
         registered = read_image(job.registered_path) if job.registered_path.is_file() else None
-        registeredNode = transformNode = None
-        if job.transform_path.is_file():
-            transformNode = load_transform_node(scene, job.transform_path, f"{movingNode.GetName()} to {referenceNode.GetName()}")
-        if registered is not None:
-            registeredNode = add_volume_node_from_image(scene, registered, f"{movingNode.GetName()} registered")
-        return FusionNodes(
-            fusedNode=self._storeFused(scene, fused, referenceNode, movingNode, outputNode),
-            registeredNode=registeredNode,
-            transformNode=transformNode,
-            device=job.device,
-            seconds=None,
+        transform = job.transform_path if job.transform_path.is_file() else None
+        nodes = self._storeResults(scene, referenceNode, movingNode, outputNode, context.get("options"), fused, registered, transform)
+        nodes.registration = RegistrationSummary.from_report(job.registration)
+        nodes.device = str(job.report.get("device", job.options.get("device", "")))
+        nodes.seconds = job.report.get("seconds")
+        return nodes
+
+    # --- demo ---------------------------------------------------------------------------------
+
+    @staticmethod
+    def loadDemoVolumes(scene, size: tuple[int, int, int] | None = None) -> tuple:
+        """Add the phantom CT and MR of ``medfusion demo`` to ``scene`` (the MR on its own grid with
+        a known rigid misalignment, so rigid registration has work to do) and return their nodes.
+        Needs no download and no torch; ``size``: the CT grid (default: the demo's)."""
+        from MedFusionLib.imaging.phantom import DEMO_MISALIGNMENT, make_head_phantom
+
+        from .volumes import add_volume_node_from_image
+
+        if size is None:
+            phantom = make_head_phantom(misalignment=DEMO_MISALIGNMENT)
+        else:  # a coarser grid with the same field of view as the demo's 128x160x112 at 1.25/1.25/1.5 mm
+            spacing = tuple(full * 1.25 * (1.5 if axis == 2 else 1.0) / small for axis, (full, small) in
+                            enumerate(zip((128, 160, 112), size)))  # fmt: skip
+            phantom = make_head_phantom(size=size, spacing=spacing, misalignment=DEMO_MISALIGNMENT,
+                                        moving_spacing=tuple(s * 0.9 for s in spacing))  # fmt: skip
+        ct = add_volume_node_from_image(scene, phantom.ct, DEMO_NAMES[0])
+        mr = add_volume_node_from_image(scene, phantom.mr, DEMO_NAMES[1])
+        return ct, mr
+
+    # --- output policy ----------------------------------------------------------------------------
+
+    @staticmethod
+    def resultNode(scene, role: str, referenceNode, movingNode, model: str | None = None):
+        """MedFusion's node of ``role`` (``fused``, ``registered``, ``transform``, ``checkerboard``)
+        for these inputs (and, for ``fused``, this model), or ``None``."""
+        classes = {"transform": "vtkMRMLTransformNode"}
+        class_name = classes.get(role, "vtkMRMLScalarVolumeNode")
+        for index in range(scene.GetNumberOfNodesByClass(class_name)):
+            node = scene.GetNthNodeByClass(index, class_name)
+            if (
+                node.GetAttribute(ROLE_ATTRIBUTE) == role
+                and node.GetNodeReferenceID(REFERENCE_ROLE) == referenceNode.GetID()
+                and node.GetNodeReferenceID(MOVING_ROLE) == movingNode.GetID()
+                and (model is None or node.GetAttribute(MODEL_ATTRIBUTE) == model)
+            ):
+                return node
+        return None
+
+    @staticmethod
+    def _mark(node, role: str, referenceNode, movingNode, model: str | None = None) -> None:
+        node.SetAttribute(ROLE_ATTRIBUTE, role)
+        node.SetNodeReferenceID(REFERENCE_ROLE, referenceNode.GetID())
+        node.SetNodeReferenceID(MOVING_ROLE, movingNode.GetID())
+        if model is not None:
+            node.SetAttribute(MODEL_ATTRIBUTE, model)
+
+    def _storeResults(self, scene, referenceNode, movingNode, outputNode, options, fused, registered, transform) -> FusionNodes:
+        """Put a run's images into the scene following the output policy (module docstring).
+
+        ``transform``: a ``sitk.Transform`` or the path of an ITK transform file, or ``None``.
+        """
+        import SimpleITK as sitk
+
+        from .compare import checkerboard_image
+        from .volumes import (
+            add_volume_node_from_image,
+            image_from_volume_node,
+            load_transform_node,
+            update_volume_node_from_image,
         )
+
+        model = getattr(options, "model", None) or "fused"
+        reference_name, moving_name = referenceNode.GetName(), movingNode.GetName()
+
+        def store_volume(image, role, name, chosen=None, model_key=None):
+            node = chosen or self.resultNode(scene, role, referenceNode, movingNode, model_key)
+            if node is None:
+                node = add_volume_node_from_image(scene, image, name)
+            else:
+                update_volume_node_from_image(node, image)
+                if node.GetDisplayNode() is None:
+                    node.CreateDefaultDisplayNodes()
+            if chosen is None:
+                self._mark(node, role, referenceNode, movingNode, model_key)
+            return node
+
+        nodes = FusionNodes(fusedNode=None, options=options, referenceNode=referenceNode, movingNode=movingNode)
+        if registered is not None:
+            board = checkerboard_image(image_from_volume_node(referenceNode), registered)
+            if transform is not None:
+                with tempfile.TemporaryDirectory(prefix="MedFusion-") as folder:
+                    path = transform
+                    if not isinstance(transform, (str, os.PathLike)):
+                        path = Path(folder) / "transform.h5"
+                        sitk.WriteTransform(transform, str(path))
+                    existing = self.resultNode(scene, "transform", referenceNode, movingNode)
+                    nodes.transformNode = load_transform_node(scene, path, f"{moving_name} to {reference_name}", into=existing)
+                    self._mark(nodes.transformNode, "transform", referenceNode, movingNode)
+            nodes.registeredNode = store_volume(registered, "registered", f"{moving_name} registered")
+            nodes.checkerboardNode = store_volume(board, "checkerboard", f"{reference_name} / {moving_name} checkerboard")
+        nodes.fusedNode = store_volume(fused, "fused", f"{reference_name} + {moving_name} fused ({model})", outputNode, model)
+        return nodes
 
     @staticmethod
     def _sceneOf(referenceNode, movingNode, outputNode):
+        from MedFusionLib.core.errors import InputError
+
         if referenceNode is None or movingNode is None:
             raise InputError("select both a reference volume and a moving volume")
         if referenceNode is movingNode:
@@ -292,12 +521,3 @@ class FusionLogic:
         if outputNode is not None and (outputNode is referenceNode or outputNode is movingNode):
             raise InputError("the output volume must not be one of the inputs; choose another node or create a new one")
         return scene
-
-    @staticmethod
-    def _storeFused(scene, fused: sitk.Image, referenceNode, movingNode, outputNode):
-        if outputNode is None:
-            return add_volume_node_from_image(scene, fused, f"{referenceNode.GetName()} + {movingNode.GetName()} fused")
-        update_volume_node_from_image(outputNode, fused)
-        if outputNode.GetDisplayNode() is None:
-            outputNode.CreateDefaultDisplayNodes()
-        return outputNode

@@ -24,7 +24,7 @@ import SimpleITK as sitk
 import slicer
 import vtk
 
-from MedFusionLib.errors import InputError
+from MedFusionLib.core.errors import InputError
 
 _LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0])
 # Largest deviation from orthonormal accepted in a direction matrix: what float64 round-off of a
@@ -162,8 +162,9 @@ def load_volume_node(scene, path: str | Path, name: str | None = None):
     return volume_node
 
 
-def load_transform_node(scene, path: str | Path, name: str):
-    """Read an ITK transform file (``.tfm``, ``.h5``) into a new transform node of ``scene``.
+def load_transform_node(scene, path: str | Path, name: str, into=None):
+    """Read an ITK transform file (``.tfm``, ``.h5``) into a new transform node of ``scene``, or
+    into the existing node ``into`` when it is of the right class (else a new node is made).
 
     ITK files hold the resampling transform (reference -> moving); Slicer reads it as the node's
     transform *from parent*, so placing the moving volume under the node aligns it with the
@@ -171,14 +172,33 @@ def load_transform_node(scene, path: str | Path, name: str):
     """
     transform = sitk.ReadTransform(str(path))
     linear = transform.IsLinear() and not isinstance(transform, sitk.CompositeTransform)
-    node = slicer.vtkMRMLLinearTransformNode() if linear else slicer.vtkMRMLTransformNode()
-    node.SetName(scene.GenerateUniqueName(name))
+    wanted = "vtkMRMLLinearTransformNode" if linear else "vtkMRMLTransformNode"
+    reuse = into is not None and into.GetScene() is scene and into.GetClassName() == wanted
+    node = into if reuse else (slicer.vtkMRMLLinearTransformNode() if linear else slicer.vtkMRMLTransformNode())
     storage_node = slicer.vtkMRMLTransformStorageNode()
     storage_node.SetFileName(str(path))
     if not storage_node.ReadData(node):
         raise InputError(f"Slicer could not read the transform file {path}")
-    scene.AddNode(node)
+    if not reuse:
+        node.SetName(scene.GenerateUniqueName(name))
+        scene.AddNode(node)
     return node
+
+
+def is_scalar_volume(node) -> bool:
+    """A grey-scale volume MedFusion can fuse: a scalar volume node that is not a label map."""
+    return node is not None and node.IsA("vtkMRMLScalarVolumeNode") and not node.IsA("vtkMRMLLabelMapVolumeNode")
+
+
+def scalar_volumes(scene, exclude=()) -> list:
+    """The scene's scalar (not label-map) volume nodes in scene order, without ``exclude``."""
+    excluded = {node.GetID() for node in exclude if node is not None}
+    nodes = []
+    for index in range(scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode")):
+        node = scene.GetNthNodeByClass(index, "vtkMRMLScalarVolumeNode")
+        if is_scalar_volume(node) and node.GetID() not in excluded and node.GetAttribute("MedFusion.role") is None:
+            nodes.append(node)
+    return nodes
 
 
 def _stem(path: Path) -> str:

@@ -1,19 +1,31 @@
-"""One fusion run in a separate process, watched without blocking: what keeps Slicer responsive.
+"""The panel's fusion runs in a separate, long-lived worker process, watched without blocking.
 
-:class:`FusionJob` runs ``python -m MedFusionLib fuse reference.nrrd moving.nrrd -o fused.nrrd
---progress json`` in a folder that holds the two inputs. A reader thread collects the process's
-output; the GUI calls :meth:`FusionJob.poll` from a timer on the main thread and gets the events
-that arrived since the last call. A crash or an out-of-memory kill there cannot take Slicer down,
-and :meth:`FusionJob.cancel` ends the whole process group: a real Cancel.
+Why a separate process: a crash or an out-of-memory kill there cannot take Slicer down, torch is
+never imported into Slicer's own Python, and killing it is a real Cancel. Why a *warm* one:
+starting Python, importing torch and MedFusionLib and loading itk-elastix costs seconds to tens of
+seconds (elastix's first object alone about 15 s on two cores); a worker that stays alive for the
+Slicer session pays that once, not at every Apply.
 
-GPU out-of-memory is handled inside the worker by MedFusionLib (smaller batches, then the CPU);
-the command reports it as a ``medfusion: ...`` line, which arrives here as a :class:`Message`.
+* :class:`WorkerProcess` is one ``PythonSlicer -m MedFusionSlicer.server`` process
+  (:mod:`.server`). It receives jobs as JSON lines on its standard input and answers with JSON
+  lines (and plain text) on its standard output; a reader thread queues those lines, and the GUI
+  drains the queue from a timer on the main thread. Its idle timeout ends it after
+  :data:`DEFAULT_IDLE_TIMEOUT_S` without a job, and it ends when its standard input closes
+  (Slicer quit or crashed), so it never outlives Slicer.
+* :class:`FusionJob` is one fusion on that worker: two input volumes in a folder, uncompressed
+  NRRD in and out (``bench/bench_slicer_worker.py`` measured gzip NIfTI against it). Its
+  :meth:`FusionJob.poll` returns the events since the last call; :meth:`FusionJob.cancel` kills
+  the worker's whole process tree (the next job starts a fresh worker).
 
-Only the standard library is used here, so the module loads before torch is installed.
+GPU out-of-memory is handled inside the worker by MedFusionLib (smaller batches, then the CPU); it
+arrives here as a ``medfusion: ...`` :class:`Message`.
+
+Only the standard library is used here, so this module loads before torch is installed.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import queue
@@ -22,17 +34,23 @@ import signal
 import subprocess
 import sys
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 # Share of the progress bar given to registration when the run registers: it is the slow part on
-# the CPU, but its backends report no steps, so it moves in one jump.
+# the CPU, but its backends report few steps.
 REGISTRATION_SHARE = 0.3
+# A worker with nothing to do ends after this long (s): it holds torch, the model weights and,
+# on a GPU, a CUDA context (hundreds of MB) that other programs may need.
+DEFAULT_IDLE_TIMEOUT_S = 15 * 60
+# The files a job exchanges with the worker, in the job's folder.
+REFERENCE_FILE, MOVING_FILE = "reference.nrrd", "moving.nrrd"
+FUSED_FILE, REGISTERED_FILE, TRANSFORM_FILE = "fused.nrrd", "registered.nrrd", "transform.h5"
 
 
 @dataclass(frozen=True)
 class Progress:
-    """A progress report of the worker: ``stage`` ``register`` or ``fuse``, ``done``/``total`` steps."""
+    """A progress report: ``stage`` ``register`` or ``fuse``, ``done``/``total`` steps."""
 
     stage: str
     done: int
@@ -47,6 +65,15 @@ class Message:
 
 
 @dataclass(frozen=True)
+class Notice:
+    """A JSON event of the worker other than progress, e.g. ``registration`` (transform quality,
+    confidence) or ``fused`` (device, seconds): ``name`` and the event's other fields."""
+
+    name: str
+    data: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Finished:
     """The job ended: ``state`` is ``succeeded``, ``failed`` or ``cancelled``; ``error`` says why."""
 
@@ -54,11 +81,10 @@ class Finished:
     error: str = ""
 
 
-Event = Progress | Message | Finished
-
-
-def parse_progress_line(line: str) -> Progress | None:
-    """A :class:`Progress` for a line ``{"stage": ..., "done": n, "total": m}``, else ``None``."""
+def parse_line(line: str) -> Progress | Notice | None:
+    """A worker's output line as :class:`Progress` (``{"stage", "done", "total"}``, the format of
+    ``medfusion fuse --progress json``) or :class:`Notice` (``{"event": NAME, ...}``), else ``None``
+    (a plain text line)."""
     text = line.strip()
     if not text.startswith("{"):
         return None
@@ -66,23 +92,31 @@ def parse_progress_line(line: str) -> Progress | None:
         record = json.loads(text)
     except json.JSONDecodeError:
         return None
-    if not isinstance(record, dict) or set(record) != {"stage", "done", "total"}:
+    if not isinstance(record, dict):
         return None
-    return Progress(str(record["stage"]), int(record["done"]), int(record["total"]))
+    if isinstance(record.get("event"), str):
+        data = {key: value for key, value in record.items() if key != "event"}
+        return Notice(record["event"], data)
+    if {"stage", "done", "total"} <= set(record):
+        try:
+            return Progress(str(record["stage"]), int(record["done"]), int(record["total"]))
+        except (TypeError, ValueError):
+            return None
+    return None
 
 
 def overall_fraction(progress: Progress, registering: bool) -> float:
     """Where a progress report puts the whole run, in [0, 1] (registration first, then fusion)."""
     share = REGISTRATION_SHARE if registering else 0.0
-    fraction = progress.done / progress.total if progress.total else 1.0
+    fraction = min(1.0, progress.done / progress.total) if progress.total else 1.0
     if progress.stage == "register":
         return share * fraction
     return share + (1.0 - share) * fraction
 
 
 def error_summary(lines: list[str]) -> str:
-    """The line that says why a worker failed: MedFusion's ``medfusion: error: ...`` line, else
-    the last line of a traceback, else the last line of output."""
+    """The line that says why a run failed: MedFusion's ``medfusion: error: ...`` line, else the
+    last line of a traceback, else the last line of output."""
     for line in reversed(lines):
         if line.startswith("medfusion: error:"):
             return line[len("medfusion: error:") :].strip()
@@ -92,171 +126,335 @@ def error_summary(lines: list[str]) -> str:
     return "the worker process ended without a message"
 
 
-class FusionJob:
-    """A ``medfusion fuse`` run on ``folder/reference.nrrd`` and ``folder/moving.nrrd``.
+# --- finding and ending processes ------------------------------------------------------------
 
-    Results (on success): ``fused_path``; ``registered_path`` and ``transform_path`` when it
-    registers. ``state``: ``new``, ``running``, ``succeeded``, ``failed`` or ``cancelled``.
-    ``command``, when given, replaces the ``medfusion fuse`` command line (for other front ends
-    and tests).
+
+def python_executable(which=shutil.which, slicer_home: str | None = None, windows: bool = os.name == "nt") -> str:
+    """Slicer's own Python launcher (``PythonSlicer``), which runs the worker.
+
+    ``PythonSlicer`` is on ``PATH`` inside Slicer (Slicer's own ``slicer.util`` finds it with
+    ``shutil.which``). Where it is not, look in the install tree (``<home>/bin``) and in a build
+    tree (``<home>/../python-install/bin``, where ``<home>/bin`` has no launcher).
+    """
+    name = "PythonSlicer.exe" if windows else "PythonSlicer"
+    found = which("PythonSlicer")
+    if found:
+        return found
+    candidates = []
+    if slicer_home:
+        home = Path(slicer_home)
+        candidates += [home / "bin" / name, home.parent / "python-install" / "bin" / name, home / "python-install" / "bin" / name]
+    for candidate in candidates:
+        if candidate.is_file():
+            return str(candidate)
+    raise FileNotFoundError(
+        "Slicer's Python launcher (PythonSlicer) was not found on PATH"
+        + (f" nor under {slicer_home}" if slicer_home else "")
+        + "; reinstall Slicer, or run MedFusion from the Python console with MedFusion.MedFusionLogic().process(...)"
+    )
+
+
+def tree_kill_command(pid: int) -> list[str]:
+    """Windows: the command that ends ``pid`` and every process it started.
+
+    ``PythonSlicer.exe`` is a launcher (CTK's app launcher) that runs ``python-real.exe`` as its
+    child; killing only the launcher leaves the real Python computing.
+    """
+    return ["taskkill", "/F", "/T", "/PID", str(pid)]
+
+
+def kill_process_tree(process: subprocess.Popen) -> None:
+    """End ``process`` and everything it started, at once, and reap it.
+
+    POSIX: the worker runs in its own session (``start_new_session``), so one ``SIGKILL`` to its
+    process group reaches the launcher, the real Python and any helper. Windows: ``taskkill /T``.
+    """
+    if os.name == "nt":
+        if process.poll() is None:
+            subprocess.run(tree_kill_command(process.pid), capture_output=True, check=False,
+                           creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0))
+            if process.poll() is None:
+                process.kill()
+    else:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)  # also when the leader is gone but helpers remain
+        except (ProcessLookupError, PermissionError):
+            pass
+    process.wait()
+
+
+def worker_environment(base: dict[str, str], *, cpu_only: bool, search_path: list[str]) -> dict[str, str]:
+    """The worker's environment: ``search_path`` first on ``PYTHONPATH`` (the MedFusionLib and
+    MedFusionSlicer this module ships), unbuffered UTF-8 output (``PYTHONUTF8``: Windows' default
+    code page would mangle non-ASCII paths in messages), and no GPU at all for a CPU-only worker."""
+    environment = dict(base)
+    environment["PYTHONPATH"] = os.pathsep.join([*search_path, *([environment["PYTHONPATH"]] if environment.get("PYTHONPATH") else [])])
+    environment["PYTHONUNBUFFERED"] = "1"
+    environment["PYTHONUTF8"] = "1"
+    environment["PYTHONIOENCODING"] = "utf-8"
+    if cpu_only:
+        environment["CUDA_VISIBLE_DEVICES"] = "-1"  # no CUDA context, no GPU memory taken
+    return environment
+
+
+def own_search_path() -> list[str]:
+    """The folders holding the MedFusionSlicer and MedFusionLib that this Slicer module imports."""
+    import MedFusionLib
+
+    folders = [str(Path(__file__).resolve().parent.parent), str(Path(MedFusionLib.__file__).resolve().parent.parent)]
+    return list(dict.fromkeys(folders))
+
+
+# --- the worker process --------------------------------------------------------------------------
+
+
+class WorkerProcess:
+    """One warm worker: ``python -m MedFusionSlicer.server`` (or ``command``, for tests).
+
+    ``info`` holds the worker's ``ready`` event once it arrived (models, device); ``state`` is
+    ``new``, ``running`` or ``ended``. Not thread-safe: use it from one thread (Slicer's main thread).
     """
 
     def __init__(
         self,
-        folder: str | os.PathLike,
+        python: str | None = None,
         *,
-        registration: str = "rigid",
-        model: str | None = None,
-        device: str = "auto",
-        axis: str = "axial",
-        backend: str = "auto",
-        batch_size: int | None = None,
-        python_executable: str | None = None,
+        cpu_only: bool = False,
+        idle_timeout: float = DEFAULT_IDLE_TIMEOUT_S,
         command: list[str] | None = None,
+        environment: dict[str, str] | None = None,
     ) -> None:
-        self.folder = Path(folder)
-        self.registration = registration
-        self.model = model
-        self.axis = axis
-        self.backend = backend
-        self.device = device
-        self.batch_size = batch_size
-        self.python_executable = python_executable or sys.executable
-        self.command = command or self._fuse_command()
-        self.state = "new"
-        self.error = ""
-        self.output_lines: list[str] = []
-        self._process: subprocess.Popen | None = None
+        self.python = python or sys.executable
+        self.cpu_only = cpu_only
+        self.idle_timeout = idle_timeout
+        self.command = command or [self.python, "-m", "MedFusionSlicer.server", "--idle-timeout", str(idle_timeout)]
+        self._environment = environment
+        self.process: subprocess.Popen | None = None
+        self.info: dict | None = None
+        self.exit_code: int | None = None
         self._lines: queue.Queue[str | None] = queue.Queue()
         self._reader: threading.Thread | None = None
-        self._pending: list[Event] = []
+        self._ids = itertools.count(1)
 
     @property
-    def fused_path(self) -> Path:
-        return self.folder / "fused.nrrd"
-
-    @property
-    def registered_path(self) -> Path:
-        return self.folder / "registered.nrrd"
-
-    @property
-    def transform_path(self) -> Path:
-        return self.folder / "transform.h5"
-
-    def _fuse_command(self) -> list[str]:
-        command = [
-            self.python_executable, "-m", "MedFusionLib", "fuse",
-            str(self.folder / "reference.nrrd"), str(self.folder / "moving.nrrd"),
-            "-o", str(self.fused_path),
-            "--registration", self.registration, "--backend", self.backend,
-            "--device", self.device, "--axis", self.axis,
-            "--progress", "json", "--overwrite",
-        ]  # fmt: skip
-        if self.model:
-            command += ["--model", self.model]
-        if self.batch_size:
-            command += ["--batch-size", str(self.batch_size)]
-        if self.registration != "none":
-            command += ["--save-registered", str(self.registered_path), "--save-transform", str(self.transform_path)]
-        return command
-
-    def _environment(self) -> dict[str, str]:
-        environment = dict(os.environ)
-        # The worker must import the MedFusionLib that this Slicer module ships, wherever it lies.
-        import MedFusionLib
-
-        library_parent = str(Path(MedFusionLib.__file__).resolve().parent.parent)
-        environment["PYTHONPATH"] = os.pathsep.join(p for p in (library_parent, environment.get("PYTHONPATH")) if p)
-        environment["PYTHONUNBUFFERED"] = "1"
-        if self.device == "cpu":
-            environment["CUDA_VISIBLE_DEVICES"] = "-1"  # no CUDA context, no GPU memory taken
-        return environment
+    def alive(self) -> bool:
+        return self.process is not None and self.exit_code is None and self.process.poll() is None
 
     def start(self) -> None:
-        """Start the worker process (non-blocking)."""
-        self.state = "running"
-        platform_options: dict = {}
+        """Start the process (non-blocking: it imports torch in the background)."""
+        environment = self._environment
+        if environment is None:
+            environment = worker_environment(dict(os.environ), cpu_only=self.cpu_only, search_path=own_search_path())
+        options: dict = {}
+        # A fresh queue: lines of an earlier process of this worker (killed, or ended when idle)
+        # can still arrive from its reader thread and must not be mistaken for this one's.
+        self._lines = queue.Queue()
+        self.info = self.exit_code = None
         if os.name == "nt":
-            platform_options["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP | subprocess.CREATE_NO_WINDOW
+            options["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP | subprocess.CREATE_NO_WINDOW
         else:
-            platform_options["start_new_session"] = True  # its own process group, so cancel ends all of it
-        self._process = subprocess.Popen(
+            options["start_new_session"] = True  # its own process group: Cancel ends all of it
+        self.process = subprocess.Popen(
             self.command,
-            cwd=self.folder,
-            env=self._environment(),
-            stdin=subprocess.DEVNULL,
+            env=environment,
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
             encoding="utf-8",
             errors="replace",
             bufsize=1,
-            **platform_options,
+            **options,
         )
-        self._reader = threading.Thread(target=self._read_output, args=(self._process, self._lines), daemon=True)
+        self._reader = threading.Thread(target=self._read, args=(self.process.stdout, self._lines), daemon=True)
         self._reader.start()
 
     @staticmethod
-    def _read_output(process: subprocess.Popen, lines: queue.Queue) -> None:
-        for line in process.stdout:
-            lines.put(line.rstrip("\n"))
-        lines.put(None)  # end of output
+    def _read(stream, lines: queue.Queue) -> None:
+        for line in stream:
+            lines.put(line.rstrip("\r\n"))
+        lines.put(None)  # end of output: the process ended
 
-    def poll(self) -> list[Event]:
-        """Events since the last call; never blocks. The last event of a run is :class:`Finished`."""
+    def next_id(self) -> int:
+        return next(self._ids)
+
+    def send(self, message: dict) -> None:
+        """Write one JSON line to the worker; :class:`BrokenPipeError` if it is gone."""
+        if self.process is None or self.process.stdin is None:
+            raise BrokenPipeError("the worker process was not started")
+        try:
+            self.process.stdin.write(json.dumps(message) + "\n")
+            self.process.stdin.flush()
+        except (OSError, ValueError) as error:  # ValueError: write to a closed pipe
+            raise BrokenPipeError(f"the worker process is gone ({error})") from error
+
+    def take_lines(self, block_s: float = 0.0) -> list[str | None]:
+        """The lines that arrived since the last call (``None``: the process ended); never blocks
+        unless ``block_s`` > 0, then waits up to that long for the first line."""
+        lines: list[str | None] = []
+        try:
+            if block_s > 0:
+                lines.append(self._lines.get(timeout=block_s))
+            while True:
+                lines.append(self._lines.get_nowait())
+        except queue.Empty:
+            pass
+        for line in lines:
+            if line is None:
+                self.exit_code = self.process.wait() if self.process is not None else -1
+            else:
+                event = parse_line(line)
+                if isinstance(event, Notice) and event.name == "ready":
+                    self.info = event.data
+        return lines
+
+    def kill(self) -> None:
+        """End the worker's whole process tree now."""
+        if self.process is not None:
+            kill_process_tree(self.process)
+            self.exit_code = self.process.returncode
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """Ask the worker to end (it finishes nothing half-way: it is idle), then kill it if needed."""
+        if not self.alive:
+            if self.process is not None:
+                self.kill()  # reap it, and any helper left in its group
+            return
+        try:
+            self.send({"op": "shutdown"})
+            self.process.wait(timeout)
+        except (BrokenPipeError, subprocess.TimeoutExpired):
+            pass
+        self.kill()
+
+
+class FusionJob:
+    """One fusion on a :class:`WorkerProcess`: ``folder`` holds ``reference.nrrd`` and
+    ``moving.nrrd``; on success also ``fused.nrrd`` and, with registration, ``registered.nrrd``
+    and ``transform.h5``.
+
+    ``options``: the fusion options as a dict (``FusionOptions.to_dict()``). ``state``: ``new``,
+    ``running``, ``succeeded``, ``failed`` or ``cancelled``; ``registration``: the worker's
+    ``registration`` event (metrics, confidence) once it arrived; ``report``: its ``fused`` event
+    (device, seconds). ``keep_files``: :meth:`cleanup` leaves the folder (debugging).
+    """
+
+    def __init__(self, folder: str | os.PathLike, options: dict, worker: WorkerProcess, *, keep_files: bool = False) -> None:
+        self.folder = Path(folder)
+        self.options = dict(options)
+        self.worker = worker
+        self.keep_files = keep_files
+        self.id: int | None = None
+        self.state = "new"
+        self.error = ""
+        self.output_lines: list[str] = []
+        self.registration: dict | None = None
+        self.report: dict = {}
+        self.context: dict = {}  # what the caller captured at start (e.g. the MRML nodes); not used here
+        self._pending: list = []
+
+    @property
+    def registering(self) -> bool:
+        return self.options.get("registration", "none") != "none"
+
+    @property
+    def fused_path(self) -> Path:
+        return self.folder / FUSED_FILE
+
+    @property
+    def registered_path(self) -> Path:
+        return self.folder / REGISTERED_FILE
+
+    @property
+    def transform_path(self) -> Path:
+        return self.folder / TRANSFORM_FILE
+
+    def start(self) -> None:
+        """Send the job to the worker (starting the worker if it is not running)."""
+        if not self.worker.alive:
+            self.worker.take_lines()  # drop what an ended worker left
+            self.worker.start()
+        self.id = self.worker.next_id()
+        self.state = "running"
+        try:
+            self.worker.send({"op": "fuse", "id": self.id, "folder": str(self.folder), "options": self.options})
+        except BrokenPipeError:
+            # It ended (idle timeout) between the check and the write: one fresh worker, once.
+            self.worker.kill()
+            self.worker.take_lines()
+            self.worker.start()
+            self.worker.send({"op": "fuse", "id": self.id, "folder": str(self.folder), "options": self.options})
+
+    def poll(self, block_s: float = 0.0) -> list:
+        """Events since the last call; never blocks (unless ``block_s``). The last is :class:`Finished`."""
         events, self._pending = self._pending, []
         if self.state != "running":
             return events
-        while True:
-            try:
-                line = self._lines.get_nowait()
-            except queue.Empty:
-                return events
+        for line in self.worker.take_lines(block_s):
             if line is None:
-                events.extend(self._on_exit())
+                events.append(self._worker_ended())
                 return events
-            progress = parse_progress_line(line)
-            if progress is not None:
-                events.append(progress)
+            event = parse_line(line)
+            if isinstance(event, Progress):
+                events.append(event)
+            elif isinstance(event, Notice):
+                if event.data.get("id") not in (None, self.id):
+                    continue  # another job's (cannot happen with one job at a time; be safe)
+                if event.name == "finished":
+                    events.append(self._finished(event.data))
+                    return events
+                if event.name == "registration":
+                    self.registration = event.data
+                elif event.name == "fused":
+                    self.report = event.data
+                events.append(event)
             else:
                 self.output_lines.append(line)
                 events.append(Message(line))
+        return events
 
-    def _on_exit(self) -> list[Event]:
-        if self._process.wait() == 0:
+    def _finished(self, data: dict) -> Finished:
+        if data.get("state") == "succeeded":
             self.state = "succeeded"
-            return [Finished("succeeded")]
+            return Finished("succeeded")
         self.state = "failed"
-        self.error = error_summary(self.output_lines)
-        return [Finished("failed", self.error)]
+        self.error = str(data.get("error") or error_summary(self.output_lines))
+        return Finished("failed", self.error)
+
+    def _worker_ended(self) -> Finished:
+        self.state = "failed"
+        detail = error_summary(self.output_lines) if self.output_lines else ""
+        self.error = (
+            f"the MedFusion worker process ended unexpectedly (exit status {self.worker.exit_code})"
+            + (f": {detail}" if detail else "; see the Python console for its output")
+        )
+        return Finished("failed", self.error)
 
     def cancel(self) -> None:
-        """End the worker and everything it started; the next :meth:`poll` reports ``cancelled``."""
-        if self.state != "running" or self._process is None:
+        """End the run at once by killing the worker's process tree; the next :meth:`poll`
+        reports ``cancelled``. The next job starts a fresh worker."""
+        if self.state != "running":
             return
         self.state = "cancelled"
         self._pending.append(Finished("cancelled", "cancelled by the user"))
-        if self._process.poll() is None:
-            if os.name == "nt":
-                self._process.kill()
-            else:
-                try:
-                    os.killpg(self._process.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass  # it ended on its own in the meantime
-        self._process.wait()
+        self.worker.kill()
+        self.worker.take_lines()  # the rest of its output belongs to no one
 
-    def wait(self, timeout: float | None = None) -> list[Event]:
-        """Block until the job ends (for scripts and tests) and return all its events."""
-        events: list[Event] = []
+    def wait(self, timeout: float | None = None) -> list:
+        """Block until the job ends (scripts, tests, the benchmark) and return all its events."""
+        import time
+
+        deadline = None if timeout is None else time.monotonic() + timeout
+        events: list = []
         while True:
-            events.extend(self.poll())
+            events.extend(self.poll(block_s=0.2))
             if self.state not in ("new", "running"):
                 return events
-            self._reader.join(timeout)
-            if self._reader.is_alive():
+            if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"the fusion worker did not finish within {timeout} s")
 
     def cleanup(self) -> None:
-        """Delete the job's folder (inputs and results); call it once the results are imported."""
-        shutil.rmtree(self.folder, ignore_errors=True)
+        """Delete the job's folder (inputs and results) unless ``keep_files``; call it once the
+        results are imported (or the job failed)."""
+        if not self.keep_files:
+            shutil.rmtree(self.folder, ignore_errors=True)

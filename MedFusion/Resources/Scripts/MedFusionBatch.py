@@ -33,8 +33,8 @@ MODULE_FOLDER = Path(__file__).resolve().parents[2]
 if str(MODULE_FOLDER) not in sys.path:
     sys.path.insert(0, str(MODULE_FOLDER))
 
-from MedFusionSlicer import dependencies  # noqa: E402  (after the path set-up above)
-from MedFusionSlicer.choices import AXIS_CHOICES, BACKEND_CHOICES, DEVICE_CHOICES, REGISTRATION_CHOICES  # noqa: E402
+from MedFusionSlicer import dependencies
+from MedFusionSlicer.choices import AXIS_CHOICES, BACKEND_CHOICES, DEFAULTS, DEVICE_CHOICES, REGISTRATION_CHOICES
 
 EXIT_OK, EXIT_CASE_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -49,13 +49,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", type=Path, help="fused volume to write (.nrrd, .nii.gz, .mha)")
     parser.add_argument("--cases", type=Path, help="CSV with columns reference, moving[, output] instead of one pair")
     parser.add_argument("--output-dir", type=Path, help="folder for the outputs of --cases")
-    parser.add_argument("--registration", default="rigid", choices=REGISTRATION_CHOICES)
-    parser.add_argument("--backend", default="auto", choices=BACKEND_CHOICES)
-    parser.add_argument("--model", default=None, help="fusion model (default: MedFusion's default; see `medfusion models`)")
-    parser.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
-    parser.add_argument("--axis", default="axial", choices=AXIS_CHOICES)
+    # Defaults are FusionOptions' own: the same as the panel, the console and `medfusion fuse`.
+    parser.add_argument("--registration", default=DEFAULTS.registration, choices=REGISTRATION_CHOICES)
+    parser.add_argument("--backend", default=DEFAULTS.backend, choices=BACKEND_CHOICES)
+    parser.add_argument("--model", default=DEFAULTS.model, help=f"fusion model (default {DEFAULTS.model}; see `medfusion models`)")
+    parser.add_argument("--device", default=DEFAULTS.device, choices=DEVICE_CHOICES)
+    parser.add_argument("--axis", default=DEFAULTS.axis, choices=AXIS_CHOICES)
     parser.add_argument("--batch-size", type=int, default=None, help="slices per forward pass")
     parser.add_argument("--save-registered", type=Path, help="also write the registered moving volume (one pair only)")
+    parser.add_argument("--save-checkerboard", type=Path,
+                        help="also write the checkerboard of reference and registered volume, to judge the registration (one pair only)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
     parser.add_argument("--install-dependencies", action="store_true", help="install missing Python packages first")
     return parser
@@ -77,22 +80,25 @@ def ensure_dependencies(install_allowed: bool) -> bool:
     print(f"installing {names} ...", flush=True)
     try:
         for line in dependencies.install(
-            missing, dependencies.slicer_pip_install, dependencies.slicer_torch_installer()
+            missing, dependencies.slicer_pip_install, dependencies.slicer_torch_index()
         ):
             print(line, flush=True)
-    except Exception as error:  # network, proxy or build failure: say how to install by hand
+    except Exception as error:  # noqa: BLE001  (network, proxy or build failure: say how to install by hand)
         print(f"installing failed ({error}).\n{dependencies.offline_instructions(missing)}", file=sys.stderr)
         return False
     return True
 
 
-def fuse_one(logic, scene, reference: Path, moving: Path, output: Path, args, save_registered: Path | None) -> None:
-    """Load, fuse, write one pair; remove its nodes from the scene afterwards."""
-    from MedFusionLib.errors import OutputExistsError
-    from MedFusionLib.io import write_image
+def fuse_one(logic, scene, reference: Path, moving: Path, output: Path, args, extra: dict[str, Path | None]) -> None:
+    """Load, fuse, write one pair (and the ``extra`` outputs: ``registered``, ``checkerboard``);
+    remove its nodes from the scene afterwards."""
+    from MedFusionSlicer.choices import make_options
     from MedFusionSlicer.volumes import image_from_volume_node, load_volume_node
 
-    for path in (output, save_registered):
+    from MedFusionLib.core.errors import OutputExistsError
+    from MedFusionLib.io import write_image
+
+    for path in (output, *extra.values()):
         if path is not None and path.exists() and not args.overwrite:
             raise OutputExistsError(f"{path} already exists; pass --overwrite to replace it")
     added = []
@@ -105,16 +111,15 @@ def fuse_one(logic, scene, reference: Path, moving: Path, output: Path, args, sa
         def progress(stage: str, done: int, total: int) -> None:
             print(f"  {stage} {done}/{total}", flush=True)
 
-        nodes = logic.process(
-            referenceNode, movingNode,
-            registration=args.registration, model=args.model, device=args.device, axis=args.axis,
-            backend=args.backend, batchSize=args.batch_size, progress=progress,
-            log=lambda message: print(f"  {message}", flush=True),
-        )  # fmt: skip
-        added += [node for node in (nodes.fusedNode, nodes.registeredNode, nodes.transformNode) if node is not None]
+        options = make_options(registration=args.registration, model=args.model, device=args.device, axis=args.axis,
+                               backend=args.backend, batch_size=args.batch_size)
+        nodes = logic.process(referenceNode, movingNode, options=options, progress=progress,
+                              log=lambda message: print(f"  {message}", flush=True))  # registration summary included
+        added += [node for node in (nodes.fusedNode, nodes.registeredNode, nodes.transformNode, nodes.checkerboardNode) if node]
         write_image(image_from_volume_node(nodes.fusedNode), output, overwrite=args.overwrite)
-        if save_registered is not None and nodes.registeredNode is not None:
-            write_image(image_from_volume_node(nodes.registeredNode), save_registered, overwrite=args.overwrite)
+        for role, node in (("registered", nodes.registeredNode), ("checkerboard", nodes.checkerboardNode)):
+            if extra.get(role) is not None and node is not None:
+                write_image(image_from_volume_node(node), extra[role], overwrite=args.overwrite)
     finally:
         for node in added:
             scene.RemoveNode(node)
@@ -138,10 +143,10 @@ def run(argv: list[str]) -> int:
         return EXIT_USAGE
 
     import slicer  # after checking the arguments: loading the MRML libraries takes seconds
-
-    from MedFusionLib.batch import read_manifest
-    from MedFusionLib.errors import MedFusionError
     from MedFusionSlicer.logic import FusionLogic
+
+    from MedFusionLib.core.errors import MedFusionError
+    from MedFusionLib.fusion.batch import read_manifest
 
     if single:
         cases = [(args.reference, args.moving, args.output)]
@@ -161,12 +166,13 @@ def run(argv: list[str]) -> int:
         print(f"case {index}/{len(cases)}: {reference.name} + {moving.name} -> {output}", flush=True)
         started = time.perf_counter()
         try:
-            fuse_one(logic, scene, reference, moving, output, args, args.save_registered if single else None)
+            extra = {"registered": args.save_registered, "checkerboard": args.save_checkerboard} if single else {}
+            fuse_one(logic, scene, reference, moving, output, args, extra)
         except MedFusionError as error:
             failed += 1
             print(f"case {index} failed: {error}", file=sys.stderr, flush=True)
             continue
-        except Exception:  # a bug or a library error: report it fully, go on with the next case
+        except Exception:  # noqa: BLE001  (a bug or a library error: report it fully, go on with the next case)
             failed += 1
             print(f"case {index} failed:", file=sys.stderr)
             traceback.print_exc()
@@ -189,7 +195,7 @@ if __name__ == "__main__":
     # Never leave an exception to Slicer: under --no-main-window it would print it and keep running.
     try:
         status = run(sys.argv[1:])
-    except Exception:
+    except Exception:  # noqa: BLE001  (never leave an exception to Slicer)
         traceback.print_exc()
         status = EXIT_CASE_FAILED
     exit_with(status)

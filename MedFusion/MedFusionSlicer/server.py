@@ -1,0 +1,234 @@
+"""The warm worker process: ``PythonSlicer -m MedFusionSlicer.server [--idle-timeout S]``.
+
+Started by :class:`MedFusionSlicer.worker.WorkerProcess`; never imports Slicer, Qt or VTK. It
+imports torch and MedFusionLib once, loads itk-elastix's libraries while the user is still
+choosing inputs, then serves jobs until its standard input closes, a ``shutdown`` arrives, or
+``--idle-timeout`` seconds pass without a job.
+
+Protocol: one JSON object per line, both ways.
+
+In (standard input)::
+
+    {"op": "fuse", "id": 3, "folder": "/tmp/MedFusion-x", "options": {...FusionOptions.to_dict()...}}
+    {"op": "shutdown"}
+
+Out (standard output; plain text lines are messages for the log, e.g. ``medfusion: ...`` notes
+of the library such as a GPU out-of-memory fallback)::
+
+    {"event": "started", "pid": 1234}
+    {"event": "ready", "models": [...], "device": "GPU: ...", "seconds": 4.1}
+    {"event": "warm", "what": "itk-elastix", "seconds": 14.9}
+    {"stage": "register", "done": 0, "total": 100}            (progress, as medfusion fuse --progress json)
+    {"event": "registration", "id": 3, "metric_before": ..., "metric_after": ..., "confidence": {...}}
+    {"event": "fused", "id": 3, "device": "cpu", "seconds": 7.2, ...}
+    {"event": "finished", "id": 3, "state": "succeeded"}      (or "failed" with "error")
+    {"event": "idle-exit", "seconds": 900}
+
+A job reads ``reference.nrrd`` and ``moving.nrrd`` from its folder and writes ``fused.nrrd``
+(and ``registered.nrrd``, ``transform.h5`` when it registers), uncompressed: both processes are
+on one machine, so gzip would only cost time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import queue
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+
+from MedFusionSlicer.worker import FUSED_FILE, MOVING_FILE, REFERENCE_FILE, REGISTERED_FILE, TRANSFORM_FILE
+
+_output_lock = threading.Lock()
+
+
+def emit(record: dict) -> None:
+    """One JSON line on standard output, flushed at once (the panel is waiting for it)."""
+    with _output_lock:
+        sys.stdout.write(json.dumps(record, default=str) + "\n")
+        sys.stdout.flush()
+
+
+def describe_device() -> str:
+    """The GPU torch would use, or why fusion runs on the CPU (imports torch)."""
+    import torch
+
+    if torch.cuda.is_available():
+        properties = torch.cuda.get_device_properties(0)
+        return f"GPU: {properties.name} ({properties.total_memory / 2**30:.0f} GiB), torch {torch.__version__}"
+    if torch.version.cuda is None:
+        return f"CPU only: torch {torch.__version__} is a CPU build (a CUDA build of torch uses an NVIDIA GPU)"
+    if os.environ.get("CUDA_VISIBLE_DEVICES") == "-1":
+        return f"CPU only: the GPU is hidden from this run (device 'cpu'); torch {torch.__version__}"
+    return f"CPU only: torch {torch.__version__} (CUDA {torch.version.cuda}) sees no GPU; check the NVIDIA driver"
+
+
+def model_choices() -> list[dict]:
+    """Every model of MedFusionLib's registry, in order: name, description, default, usable, note."""
+    from MedFusionLib.fusion.pipeline import DEFAULT_MODEL
+    from MedFusionLib.models import list_models, model_spec
+    from MedFusionLib.models.pretrained import weights_status
+
+    notes = {"ok": "", "missing": "no trained weights shipped yet", "corrupt": "weights file damaged; reinstall MedFusion"}
+    choices = []
+    for name in list_models():
+        spec = model_spec(name)
+        status = weights_status(name) if spec.learned else "ok"
+        choices.append({"name": name, "description": spec.description, "default": name == DEFAULT_MODEL,
+                        "usable": status == "ok", "note": notes.get(status, status)})
+    return choices
+
+
+def registration_report(registration) -> dict:
+    """What the panel and the console show about a registration: preset, backend, metric before and
+    after, seconds and, where MedFusionLib provides it, its confidence (``doubtful``, ``summary``)."""
+    report = {}
+    for name in ("preset", "backend", "metric_before", "metric_after", "seconds"):
+        value = getattr(registration, name, None)
+        if value is not None:
+            report[name] = value
+    confidence = getattr(registration, "confidence", None)
+    if confidence is not None:
+        if dataclasses.is_dataclass(confidence):
+            report["confidence"] = dataclasses.asdict(confidence)
+        elif isinstance(confidence, dict):
+            report["confidence"] = dict(confidence)
+        else:
+            report["confidence"] = {"doubtful": bool(getattr(confidence, "doubtful", False)),
+                                    "summary": str(getattr(confidence, "summary", confidence))}
+    return report
+
+
+def fuse(reference, moving, options: dict, progress, cancel=None):
+    """:func:`MedFusionLib.fusion.pipeline.fuse_volumes` with ``FusionOptions.to_dict()``'s options."""
+    from MedFusionLib.fusion.options import FusionOptions
+    from MedFusionLib.fusion.pipeline import fuse_volumes
+
+    return fuse_volumes(reference, moving, FusionOptions.from_dict(options), progress=progress, cancel=cancel)
+
+
+def run_fuse(job: dict) -> None:
+    """One ``fuse`` job: read the two NRRD files, fuse, write the results next to them."""
+    import SimpleITK as sitk
+
+    from MedFusionLib.io import read_image, write_image
+
+    job_id, folder = job.get("id"), Path(job["folder"])
+    reference = read_image(folder / REFERENCE_FILE)
+    moving = read_image(folder / MOVING_FILE)
+
+    def progress(stage: str, done: int, total: int) -> None:
+        emit({"stage": stage, "done": done, "total": total})
+
+    result = fuse(reference, moving, job.get("options") or {}, progress)
+    write_image(result.fused, folder / FUSED_FILE, overwrite=True, compress=False)
+    if result.registration is not None:
+        write_image(result.registered_moving, folder / REGISTERED_FILE, overwrite=True, compress=False)
+        sitk.WriteTransform(result.registration.transform, str(folder / TRANSFORM_FILE))
+        emit({"event": "registration", "id": job_id, **registration_report(result.registration)})
+    emit({"event": "fused", "id": job_id, "model": result.model, "device": result.device, "precision": result.precision,
+          "seconds": round(result.seconds, 3), "stage_seconds": {k: round(v, 3) for k, v in result.stage_seconds.items()}})
+
+
+def warm_up() -> dict | None:
+    """Load itk-elastix's libraries now, while no job waits (about 15 s once per process), so the
+    first registration does not pay it. Nothing to do without itk-elastix."""
+    try:
+        from MedFusionLib.registration import elastix_backend
+    except ImportError:
+        return None
+    if elastix_backend.simpleitk_has_elastix() or not elastix_backend.itk_elastix_installed():
+        return None
+    started = time.perf_counter()
+    elastix_backend.load_itk_elastix()
+    return {"what": "itk-elastix", "seconds": round(time.perf_counter() - started, 3)}
+
+
+def _read_requests(stream, requests: queue.Queue) -> None:
+    for line in stream:
+        if line.strip():
+            requests.put(line)
+    requests.put(None)  # standard input closed: Slicer is gone
+
+
+def serve(idle_timeout: float, stdin=None) -> int:
+    """Answer jobs until standard input closes, ``shutdown``, or ``idle_timeout`` s without a job."""
+    emit({"event": "started", "pid": os.getpid()})
+    requests: queue.Queue = queue.Queue()
+    threading.Thread(target=_read_requests, args=(stdin or sys.stdin, requests), daemon=True).start()
+    # The library's notes (e.g. a GPU out-of-memory fallback) as the medfusion command prints them.
+    logging.basicConfig(format="medfusion: %(message)s", level=logging.INFO, stream=sys.stdout)
+
+    started = time.perf_counter()
+    try:
+        ready = {"models": model_choices(), "device": describe_device()}
+    except Exception as error:  # noqa: BLE001  (a broken torch: say so; every job will fail with the same reason)
+        ready = {"models": [], "device": f"torch cannot be used: {type(error).__name__}: {error}", "error": str(error)}
+    from MedFusionLib import __version__
+
+    emit({"event": "ready", **ready, "medfusionlib": __version__, "python": sys.version.split()[0],
+          "seconds": round(time.perf_counter() - started, 3)})
+    if requests.empty():
+        try:
+            warmed = warm_up()
+        except Exception as error:  # noqa: BLE001  (the job that needs elastix reports it properly)
+            print(f"medfusion: could not preload itk-elastix: {error}", flush=True)
+            warmed = None
+        if warmed:
+            emit({"event": "warm", **warmed})
+
+    while True:
+        try:
+            line = requests.get(timeout=idle_timeout)
+        except queue.Empty:
+            emit({"event": "idle-exit", "seconds": idle_timeout})
+            return 0
+        if line is None:
+            return 0
+        try:
+            request = json.loads(line)
+        except json.JSONDecodeError:
+            print(f"medfusion: ignored a request that is not JSON: {line[:200]!r}", flush=True)
+            continue
+        op = request.get("op")
+        if op == "shutdown":
+            return 0
+        if op != "fuse":
+            emit({"event": "finished", "id": request.get("id"), "state": "failed", "error": f"unknown request {op!r}"})
+            continue
+        emit({"event": "finished", "id": request.get("id"), **_run_job(request)})
+
+
+def _run_job(request: dict) -> dict:
+    from MedFusionLib.core.errors import MedFusionError
+
+    try:
+        run_fuse(request)
+    except MedFusionError as error:
+        return {"state": "failed", "error": str(error)}
+    except MemoryError:
+        return {"state": "failed", "error": "out of memory in the worker; close other programs or fuse smaller volumes"}
+    except Exception as error:  # noqa: BLE001  (a bug: the traceback goes to the log, the summary to the panel)
+        traceback.print_exc(file=sys.stdout)
+        sys.stdout.flush()
+        return {"state": "failed", "error": f"internal error ({type(error).__name__}: {error}); details in the Python console"}
+    return {"state": "succeeded"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m MedFusionSlicer.server", description=__doc__.splitlines()[0])
+    parser.add_argument("--idle-timeout", type=float, default=900.0, help="end after this many seconds without a job")
+    args = parser.parse_args(argv)
+    # Messages of the library and of tracebacks must not interleave with protocol lines mid-line.
+    sys.stderr = sys.stdout
+    return serve(args.idle_timeout)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
