@@ -1,4 +1,5 @@
-"""The Slicer module's logic on a real vtkMRMLScene (slicer-core): in process and in a worker process."""
+"""The Slicer module's logic on a real vtkMRMLScene (slicer-core): in process, on the warm worker,
+the output-node policy, the registration check, the demo volumes and the input checks."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-import torch
 
 pytest.importorskip("slicer_core", reason="the slicer-core wheel (a real MRML scene) is not available for this Python")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "MedFusion"))
@@ -17,12 +17,15 @@ import slicer  # noqa: E402
 import vtk  # noqa: E402
 
 from conftest import SMALL_SIZE, SMALL_SPACING, oblique  # noqa: E402
-from MedFusionLib.errors import FusionCancelled, InputError  # noqa: E402
-from MedFusionLib.phantom import DEMO_MISALIGNMENT, make_head_phantom  # noqa: E402
-from MedFusionLib.pipeline import fuse_volumes  # noqa: E402
-from MedFusionSlicer.logic import FusionLogic  # noqa: E402
-from MedFusionSlicer.volumes import add_volume_node_from_image, image_from_volume_node  # noqa: E402
-from MedFusionSlicer.worker import Finished, FusionJob, Message, Progress, overall_fraction, parse_progress_line  # noqa: E402
+from MedFusionLib.core.errors import FusionCancelled, InputError  # noqa: E402
+from MedFusionLib.fusion.options import FusionOptions, OptionsError  # noqa: E402
+from MedFusionLib.fusion.pipeline import fuse_volumes  # noqa: E402
+from MedFusionLib.imaging.phantom import DEMO_MISALIGNMENT, make_head_phantom  # noqa: E402
+from MedFusionSlicer import dependencies  # noqa: E402
+from MedFusionSlicer.compare import checkerboard_image, flicker, set_foreground_opacity, show_pair  # noqa: E402
+from MedFusionSlicer.logic import FusionLogic, RegistrationSummary, apply_state  # noqa: E402
+from MedFusionSlicer.volumes import add_volume_node_from_image, image_from_volume_node, load_transform_node  # noqa: E402
+from MedFusionSlicer.worker import Finished, Notice, Progress  # noqa: E402
 
 
 @pytest.fixture()
@@ -32,6 +35,20 @@ def scene_pair(phantom_pair):
     ct = add_volume_node_from_image(scene, oblique(phantom_pair.ct), "CT")
     mr = add_volume_node_from_image(scene, oblique(phantom_pair.mr), "MR")
     return scene, ct, mr
+
+
+@pytest.fixture(scope="module")
+def misaligned_phantom():
+    return make_head_phantom(size=SMALL_SIZE, spacing=SMALL_SPACING, misalignment=DEMO_MISALIGNMENT,
+                             moving_spacing=(3.0, 3.0, 4.0), seed=1)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def logic():
+    """One logic, so one warm worker, for the module's worker tests; ended at the end."""
+    fusion_logic = FusionLogic()
+    yield fusion_logic
+    fusion_logic.stopWorker()
 
 
 def _node_ids(scene) -> set[str]:
@@ -44,26 +61,53 @@ def _ijk_to_ras(node) -> np.ndarray:
     return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
 
 
+def _assert_transform_matches_phantom(transform_node, phantom):
+    from_parent = vtk.vtkMatrix4x4()
+    transform_node.GetMatrixTransformFromParent(from_parent)
+    centre_lps = np.array(phantom.ct.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2 for s in SMALL_SIZE]))
+    found_ras = np.array(from_parent.MultiplyPoint((*(centre_lps * [-1, -1, 1]), 1.0))[:3])
+    truth_ras = np.array(phantom.reference_to_moving.TransformPoint(centre_lps.tolist())) * [-1, -1, 1]
+    assert np.linalg.norm(found_ras - truth_ras) < 2.0  # mm, on a 3.5 mm grid
+
+
+# --- in process (console, headless) --------------------------------------------------------------
+
+
 def test_process_equals_the_library_and_lies_on_the_reference_grid(scene_pair):
     """The logic adds nothing of its own: its output is fuse_volumes' output, on the reference's grid."""
     scene, ct, mr = scene_pair
     stages = []
     nodes = FusionLogic().process(ct, mr, registration="none", model="laplacian", device="cpu",
                                   progress=lambda stage, done, total: stages.append((stage, done, total)))
-    assert nodes.fusedNode.GetScene() is scene and nodes.fusedNode.GetName() == "CT + MR fused"
-    assert nodes.registeredNode is None and nodes.transformNode is None and nodes.device == "cpu"
+    assert nodes.fusedNode.GetScene() is scene and nodes.fusedNode.GetName() == "CT + MR fused (laplacian)"
+    assert nodes.registeredNode is None and nodes.transformNode is None and nodes.checkerboardNode is None
+    assert nodes.registration is None and nodes.device == "cpu"
+    assert nodes.options == FusionOptions(registration="none", model="laplacian", device="cpu")
     np.testing.assert_allclose(_ijk_to_ras(nodes.fusedNode), _ijk_to_ras(ct), atol=1e-9)
-    expected = fuse_volumes(image_from_volume_node(ct), image_from_volume_node(mr), model="laplacian", device="cpu")
+    expected = fuse_volumes(image_from_volume_node(ct), image_from_volume_node(mr),
+                            FusionOptions(registration="none", model="laplacian", device="cpu"))
     np.testing.assert_array_equal(slicer.util.arrayFromVolume(nodes.fusedNode), sitk.GetArrayFromImage(expected.fused))
     assert stages[-1][0] == "fuse" and stages[-1][1] == stages[-1][2] > 0
     assert nodes.fusedNode.GetDisplayNode() is not None
 
 
-def test_process_registers_and_keeps_registered_volume_and_transform():
-    """A misaligned MR on its own grid: registered volume and transform become nodes; the transform
-    node maps reference points to where the phantom's known motion put them."""
-    phantom = make_head_phantom(size=SMALL_SIZE, spacing=SMALL_SPACING, misalignment=DEMO_MISALIGNMENT,
-                                moving_spacing=(3.0, 3.0, 4.0), seed=1)
+def test_process_defaults_are_the_librarys(scene_pair):
+    """The console's defaults are FusionOptions' (registration auto: none on one grid), and a bad
+    value is refused with the library's OptionsError naming the choices."""
+    scene, ct, mr = scene_pair
+    nodes = FusionLogic().process(ct, mr, model="average")
+    assert nodes.options == FusionOptions(model="average")
+    assert nodes.registeredNode is None  # auto: the two share a grid
+    with pytest.raises(OptionsError, match="rigid"):
+        FusionLogic().process(ct, mr, registration="elastic")
+    with pytest.raises(OptionsError, match="unknown fusion option"):
+        FusionLogic().process(ct, mr, registrtion="rigid")
+
+
+def test_process_registers_and_reports_the_registration(misaligned_phantom):
+    """A misaligned MR on its own grid: registered volume, transform and checkerboard become nodes;
+    the transform agrees with the phantom's known motion; the summary reaches the log."""
+    phantom = misaligned_phantom
     scene = slicer.vtkMRMLScene()
     ct = add_volume_node_from_image(scene, phantom.ct, "CT")
     mr = add_volume_node_from_image(scene, phantom.mr, "MR")
@@ -72,24 +116,13 @@ def test_process_registers_and_keeps_registered_volume_and_transform():
                                   log=messages.append)
     assert nodes.registeredNode.GetName() == "MR registered"
     np.testing.assert_allclose(_ijk_to_ras(nodes.registeredNode), _ijk_to_ras(ct), atol=1e-9)
+    np.testing.assert_allclose(_ijk_to_ras(nodes.checkerboardNode), _ijk_to_ras(ct), atol=1e-9)
     assert nodes.transformNode.GetName() == "MR to CT" and nodes.transformNode.IsLinear()
-    from_parent = vtk.vtkMatrix4x4()
-    nodes.transformNode.GetMatrixTransformFromParent(from_parent)
-    centre_lps = np.array(phantom.ct.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2 for s in SMALL_SIZE]))
-    found_ras = np.array(from_parent.MultiplyPoint((*(centre_lps * [-1, -1, 1]), 1.0))[:3])
-    truth_ras = np.array(phantom.reference_to_moving.TransformPoint(centre_lps.tolist())) * [-1, -1, 1]
-    assert np.linalg.norm(found_ras - truth_ras) < 2.0  # mm, on a 3.5 mm grid
-    assert any("fused on cpu" in message for message in messages)
-
-
-def test_process_overwrites_a_chosen_output_node(scene_pair):
-    scene, ct, mr = scene_pair
-    output = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "my fusion")
-    before = scene.GetNumberOfNodes()
-    nodes = FusionLogic().process(ct, mr, output, registration="none", model="maximum", device="cpu")
-    assert nodes.fusedNode is output and output.GetName() == "my fusion"
-    assert slicer.util.arrayFromVolume(output).shape == slicer.util.arrayFromVolume(ct).shape
-    assert scene.GetNumberOfNodes() == before + 1  # only the output's display node
+    _assert_transform_matches_phantom(nodes.transformNode, phantom)
+    summary = nodes.registration
+    assert summary.preset == "rigid" and summary.backend == "simpleitk"
+    assert summary.metric_after < summary.metric_before  # Mattes MI as ITK reports it: lower is better
+    assert summary.text() in messages and any("fused on cpu" in message for message in messages)
 
 
 def test_failed_and_cancelled_runs_leave_the_scene_as_it_was(scene_pair, phantom_pair):
@@ -110,22 +143,128 @@ def test_failed_and_cancelled_runs_leave_the_scene_as_it_was(scene_pair, phantom
         FusionLogic().process(ct, mr, mr, registration="none")
 
 
-def test_model_choices_list_the_registry_and_which_models_can_run():
-    from MedFusionLib.models import list_models, model_spec
-    from MedFusionLib.models.pretrained import weights_status
-    from MedFusionLib.pipeline import DEFAULT_MODEL
-
-    choices = FusionLogic.modelChoices()
-    assert [choice.name for choice in choices] == list_models()
-    assert [choice.name for choice in choices if choice.default] == [DEFAULT_MODEL]
-    for choice in choices:
-        assert choice.description == model_spec(choice.name).description and choice.description
-        runs = not model_spec(choice.name).learned or weights_status(choice.name) == "ok"
-        assert choice.usable == runs and bool(choice.note) == (not runs)
-    assert next(choice for choice in choices if choice.name == DEFAULT_MODEL).usable
+def test_console_without_packages_says_how_to_install(scene_pair, monkeypatch):
+    """No torch in Slicer's Python: the console call says which packages and the command that
+    installs them, and the scene stays as it was."""
+    scene, ct, mr = scene_pair
+    absent = dependencies.Requirement("medfusion-no-such-package", "1.0", False, "testing")
+    monkeypatch.setattr(dependencies, "REQUIREMENTS", (*dependencies.REQUIREMENTS, absent))
+    monkeypatch.setattr(dependencies.require, "__defaults__", (dependencies.REQUIREMENTS,))
+    before = _node_ids(scene)
+    with pytest.raises(dependencies.DependenciesMissing, match=r"medfusion-no-such-package>=1\.0.*installDependencies\(\)"):
+        FusionLogic().process(ct, mr, registration="none", model="average")
+    assert _node_ids(scene) == before
 
 
-def test_input_problem_explains_why_apply_is_disabled(scene_pair, phantom_pair):
+# --- output policy (B12) -------------------------------------------------------------------------
+
+
+def test_output_policy_one_node_per_inputs_and_model(scene_pair, phantom_pair):
+    """Runs on the same inputs and model update their node; another model or other inputs get
+    their own; a chosen output is overwritten and not marked as MedFusion's."""
+    scene, ct, mr = scene_pair
+    logic = FusionLogic()
+    first = logic.process(ct, mr, registration="none", model="average", device="cpu").fusedNode
+    again = logic.process(ct, mr, registration="none", model="average", device="cpu").fusedNode
+    other_model = logic.process(ct, mr, registration="none", model="maximum", device="cpu").fusedNode
+    assert again is first and other_model is not first
+    assert other_model.GetName() == "CT + MR fused (maximum)"
+    mr2 = add_volume_node_from_image(scene, oblique(phantom_pair.mr), "MR2")
+    other_inputs = logic.process(ct, mr2, registration="none", model="average", device="cpu").fusedNode
+    assert other_inputs is not first and other_inputs.GetName() == "CT + MR2 fused (average)"
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(first), slicer.util.arrayFromVolume(again))
+    chosen = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "my fusion")
+    before = scene.GetNumberOfNodes()
+    written = logic.process(ct, mr, chosen, registration="none", model="maximum", device="cpu").fusedNode
+    assert written is chosen and chosen.GetName() == "my fusion" and chosen.GetAttribute("MedFusion.role") is None
+    assert scene.GetNumberOfNodes() == before + 1  # only the chosen node's display node
+    assert logic.resultNode(scene, "fused", ct, mr, "maximum") is other_model
+
+
+def test_registration_results_are_updated_not_piled_up(misaligned_phantom):
+    phantom = misaligned_phantom
+    scene = slicer.vtkMRMLScene()
+    ct = add_volume_node_from_image(scene, phantom.ct, "CT")
+    mr = add_volume_node_from_image(scene, phantom.mr, "MR")
+    logic = FusionLogic()
+    first = logic.process(ct, mr, registration="rigid", backend="simpleitk", model="average", device="cpu")
+    count = scene.GetNumberOfNodes()
+    second = logic.process(ct, mr, registration="rigid", backend="simpleitk", model="maximum", device="cpu")
+    assert second.registeredNode is first.registeredNode and second.checkerboardNode is first.checkerboardNode
+    assert second.transformNode is first.transformNode and second.transformNode.GetName() == "MR to CT"
+    assert second.fusedNode is not first.fusedNode  # another model: its own fused node
+    assert scene.GetNumberOfNodes() == count + 2  # only that node and its display node
+
+
+def test_transform_file_read_into_an_existing_node(tmp_path):
+    scene = slicer.vtkMRMLScene()
+    sitk.WriteTransform(sitk.Euler3DTransform((0, 0, 0), 0.1, 0.0, 0.0, (1.0, 2.0, 3.0)), str(tmp_path / "a.tfm"))
+    sitk.WriteTransform(sitk.Euler3DTransform((0, 0, 0), 0.0, 0.2, 0.0, (4.0, 5.0, 6.0)), str(tmp_path / "b.tfm"))
+    node = load_transform_node(scene, tmp_path / "a.tfm", "T")
+    again = load_transform_node(scene, tmp_path / "b.tfm", "T", into=node)
+    assert again is node and scene.GetNumberOfNodesByClass("vtkMRMLTransformNode") == 1
+    from_parent = vtk.vtkMatrix4x4()
+    node.GetMatrixTransformFromParent(from_parent)
+    assert from_parent.GetElement(0, 3) == pytest.approx(-4.0)  # LPS x 4 mm is RAS -4 mm
+
+
+# --- registration check (item 3) -----------------------------------------------------------------
+
+
+def test_checkerboard_alternates_the_two_scaled_volumes():
+    reference = sitk.GetImageFromArray(np.linspace(0, 1000, 16 * 16 * 16, dtype=np.float32).reshape(16, 16, 16))
+    reference.SetSpacing((0.5, 0.7, 2.0))
+    moving = sitk.GetImageFromArray(np.full((16, 16, 16), 7.0, dtype=np.float32) + np.arange(16, dtype=np.float32))
+    moving.CopyInformation(reference)
+    board = checkerboard_image(reference, moving, squares=4)  # squares of 4 voxels
+    values = sitk.GetArrayFromImage(board)
+    assert board.GetSpacing() == reference.GetSpacing() and values.dtype == np.float32
+    assert 0.0 <= values.min() and values.max() <= 1.0
+    a, b = sitk.GetArrayFromImage(reference), sitk.GetArrayFromImage(moving)
+    # Voxel (0,0,0) is in a reference square, (0,0,4) in a moving one: each keeps its source's order.
+    assert values[0, 0, 4] != values[0, 0, 3] and values[0, 0, 5] >= values[0, 0, 4]
+    same_square_ref = values[0, 0, 0:4]
+    assert np.all(np.diff(same_square_ref) >= 0) and np.all(np.diff(a[0, 0, 0:4]) > 0)
+    assert values[0, 0, 4] == pytest.approx((b[0, 0, 4] - np.percentile(b, 1)) / (np.percentile(b, 99) - np.percentile(b, 1)), abs=1e-5)
+    with pytest.raises(ValueError, match="not on the reference grid"):
+        checkerboard_image(reference, sitk.Image(8, 8, 8, sitk.sitkFloat32))
+
+
+def test_view_settings_change_only_the_views_showing_medfusions_nodes():
+    """Fade and the reference-opacity slider touch only views whose layers are MedFusion's nodes
+    (B7); flicker switches the foreground of the compared pair on and off."""
+    scene = slicer.vtkMRMLScene()
+    reference, registered, other = (scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name).GetID() for name in "ABC")
+    views = [scene.AddNewNodeByClass("vtkMRMLSliceCompositeNode") for _ in range(3)]
+    for view in views:
+        view.SetForegroundOpacity(0.25)
+    assert show_pair(scene, reference, registered, 0.5) == 3
+    views[2].SetBackgroundVolumeID(other)  # the user shows something else there
+    views[2].SetForegroundVolumeID(None)
+    views[2].SetForegroundOpacity(0.25)
+    assert set_foreground_opacity(scene, [registered], 0.8) == 2
+    assert [view.GetForegroundOpacity() for view in views] == [pytest.approx(0.8), pytest.approx(0.8), 0.25]
+    assert flicker(scene, reference, registered, False) == 2
+    assert [view.GetForegroundOpacity() for view in views] == [0.0, 0.0, 0.25]
+    assert flicker(scene, reference, registered, True) == 2
+    assert views[0].GetForegroundOpacity() == 1.0 and views[2].GetForegroundOpacity() == 0.25
+
+
+def test_registration_summary_from_events_with_and_without_confidence():
+    plain = RegistrationSummary.from_report({"preset": "rigid", "backend": "elastix", "metric_before": -0.3,
+                                             "metric_after": -0.62, "seconds": 2.4})
+    assert plain.doubtful is None and plain.text() == "rigid registration (elastix, 2.4 s): metric -0.300 -> -0.620"
+    doubtful = RegistrationSummary.from_report({"preset": "rigid", "confidence": {"doubtful": True, "summary": "MI barely improved"}})
+    assert doubtful.doubtful is True and "DOUBTFUL: MI barely improved" in doubtful.text()
+    confident = RegistrationSummary.from_report({"preset": "affine", "confidence": {"doubtful": False, "summary": "good overlap"}})
+    assert confident.text().endswith("; good overlap") and "DOUBTFUL" not in confident.text()
+    assert RegistrationSummary.from_report(None) is None and RegistrationSummary.from_report({}) is None
+
+
+# --- inputs (B9, B10, B13) and the demo (item 4) ---------------------------------------------------
+
+
+def test_input_problem_explains_why_apply_is_disabled(scene_pair, phantom_pair, tmp_path):
     scene, ct, mr = scene_pair
     problem = FusionLogic.inputProblem
     assert "reference" in problem(None, mr, None, "rigid")
@@ -138,111 +277,134 @@ def test_input_problem_explains_why_apply_is_disabled(scene_pair, phantom_pair):
     other_grid = add_volume_node_from_image(scene, shifted, "shifted MR")
     assert "different voxel grids" in problem(ct, other_grid, None, "none")
     assert problem(ct, other_grid, None, "rigid") is None
+    # B9: a non-linear parent transform is a reason, not an exception in the GUI observer.
+    bspline = sitk.BSplineTransformInitializer(sitk.Image(8, 8, 8, sitk.sitkFloat32), [2, 2, 2])
+    sitk.WriteTransform(bspline, str(tmp_path / "warp.h5"))
+    mr.SetAndObserveTransformNodeID(load_transform_node(scene, tmp_path / "warp.h5", "warp").GetID())
+    assert "non-linear transform 'warp'" in problem(ct, mr, None, "rigid") and "harden" in problem(ct, mr, None, "rigid")
+    labels = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "labels")
+    assert "label map" in problem(labels, ct, None, "rigid")
 
 
-def test_library_fallback_messages_reach_the_log_callback(scene_pair):
-    """Out of memory inside the library (here a model that cannot take more than two slices at
-    once) is retried with smaller batches by MedFusionLib, and the console user is told."""
+def test_apply_is_disabled_while_installing_or_running():
+    assert apply_state(None, running=False, installing=False)[0] is True
+    enabled, tooltip = apply_state(None, running=False, installing=True)
+    assert not enabled and "Installing" in tooltip
+    assert apply_state(None, running=True, installing=False) == (False, "A fusion is running; Cancel stops it.")
+    assert apply_state("Select the moving volume.", running=False, installing=False) == (False, "Select the moving volume.")
+
+
+def test_default_inputs_skip_label_maps_and_medfusion_results(phantom_pair):
+    scene = slicer.vtkMRMLScene()
+    labels = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "segmentation")
+    labels.SetAndObserveImageData(vtk.vtkImageData())
+    ct = add_volume_node_from_image(scene, phantom_pair.ct, "CT")
+    fused = add_volume_node_from_image(scene, phantom_pair.ct, "old fusion")
+    fused.SetAttribute("MedFusion.role", "fused")
+    mr = add_volume_node_from_image(scene, phantom_pair.mr, "MR")
+    assert FusionLogic.defaultInputs(scene) == (ct, mr)
+    assert FusionLogic.defaultInputs(scene, labels, None) == (ct, mr)  # a label map is never kept as reference
+    assert FusionLogic.defaultInputs(scene, mr, None) == (mr, ct)
+    assert FusionLogic.defaultInputs(slicer.vtkMRMLScene()) == (None, None)
+
+
+def test_demo_volumes_are_the_demo_phantom_and_need_registration():
+    scene = slicer.vtkMRMLScene()
+    ct, mr = FusionLogic.loadDemoVolumes(scene, size=(32, 40, 28))
+    assert (ct.GetName(), mr.GetName()) == ("MedFusion demo CT", "MedFusion demo MR")
+    assert slicer.util.arrayFromVolume(ct).shape == (28, 40, 32)
+    assert FusionLogic.inputProblem(ct, mr, None, "none") is not None  # the MR lies on its own grid
+    assert FusionLogic.inputProblem(ct, mr, None, "rigid") is None
+    assert slicer.util.arrayFromVolume(ct).min() < -900 < 500 < slicer.util.arrayFromVolume(ct).max()  # CT in HU: air and bone
+    assert FusionLogic.defaultInputs(scene) == (ct, mr)
+
+
+# --- on the warm worker (the panel's path) ---------------------------------------------------------
+
+
+def test_worker_job_matches_in_process_result_and_reports_progress(scene_pair, logic):
+    """The panel's path (the warm worker on uncompressed NRRD files) gives the same fused volume as
+    the console path, with progress parsed along the way, and adds nothing while it runs."""
     scene, ct, mr = scene_pair
-
-    class AtMostTwoSlices(torch.nn.Module):
-        def forward(self, a, b):
-            if a.shape[0] > 2:
-                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-            return torch.maximum(a, b)
-
-    messages = []
-    nodes = FusionLogic().process(ct, mr, registration="none", model=AtMostTwoSlices(), device="cpu", batchSize=8,
-                                  log=messages.append)
-    assert messages[:2] == ["out of memory on cpu; retrying with 4 slices per batch",
-                            "out of memory on cpu; retrying with 2 slices per batch"]
-    expected = fuse_volumes(image_from_volume_node(ct), image_from_volume_node(mr), model="maximum", device="cpu")
-    np.testing.assert_array_equal(slicer.util.arrayFromVolume(nodes.fusedNode), sitk.GetArrayFromImage(expected.fused))
-
-
-def test_worker_job_matches_in_process_result_and_reports_progress(scene_pair):
-    """The GUI path (medfusion fuse in a separate process on temporary NRRD files) gives the same
-    fused volume as the console path, with JSON progress parsed along the way."""
-    scene, ct, mr = scene_pair
-    logic = FusionLogic()
     before = _node_ids(scene)
     job = logic.startJob(ct, mr, registration="none", model="laplacian", device="cpu")
     try:
         events = job.wait(timeout=240)
-        assert _node_ids(scene) == before  # nothing is added while the job runs
+        assert _node_ids(scene) == before
         assert job.state == "succeeded", job.error
         progress = [event for event in events if isinstance(event, Progress)]
         assert progress and progress[-1].stage == "fuse" and progress[-1].done == progress[-1].total
         assert isinstance(events[-1], Finished) and events[-1].state == "succeeded"
-        via_worker = logic.finishJob(job, ct, mr)
+        assert job.report["device"] == "cpu" and job.report["model"] == "laplacian"
+        via_worker = logic.finishJob(job)
     finally:
         job.cleanup()
     assert not job.folder.exists()
-    direct = logic.process(ct, mr, registration="none", model="laplacian", device="cpu")
-    np.testing.assert_array_equal(slicer.util.arrayFromVolume(via_worker.fusedNode), slicer.util.arrayFromVolume(direct.fusedNode))
+    direct = fuse_volumes(image_from_volume_node(ct), image_from_volume_node(mr),
+                          FusionOptions(registration="none", model="laplacian", device="cpu"))
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(via_worker.fusedNode), sitk.GetArrayFromImage(direct.fused))
     np.testing.assert_allclose(_ijk_to_ras(via_worker.fusedNode), _ijk_to_ras(ct), atol=1e-6)
+    assert via_worker.device == "cpu" and via_worker.seconds is not None
 
 
-def test_worker_job_with_registration_imports_registered_volume_and_transform():
-    """GUI path with rigid registration: the worker's registered volume and ITK transform file come
-    back as nodes; the transform agrees with the phantom's known motion."""
-    phantom = make_head_phantom(size=SMALL_SIZE, spacing=SMALL_SPACING, misalignment=DEMO_MISALIGNMENT,
-                                moving_spacing=(3.0, 3.0, 4.0), seed=1)
+def test_worker_job_with_registration_imports_all_results(misaligned_phantom, logic):
+    """With rigid registration: registered volume, transform and checkerboard come back as nodes,
+    the transform agrees with the phantom's motion, and the registration event is the summary."""
+    phantom = misaligned_phantom
     scene = slicer.vtkMRMLScene()
     ct = add_volume_node_from_image(scene, phantom.ct, "CT")
     mr = add_volume_node_from_image(scene, phantom.mr, "MR")
-    logic = FusionLogic()
-    job = logic.startJob(ct, mr, registration="rigid", backend="simpleitk", model="average", device="cpu")
+    job = logic.startJob(ct, mr, registration="rigid", backend="simpleitk", model="average", device="cpu", keepFiles=True)
     try:
         events = job.wait(timeout=300)
         assert job.state == "succeeded", job.error
         assert any(isinstance(event, Progress) and event.stage == "register" for event in events)
-        nodes = logic.finishJob(job, ct, mr)
+        assert any(isinstance(event, Notice) and event.name == "registration" for event in events)
+        nodes = logic.finishJob(job)
+        job.cleanup()
+        assert job.folder.is_dir()  # B8: "keep temporary files" was captured at start
+        assert b"encoding: raw" in job.fused_path.read_bytes()[:1000]  # uncompressed NRRD both ways
+        assert b"encoding: raw" in (job.folder / "reference.nrrd").read_bytes()[:1000]
     finally:
+        job.keep_files = False
         job.cleanup()
     np.testing.assert_allclose(_ijk_to_ras(nodes.registeredNode), _ijk_to_ras(ct), atol=1e-6)
-    from_parent = vtk.vtkMatrix4x4()
-    nodes.transformNode.GetMatrixTransformFromParent(from_parent)
-    centre_lps = np.array(phantom.ct.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2 for s in SMALL_SIZE]))
-    found_ras = np.array(from_parent.MultiplyPoint((*(centre_lps * [-1, -1, 1]), 1.0))[:3])
-    truth_ras = np.array(phantom.reference_to_moving.TransformPoint(centre_lps.tolist())) * [-1, -1, 1]
-    assert np.linalg.norm(found_ras - truth_ras) < 2.0
+    assert nodes.checkerboardNode is not None and nodes.registration.preset == "rigid"
+    _assert_transform_matches_phantom(nodes.transformNode, phantom)
 
 
-def test_worker_failure_carries_the_library_message(scene_pair):
+def test_job_captures_its_inputs_and_refuses_when_they_vanished(scene_pair, logic):
+    """B8: finishJob uses the nodes captured at start (the panel may have been left); an input
+    deleted during the run is reported, and nothing is added."""
+    scene, ct, mr = scene_pair
+    job = logic.startJob(ct, mr, registration="none", model="average", device="cpu")
+    try:
+        job.wait(timeout=240)
+        scene.RemoveNode(mr)
+        before = _node_ids(scene)
+        with pytest.raises(InputError, match="moving volume was removed"):
+            logic.finishJob(job)
+        assert _node_ids(scene) == before
+    finally:
+        job.cleanup()
+
+
+def test_worker_failure_carries_the_library_message(scene_pair, logic):
+    """A run the worker refuses (CUDA asked for where there is none) fails with the library's
+    one-line reason; nothing is added. (Last in this file: it restarts the worker with the GPU visible.)"""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: a CUDA run would succeed")
     scene, ct, mr = scene_pair
     before = _node_ids(scene)
-    job = FusionLogic().startJob(ct, mr, registration="none", model="no-such-model", device="cpu")
+    job = logic.startJob(ct, mr, registration="none", model="average", device="cuda")
     try:
         events = job.wait(timeout=240)
     finally:
         job.cleanup()
-    assert job.state == "failed" and "unknown model 'no-such-model'" in job.error
+    assert job.state == "failed" and "cuda" in job.error.lower() and "Traceback" not in job.error
     assert events[-1] == Finished("failed", job.error)
     with pytest.raises(InputError, match="has not succeeded"):
-        FusionLogic().finishJob(job, ct, mr)
+        logic.finishJob(job)
     assert _node_ids(scene) == before
-
-
-def test_cancel_ends_the_worker_process_group(tmp_path):
-    """Cancel kills the process and its children at once (a worker that would run for minutes)."""
-    sleeper = [sys.executable, "-c", "import subprocess, sys, time; "
-               "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)']); print('started', flush=True); time.sleep(120)"]
-    job = FusionJob(tmp_path, command=sleeper)
-    job.start()
-    while not any(isinstance(event, Message) for event in job.poll()):
-        job._reader.join(0.05)
-    job.cancel()
-    assert job._process.poll() is not None
-    assert job.poll() == [Finished("cancelled", "cancelled by the user")]
-    assert job.state == "cancelled"
-
-
-def test_progress_lines_are_parsed_strictly():
-    assert parse_progress_line('{"stage": "fuse", "done": 3, "total": 40}\n') == Progress("fuse", 3, 40)
-    assert parse_progress_line("medfusion: error: the moving image is constant") is None
-    assert parse_progress_line('{"stage": "fuse"}') is None
-    assert parse_progress_line("{not json") is None
-    assert overall_fraction(Progress("register", 1, 1), registering=True) == pytest.approx(0.3)
-    assert overall_fraction(Progress("fuse", 20, 40), registering=True) == pytest.approx(0.65)
-    assert overall_fraction(Progress("fuse", 20, 40), registering=False) == pytest.approx(0.5)
