@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import SimpleITK as sitk
 
-from MedFusionLib.phantom import HeadPhantom, make_head_phantom
+from MedFusionLib.imaging.phantom import HeadPhantom, make_head_phantom
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"

@@ -60,6 +60,7 @@ def inputs(tmp_path):
     return paths
 
 
+# Every case runs with --registration none: with the default (auto) a grid mismatch is registered.
 CASES = [
     ("missing path", "missing", "no such file"),
     ("beyond the memory budget", "huge", "GiB of memory"),
@@ -78,7 +79,7 @@ CASES = [
 def test_bad_moving_input_exits_2_with_message_and_no_output(inputs, tmp_path, capsys, label, key, message):
     moving = inputs.get(key, tmp_path / "does-not-exist.nii.gz")
     output = tmp_path / "out" / "fused.nii.gz"
-    assert main(["fuse", str(inputs["good"]), str(moving), "-o", str(output), "--progress", "none"]) == 2
+    assert main(["fuse", str(inputs["good"]), str(moving), "-o", str(output), "--progress", "none", "--registration", "none"]) == 2
     error = capsys.readouterr().err
     assert error.startswith("medfusion: error:")
     assert any(part.lower() in error.lower() for part in message.split("|")), error

@@ -7,9 +7,9 @@ import csv
 import pytest
 import SimpleITK as sitk
 
-from MedFusionLib.batch import completion_record_path, parse_shard, read_manifest, select_shard
+from MedFusionLib.fusion.batch import completion_record_path, parse_shard, read_manifest, select_shard
 from MedFusionLib.cli import main
-from MedFusionLib.errors import InputError
+from MedFusionLib.core.errors import InputError
 from MedFusionLib.io import write_image
 
 
@@ -45,7 +45,8 @@ def _report(path):
 
 def test_batch_records_failures_and_goes_on_then_resumes_without_redoing(cohort, tmp_path, capsys):
     out = tmp_path / "out"
-    assert main(["batch", str(cohort), "--out", str(out), "--model", "average"]) == 1  # two cases fail
+    # --registration none: case 4's grid mismatch must fail (the default would register it).
+    assert main(["batch", str(cohort), "--out", str(out), "--model", "average", "--registration", "none"]) == 1
     report = _report(out / "batch_report.csv")
     assert [report[i]["status"] for i in range(1, 7)] == ["done", "failed", "done", "failed", "done", "done"]
     assert "no such file" in report[2]["error"] and "different voxel grids" in report[4]["error"]
@@ -55,7 +56,7 @@ def test_batch_records_failures_and_goes_on_then_resumes_without_redoing(cohort,
 
     first_bytes = (out / "a.nii.gz").read_bytes()
     (out / "c.nrrd").write_bytes(b"truncated by a crash")  # present but not the completed output
-    assert main(["batch", str(cohort), "--out", str(out), "--model", "average", "--resume"]) == 1
+    assert main(["batch", str(cohort), "--out", str(out), "--model", "average", "--registration", "none", "--resume"]) == 1
     report = _report(out / "batch_report.csv")
     assert [report[i]["status"] for i in range(1, 7)] == ["skipped", "failed", "done", "failed", "skipped", "skipped"]
     assert (out / "a.nii.gz").read_bytes() == first_bytes

@@ -1,4 +1,4 @@
-"""Tests for MedFusionLib.data: paired augmentation, volume slices, Harvard pairs (shared data)."""
+"""Tests for MedFusionLib.datasets.training_data: paired augmentation, volume slices, Harvard pairs (shared data)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from MedFusionLib.data import (
+from MedFusionLib.datasets.training_data import (
     AugmentationConfig,
     PairAugmentation,
     PairDataset,
@@ -18,7 +18,7 @@ from MedFusionLib.data import (
     load_volume_slices,
     resolve_tasks,
 )
-from MedFusionLib.errors import InputError
+from MedFusionLib.core.errors import InputError
 
 
 def _blobs(count: int = 4, size: int = 64, seed: int = 0) -> torch.Tensor:

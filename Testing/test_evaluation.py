@@ -1,4 +1,4 @@
-"""Tests of MedFusionLib.evaluation, MedFusionLib.report and `medfusion evaluate`.
+"""Tests of MedFusionLib.evaluation.scoring, MedFusionLib.evaluation.report and `medfusion evaluate`.
 
 Always-run tests build a small Harvard-like folder of synthetic PNG pairs (gray MRI, gray CT,
 colour PET) and a small head phantom volume; one test reads the real data when present.
@@ -15,12 +15,13 @@ import pytest
 import SimpleITK as sitk
 from PIL import Image
 
-from MedFusionLib import evaluation, metrics, report
+from MedFusionLib.evaluation import metrics, report
+from MedFusionLib.evaluation import scoring as evaluation
 from MedFusionLib.cli import main
-from MedFusionLib.errors import InputError, WeightsNotAvailableError
-from MedFusionLib.io import rgb_to_ycbcr, ycbcr_to_rgb
+from MedFusionLib.core.errors import InputError, WeightsNotAvailableError
+from MedFusionLib.imaging.colour import rgb_to_ycbcr, ycbcr_to_rgb
 from MedFusionLib.models import create_model, list_models, model_spec
-from MedFusionLib.phantom import make_head_phantom
+from MedFusionLib.imaging.phantom import make_head_phantom
 
 REAL_HARVARD = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "harvard"
 SIZE = 64
@@ -264,7 +265,7 @@ def phantom_sources() -> tuple[sitk.Image, sitk.Image]:
 
 
 def _normalised(image: sitk.Image) -> np.ndarray:
-    from MedFusionLib.preprocessing import normalize_intensity
+    from MedFusionLib.imaging.normalization import normalize_intensity
 
     return normalize_intensity(sitk.GetArrayFromImage(image)).astype(np.float64)
 

@@ -11,8 +11,8 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from MedFusionLib import pipeline
-from MedFusionLib.benchmark import (
+from MedFusionLib.fusion import pipeline
+from MedFusionLib.devtools.benchmark import (
     BenchmarkPair,
     FusionRow,
     benchmark_fusion,
@@ -21,14 +21,14 @@ from MedFusionLib.benchmark import (
     naive_fuse,
 )
 from MedFusionLib.cli import main
-from MedFusionLib.errors import InputError
-from MedFusionLib.inference import SliceFuser
+from MedFusionLib.core.errors import InputError
+from MedFusionLib.fusion.engine import SliceFuser
 from MedFusionLib.models import create_model
 from MedFusionLib.models.haf import HAFNet
 from MedFusionLib.models.optimize import fold_batch_norms, prepare_for_inference
-from MedFusionLib.pipeline import fuse_arrays
-from MedFusionLib.precision import ACCURACY_BUDGET, cpu_has_native_bf16, autocast_dtype
-from MedFusionLib.preprocessing import normalize_intensity, slice_boxes
+from MedFusionLib.fusion.pipeline import fuse_arrays
+from MedFusionLib.core.precision import ACCURACY_BUDGET, cpu_has_native_bf16, autocast_dtype
+from MedFusionLib.imaging.normalization import normalize_intensity, slice_boxes
 
 LEARNED = ["emfusion", "haf", "densefuse"]
 
@@ -235,7 +235,7 @@ def test_benchmark_command_writes_json(tmp_path, capsys):
 
 
 def _phantom_case(tmp_path):
-    from MedFusionLib.phantom import make_head_phantom
+    from MedFusionLib.imaging.phantom import make_head_phantom
 
     phantom = make_head_phantom(size=(40, 40, 24), spacing=(5.0, 5.0, 6.0), seed=2)
     case = tmp_path / "case"

@@ -13,17 +13,16 @@ import pytest
 import SimpleITK as sitk
 from PIL import Image
 
-from MedFusionLib.errors import InputError, OutputExistsError
+from MedFusionLib.core.errors import InputError, OutputExistsError
 from MedFusionLib.io import (
     atomic_output,
     atomic_output_directory,
     list_dicom_series,
     read_image,
-    rgb_to_ycbcr,
     write_dicom_series,
     write_image,
-    ycbcr_to_rgb,
 )
+from MedFusionLib.imaging.colour import rgb_to_ycbcr, ycbcr_to_rgb
 
 HARVARD = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "harvard"
 SPACING = (0.8, 1.1, 2.5)

@@ -1,4 +1,4 @@
-"""Tests for MedFusionLib.losses: SSIM against scikit-image, saliency weights, gradient and fusion losses."""
+"""Tests for MedFusionLib.training.losses: SSIM against scikit-image, saliency weights, gradient and fusion losses."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import pytest
 import torch
 from skimage.metrics import structural_similarity as skimage_ssim
 
-from MedFusionLib.errors import InputError
-from MedFusionLib.losses import (
+from MedFusionLib.core.errors import InputError
+from MedFusionLib.training.losses import (
     FusionLoss,
     FusionLossWeights,
     ReconstructionLoss,

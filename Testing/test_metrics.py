@@ -1,4 +1,4 @@
-"""Tests of MedFusionLib.metrics: hand-computable values, invariances, bounds, scikit-image SSIM."""
+"""Tests of MedFusionLib.evaluation.metrics: hand-computable values, invariances, bounds, scikit-image SSIM."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from MedFusionLib import metrics
-from MedFusionLib.errors import InputError
+from MedFusionLib.evaluation import metrics
+from MedFusionLib.core.errors import InputError
 
 
 def synthetic_pair(size: int = 96, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

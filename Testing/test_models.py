@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from MedFusionLib.errors import UnknownModelError, WeightsIntegrityError, WeightsNotAvailableError
+from MedFusionLib.core.errors import UnknownModelError, WeightsIntegrityError, WeightsNotAvailableError
 from MedFusionLib.models import create_model, list_models, model_spec, parameter_count
 from MedFusionLib.models import pretrained
 from MedFusionLib.models.blocks import AttentionGate, ConvBlock, DepthwiseSeparableConv, FeaturePyramid, crop_to, pad_to_multiple

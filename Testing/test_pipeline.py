@@ -1,4 +1,4 @@
-"""End-to-end volume and 2D fusion through :func:`MedFusionLib.pipeline.fuse_volumes`."""
+"""End-to-end volume and 2D fusion through :func:`MedFusionLib.fusion.pipeline.fuse_volumes`."""
 
 from __future__ import annotations
 
@@ -8,11 +8,12 @@ import SimpleITK as sitk
 import torch
 
 from conftest import oblique
-from MedFusionLib.errors import FusionCancelled, GridMismatchError, InputError, UnknownModelError
-from MedFusionLib.inference import SliceFuser
-from MedFusionLib.io import rgb_to_ycbcr
-from MedFusionLib.pipeline import FOREGROUND_MARGIN, FOREGROUND_THRESHOLD, fuse_volumes
-from MedFusionLib.preprocessing import normalize_intensity
+from MedFusionLib.core.errors import FusionCancelled, GridMismatchError, InputError
+from MedFusionLib.fusion.options import OptionsError
+from MedFusionLib.fusion.engine import SliceFuser
+from MedFusionLib.imaging.colour import rgb_to_ycbcr
+from MedFusionLib.fusion.pipeline import FOREGROUND_MARGIN, FOREGROUND_THRESHOLD, fuse_volumes
+from MedFusionLib.imaging.normalization import normalize_intensity
 
 
 def assert_same_geometry(image: sitk.Image, reference: sitk.Image) -> None:
@@ -108,8 +109,18 @@ def test_mismatched_grids_without_registration_is_a_clear_error(phantom_pair):
     moved = sitk.Image(phantom_pair.mr)
     moved.SetOrigin([o + 5.0 for o in moved.GetOrigin()])
     with pytest.raises(GridMismatchError) as error:
-        fuse_volumes(phantom_pair.ct, moved)
+        fuse_volumes(phantom_pair.ct, moved, registration="none")
     assert "origin" in str(error.value) and "--registration" in str(error.value)
+
+
+def test_default_registration_is_none_on_one_grid_and_rigid_across_grids(phantom_pair):
+    """``auto``: co-registered inputs (one voxel grid) are fused as they are; two grids are registered."""
+    same = fuse_volumes(phantom_pair.ct, phantom_pair.ct, model="average")
+    assert same.registration is None
+    moved = sitk.Image(phantom_pair.ct)
+    moved.SetOrigin([o + 4.0 for o in moved.GetOrigin()])
+    across = fuse_volumes(phantom_pair.ct, moved, model="average", backend="simpleitk")
+    assert across.registration is not None and across.registration.preset == "rigid"
 
 
 def test_bad_inputs_are_named(phantom_pair):
@@ -123,7 +134,7 @@ def test_bad_inputs_are_named(phantom_pair):
         fuse_volumes(phantom_pair.ct, sitk.Image([4, 4, 4, 2], sitk.sitkFloat32))
     with pytest.raises(InputError, match="2D"):
         fuse_volumes(phantom_pair.ct, phantom_pair.mr[:, :, 10])
-    with pytest.raises(UnknownModelError):
+    with pytest.raises(OptionsError, match="unknown model 'nope'"):
         fuse_volumes(phantom_pair.ct, phantom_pair.mr, model="nope")
     with pytest.raises(InputError, match="axis"):
         fuse_volumes(phantom_pair.ct, phantom_pair.mr, axis="transverse")

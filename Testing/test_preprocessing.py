@@ -7,10 +7,10 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from MedFusionLib.devices import resolve_device
-from MedFusionLib.errors import DeviceUnavailableError, InputError
-from MedFusionLib.geometry import grid_differences, slicing_array_axis
-from MedFusionLib.preprocessing import (
+from MedFusionLib.core.devices import resolve_device
+from MedFusionLib.core.errors import DeviceUnavailableError, InputError
+from MedFusionLib.core.geometry import grid_differences, slicing_array_axis
+from MedFusionLib.imaging.normalization import (
     CT_WINDOWS,
     apply_ct_window,
     normalize_intensity,

@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from MedFusionLib.pipeline import fuse_volumes
-from MedFusionLib.preprocessing import normalize_intensity
+from MedFusionLib.fusion.pipeline import fuse_volumes
+from MedFusionLib.imaging.normalization import normalize_intensity
 
 finite_floats = st.floats(min_value=-1e4, max_value=1e4, allow_nan=False, width=32)
 

@@ -15,8 +15,8 @@ import pytest
 import SimpleITK as sitk
 
 from MedFusionLib.cli import main
-from MedFusionLib.errors import InputError, OutputExistsError, RegistrationError
-from MedFusionLib.phantom import make_head_phantom, rigid_motion
+from MedFusionLib.core.errors import InputError, OutputExistsError, RegistrationError
+from MedFusionLib.imaging.phantom import make_head_phantom, rigid_motion
 from MedFusionLib.registration import (
     apply_transform,
     available_backends,
@@ -24,7 +24,7 @@ from MedFusionLib.registration import (
     register,
     write_transform,
 )
-from MedFusionLib.registration.accuracy import (
+from MedFusionLib.devtools.registration_accuracy import (
     random_rigid,
     rigid_errors,
     smooth_deformation,

@@ -1,4 +1,4 @@
-"""Tests for MedFusionLib.training and `medfusion train`: learning, exact resume, DDP, NaN guard,
+"""Tests for MedFusionLib.training.trainer and `medfusion train`: learning, exact resume, DDP, NaN guard,
 export, configuration, and the shipped weights."""
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
 from MedFusionLib.cli import main as medfusion_main
-from MedFusionLib.errors import InputError, UnknownModelError
+from MedFusionLib.core.errors import InputError, UnknownModelError
 from MedFusionLib.models import create_model
 from MedFusionLib.models.pretrained import WEIGHTS_DIR, sha256_of
-from MedFusionLib.training import (
+from MedFusionLib.training.trainer import (
     CHECKPOINT_BEST,
     CHECKPOINT_LAST,
     TrainingConfig,

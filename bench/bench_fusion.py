@@ -2,7 +2,7 @@
 
 Default: ``medfusion benchmark`` with the same options (every shipped model, naive vs product,
 in one process, on the shared BraTS T1/T2 case or a 240×240×155 phantom; registration per preset
-and backend), printed as Markdown tables. See :mod:`MedFusionLib.benchmark` for what each figure
+and backend), printed as Markdown tables. See :mod:`MedFusionLib.devtools.benchmark` for what each figure
 means.
 
 ``--large``: peak memory of a whole ``medfusion fuse`` of two 512×512×400 volumes (int16, 0.5 mm,
@@ -30,7 +30,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from MedFusionLib.cli import main as medfusion_main
-from MedFusionLib.phantom import make_head_phantom
+from MedFusionLib.imaging.phantom import make_head_phantom
 
 LARGE_SIZE = (512, 512, 400)
 LARGE_SPACING = (0.5, 0.5, 0.6)

@@ -1,6 +1,6 @@
 """How long the fusion metrics take on one 256 x 256 pair (the Harvard image size).
 
-Each row times one metric of :mod:`MedFusionLib.metrics` on a fused image and its two sources
+Each row times one metric of :mod:`MedFusionLib.evaluation.metrics` on a fused image and its two sources
 and divides by scikit-image's ``structural_similarity`` of one image pair, measured in the same
 process (the ratio is what carries over between machines). Best of ``--repeats`` runs.
 
@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from MedFusionLib import metrics
+from MedFusionLib.evaluation import metrics
 
 
 def best_seconds(action, repeats: int) -> float:

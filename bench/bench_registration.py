@@ -27,10 +27,10 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from MedFusionLib.benchmark import PeakMemory
-from MedFusionLib.errors import RegistrationError
+from MedFusionLib.devtools.benchmark import PeakMemory
+from MedFusionLib.core.errors import RegistrationError
 from MedFusionLib.registration import available_backends, register
-from MedFusionLib.registration.accuracy import (
+from MedFusionLib.devtools.registration_accuracy import (
     random_rigid,
     rigid_errors,
     smooth_deformation,

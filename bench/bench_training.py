@@ -15,9 +15,9 @@ import time
 
 import torch
 
-from MedFusionLib.data import AugmentationConfig, PairAugmentation
+from MedFusionLib.datasets.training_data import AugmentationConfig, PairAugmentation
 from MedFusionLib.models import create_model
-from MedFusionLib.training import TrainingObjective, default_config
+from MedFusionLib.training.trainer import TrainingObjective, default_config
 
 
 def seconds_per_step(model_name: str, dtype: torch.dtype | None, repeats: int) -> float:

@@ -5,7 +5,7 @@ A subcommand module defines::
     def add_parser(subparsers) -> argparse.ArgumentParser   # registers its name and options
     def run(args: argparse.Namespace) -> int                # does the work, returns the exit code
 
-Errors derived from :class:`MedFusionLib.errors.MedFusionError` are printed as one line
+Errors derived from :class:`MedFusionLib.core.errors.MedFusionError` are printed as one line
 (``medfusion: error: ...``) with exit status 2; anything else is a bug and keeps its traceback.
 """
 
@@ -16,14 +16,14 @@ import importlib
 import logging
 import sys
 
-from ..errors import FusionCancelled, MedFusionError
+from MedFusionLib.core.errors import FusionCancelled, MedFusionError
 
 # Order is the order of `medfusion --help`.
 COMMANDS = ("fuse", "register", "demo", "batch", "models", "doctor", "evaluate", "train", "benchmark")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .. import __version__
+    from MedFusionLib import __version__
 
     parser = argparse.ArgumentParser(
         prog="medfusion",

@@ -6,11 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..batch import parse_shard, run_batch
-from ..devices import DEVICE_CHOICES
-from ..geometry import SLICING_AXES
-from ..pipeline import DEFAULT_MODEL, REGISTRATION_CHOICES
-from .fuse import parse_window
+from MedFusionLib.fusion.batch import parse_shard, run_batch
+from MedFusionLib.fusion.options import FusionOptions
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -28,27 +25,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--shard", default="1/1", metavar="K/N", help="run shard K of N (default 1/1: all cases)")
     parser.add_argument("--resume", action="store_true", help="skip cases already completed with the same options")
     parser.add_argument("--workers", type=int, default=1, help="cases fused in parallel processes (default 1)")
-    parser.add_argument("--model", default=DEFAULT_MODEL)
-    parser.add_argument("--registration", choices=REGISTRATION_CHOICES, default="none")
-    parser.add_argument("--backend", choices=("auto", "elastix", "simpleitk"), default="auto")
-    parser.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
-    parser.add_argument("--axis", choices=SLICING_AXES, default="axial")
-    parser.add_argument("--reference-window", type=parse_window, default=None, metavar="WINDOW")
-    parser.add_argument("--moving-window", type=parse_window, default=None, metavar="WINDOW")
+    FusionOptions.add_arguments(parser)
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
     shard = parse_shard(args.shard)
-    options = {
-        "model": args.model,
-        "registration": args.registration,
-        "registration_backend": args.backend,
-        "device": args.device,
-        "axis": args.axis,
-        "reference_window": args.reference_window,
-        "moving_window": args.moving_window,
-    }
+    options = FusionOptions.from_namespace(args)
 
     def report(outcome) -> None:
         case = outcome.case

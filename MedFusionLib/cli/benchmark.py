@@ -6,11 +6,11 @@ import argparse
 import json
 from pathlib import Path
 
-from ..benchmark import DEFAULT_MODELS, DEFAULT_SIZE, markdown_report, run_benchmark
-from ..devices import DEVICE_CHOICES
-from ..io import atomic_output
-from ..models import list_models
-from ..precision import PRECISION_CHOICES
+from MedFusionLib.devtools.benchmark import DEFAULT_MODELS, DEFAULT_SIZE, markdown_report, run_benchmark
+from MedFusionLib.core.devices import DEVICE_CHOICES
+from MedFusionLib.io import atomic_output
+from MedFusionLib.models import list_models
+from MedFusionLib.core.precision import PRECISION_CHOICES
 
 
 def parse_size(text: str) -> tuple[int, int, int]:

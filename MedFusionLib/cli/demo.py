@@ -7,12 +7,12 @@ import sys
 import time
 from pathlib import Path
 
-from ..devices import DEVICE_CHOICES
-from ..io import write_image
-from ..phantom import DEMO_MISALIGNMENT, make_head_phantom
-from ..pipeline import DEFAULT_MODEL, fuse_volumes
-from ..visualization import comparison_figure, save_figure
-from .fuse import progress_reporter
+from MedFusionLib.core.devices import DEVICE_CHOICES
+from MedFusionLib.io import write_image
+from MedFusionLib.imaging.phantom import DEMO_MISALIGNMENT, make_head_phantom
+from MedFusionLib.fusion.pipeline import DEFAULT_MODEL, fuse_volumes
+from MedFusionLib.evaluation.figures import comparison_figure, save_figure
+from MedFusionLib.cli.fuse import progress_reporter
 
 DEMO_FILES = ("reference_ct.nii.gz", "moving_mr.nii.gz", "registered_mr.nii.gz", "fused.nii.gz", "fusion.png")
 

@@ -9,10 +9,10 @@ import platform
 
 import torch
 
-from .. import __version__
-from ..models import list_models, model_spec
-from ..models.pretrained import weights_status
-from ..precision import cpu_has_native_bf16
+from MedFusionLib import __version__
+from MedFusionLib.models import list_models, model_spec
+from MedFusionLib.models.pretrained import weights_status
+from MedFusionLib.core.precision import cpu_has_native_bf16
 
 _PACKAGES = ("torch", "SimpleITK", "numpy", "nibabel", "pydicom", "safetensors", "tqdm", "Pillow", "itk-elastix")
 

@@ -20,12 +20,12 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from ..devices import DEVICE_CHOICES, describe_device, resolve_device
-from ..errors import InputError, OutputExistsError
-from ..geometry import SLICING_AXES, slicing_array_axis
-from ..io import atomic_output, atomic_output_directory, read_image
-from ..metrics import METRICS
-from ..models import list_models
+from MedFusionLib.core.devices import DEVICE_CHOICES, describe_device, resolve_device
+from MedFusionLib.core.errors import InputError
+from MedFusionLib.core.geometry import SLICING_AXES, slicing_array_axis
+from MedFusionLib.io import atomic_output, atomic_output_directory, read_image, refuse_existing_outputs
+from MedFusionLib.evaluation.metrics import METRICS
+from MedFusionLib.models import list_models
 
 HARVARD_TASK_CHOICES = ("CT-MRI", "PET-MRI", "SPECT-MRI", "all")
 
@@ -93,11 +93,7 @@ def _fused_directories(specs: list[str]) -> list[tuple[str, Path]]:
 def _check_outputs(args: argparse.Namespace) -> None:
     if args.report is not None and args.report.suffix.lower() not in (".html", ".htm"):
         raise InputError(f"--report {args.report}: give a .html file name.")
-    occupied = args.out.exists() and (not args.out.is_dir() or any(args.out.iterdir()))
-    if not args.overwrite:
-        for path, taken in ((args.out, occupied), (args.report, args.report is not None and args.report.exists())):
-            if taken:
-                raise OutputExistsError(f"{path} already exists; pass --overwrite to replace it or choose another path.")
+    refuse_existing_outputs((args.out, args.report), overwrite=args.overwrite)
 
 
 def _write_report(args: argparse.Namespace, page: str) -> None:
@@ -107,8 +103,8 @@ def _write_report(args: argparse.Namespace, page: str) -> None:
 
 
 def _run_harvard(args: argparse.Namespace) -> int:
-    from .. import report
-    from ..evaluation import FusedDirectoryMethod, build_model_methods, evaluate_pairs, load_harvard_pairs
+    from MedFusionLib.evaluation import report
+    from MedFusionLib.evaluation.scoring import FusedDirectoryMethod, build_model_methods, evaluate_pairs, load_harvard_pairs
 
     tasks = ["CT-MRI", "PET-MRI", "SPECT-MRI"] if args.task == "all" else [args.task]
     pairs = load_harvard_pairs(args.data, tasks, args.split)
@@ -149,8 +145,8 @@ def _run_harvard(args: argparse.Namespace) -> int:
 
 
 def _run_volume(args: argparse.Namespace) -> int:
-    from .. import report
-    from ..evaluation import evaluate_volume
+    from MedFusionLib.evaluation import report
+    from MedFusionLib.evaluation.scoring import evaluate_volume
 
     if args.source_a is None or args.source_b is None:
         raise InputError("--fused-volume needs --source-a and --source-b (the two sources on its grid).")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from ..models import create_model, list_models, model_spec, parameter_count
-from ..models.pretrained import weights_status
+from MedFusionLib.models import create_model, list_models, model_spec, parameter_count
+from MedFusionLib.models.pretrained import weights_status
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:

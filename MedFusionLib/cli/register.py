@@ -6,12 +6,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..errors import OutputExistsError
-from ..io import read_image, write_image
+from MedFusionLib.io import read_image, refuse_existing_outputs, write_image
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    from ..registration import BACKENDS, INITIALIZERS, PRESETS
+    from MedFusionLib.registration import BACKENDS, INITIALIZERS, PRESETS
 
     parser = subparsers.add_parser(
         "register",
@@ -36,12 +35,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..registration import read_transform, register, write_transform
+    from MedFusionLib.registration import read_transform, register, write_transform
 
     # Refuse before the slow part, not after it.
-    for path in (args.output, args.transform):
-        if path is not None and path.exists() and not args.overwrite:
-            raise OutputExistsError(f"{path} already exists; pass --overwrite to replace it")
+    refuse_existing_outputs((args.output, args.transform), overwrite=args.overwrite)
     fixed = read_image(args.fixed)
     moving = read_image(args.moving)
     result = register(

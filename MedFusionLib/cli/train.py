@@ -20,10 +20,10 @@ from pathlib import Path
 
 import torch
 
-from ..data import find_volume_cases, load_harvard_pairs_array, load_volume_slices, resolve_tasks
-from ..devices import DEVICE_CHOICES
-from ..errors import InputError
-from ..training import CHECKPOINT_BEST, PRECISIONS, export_weights, load_config, train
+from MedFusionLib.datasets.training_data import find_volume_cases, load_harvard_pairs_array, load_volume_slices, resolve_tasks
+from MedFusionLib.core.devices import DEVICE_CHOICES
+from MedFusionLib.core.errors import InputError
+from MedFusionLib.training.trainer import CHECKPOINT_BEST, PRECISIONS, export_weights, load_config, train
 
 TRAINABLE = ("emfusion", "haf", "densefuse")
 TASK_CHOICES = ("CT-MRI", "PET-MRI", "SPECT-MRI", "all")

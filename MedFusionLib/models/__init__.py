@@ -4,7 +4,7 @@
 Importing this package imports each architecture module so that it registers itself.
 """
 
-from . import baselines, densefuse, emfusion, haf  # noqa: F401  (registration side effect)
-from .registry import ModelSpec, create_model, list_models, model_spec, parameter_count
+from MedFusionLib.models import baselines, densefuse, emfusion, haf  # noqa: F401  (registration side effect)
+from MedFusionLib.models.registry import ModelSpec, create_model, list_models, model_spec, parameter_count
 
 __all__ = ["ModelSpec", "create_model", "list_models", "model_spec", "parameter_count"]

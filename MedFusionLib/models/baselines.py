@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .registry import register_model
+from MedFusionLib.models.registry import register_model
 
 
 @register_model("average", description="Pixel-wise mean of the two sources (training-free)", learned=False)

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .registry import register_model
+from MedFusionLib.models.registry import register_model
 
 
 def _conv_relu(in_channels: int, out_channels: int) -> nn.Sequential:
@@ -47,7 +47,7 @@ class DenseFuseNet(nn.Module):
     """
 
     # Eight 3×3 layers plus the 3×3 activity window of the l1 rule: 9 pixels of context make
-    # cropped inference equal a whole-slice pass (MedFusionLib.inference).
+    # cropped inference equal a whole-slice pass (MedFusionLib.fusion.engine).
     receptive_radius = 9
     size_multiple = 1
 

@@ -5,7 +5,7 @@ A seven-layer CNN on the two sources stacked as channels: four densely connected
 reach the end unchanged), then three layers that narrow to one channel. No downsampling, so any
 ``H, W`` works without padding. It is trained unsupervised with the surface-level constraint
 (saliency-weighted SSIM and MSE towards each source) plus a gradient loss
-(:mod:`MedFusionLib.losses`).
+(:mod:`MedFusionLib.training.losses`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .registry import register_model
+from MedFusionLib.models.registry import register_model
 
 
 @register_model(
@@ -35,7 +35,7 @@ class EMFusionNet(nn.Module):
     def __init__(self, growth: int = 16, dense_layers: int = 4) -> None:
         super().__init__()
         # One pixel of reach per 3×3 layer: cropped inference with this much context equals a
-        # whole-slice pass (MedFusionLib.inference). 7 for the shipped network.
+        # whole-slice pass (MedFusionLib.fusion.engine). 7 for the shipped network.
         self.receptive_radius = dense_layers + 3
         self.dense = nn.ModuleList()
         channels = 2

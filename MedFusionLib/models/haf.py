@@ -15,8 +15,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .blocks import AttentionGate, CrossAttentionGatePair, DepthwiseSeparableConv, FeaturePyramid, crop_to, pad_to_multiple
-from .registry import register_model
+from MedFusionLib.models.blocks import AttentionGate, CrossAttentionGatePair, DepthwiseSeparableConv, FeaturePyramid, crop_to, pad_to_multiple
+from MedFusionLib.models.registry import register_model
 
 
 class _Encoder(nn.Module):
@@ -61,7 +61,7 @@ class HAFNet(nn.Module):
         decoder_channels: width of the decoder's depthwise-separable layer.
     """
 
-    # Inference with cropped slices (MedFusionLib.inference) keeps outputs identical to a
+    # Inference with cropped slices (MedFusionLib.fusion.engine) keeps outputs identical to a
     # whole-slice pass when the crop has this much context on every side and starts on the
     # stride-4 grid. Receptive radius: stem 1 + full-res depthwise 1 + stride-2 depthwise 1
     # + stride-4 depthwise 2 + two bilinear upsamplings 4 + 2 + decoder depthwise 1 = 12 px.

@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from ..errors import WeightsIntegrityError, WeightsNotAvailableError
-from ..io import sha256_of
+from MedFusionLib.core.errors import WeightsIntegrityError, WeightsNotAvailableError
+from MedFusionLib.io import sha256_of
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 

@@ -14,7 +14,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..errors import UnknownModelError
+from MedFusionLib.core.errors import UnknownModelError
 
 
 @dataclass(frozen=True)
@@ -69,11 +69,11 @@ def create_model(
 
     ``pretrained=True`` loads the shipped weights of a learned model, after checking their sha256
     against the model card, with the architecture configuration stored in that card; if none are
-    shipped it raises :class:`~MedFusionLib.errors.WeightsNotAvailableError` rather than returning
+    shipped it raises :class:`~MedFusionLib.core.errors.WeightsNotAvailableError` rather than returning
     random weights. ``pretrained=False`` gives a freshly initialised network (for training), built
     from ``config``. Baselines ignore ``pretrained``. Call ``.train()`` on the result to train it.
     """
-    from .pretrained import load_pretrained_state  # late: pretrained imports this module
+    from MedFusionLib.models.pretrained import load_pretrained_state  # late: pretrained imports this module
 
     spec = model_spec(name)
     if spec.learned and pretrained:

@@ -4,7 +4,7 @@
 rigid, affine = rigid → affine, bspline = rigid → affine → B-spline) with mutual information, so
 CT/MR and T1/T2 pairs work, from a start that matches the two foreground centres
 (:mod:`.initialization`). It returns the moving image resampled on the reference grid and the
-transform, or raises :class:`~MedFusionLib.errors.RegistrationError` when the result fails the
+transform, or raises :class:`~MedFusionLib.core.errors.RegistrationError` when the result fails the
 checks of :mod:`.checks` (no overlap, worse or no shared structure, implausible scaling, folding).
 
 Backends: ``elastix`` (itk-elastix, or SimpleITK's own ``ElastixImageFilter`` where it was
@@ -21,13 +21,14 @@ from dataclasses import dataclass
 import numpy as np
 import SimpleITK as sitk
 
-from ..errors import InputError, RegistrationError
-from . import checks, elastix_backend, simpleitk_backend
-from .initialization import INITIALIZERS, initial_alignment
-from .presets import PRESETS
-from .transforms import apply_transform, read_transform, simplify, write_transform
+from MedFusionLib.core.choices import BACKEND_CHOICES
+from MedFusionLib.core.errors import InputError, RegistrationError
+from MedFusionLib.registration import checks, elastix_backend, simpleitk_backend
+from MedFusionLib.registration.initialization import INITIALIZERS, initial_alignment
+from MedFusionLib.registration.presets import PRESETS
+from MedFusionLib.registration.transforms import apply_transform, read_transform, simplify, write_transform
 
-BACKENDS = ("auto", "elastix", "simpleitk")
+BACKENDS = BACKEND_CHOICES
 
 __all__ = [
     "BACKENDS",

@@ -1,7 +1,7 @@
 """Failure detection: overlap, mutual information, and plausibility of a transform.
 
 A registration result is only returned when it passes these checks; each failure raises
-:class:`~MedFusionLib.errors.RegistrationError` with what went wrong and what to try. The checks
+:class:`~MedFusionLib.core.errors.RegistrationError` with what went wrong and what to try. The checks
 work on a coarse (about 4 mm) copy of the reference foreground, so they cost well under a second
 even on large volumes.
 """
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import SimpleITK as sitk
 
-from ..errors import RegistrationError
+from MedFusionLib.core.errors import RegistrationError
 
 CHECK_SPACING_MM = 4.0
 # Fraction of the reference foreground that must land inside the moving image's field of view.

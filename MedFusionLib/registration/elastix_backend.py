@@ -22,9 +22,9 @@ from types import ModuleType
 import numpy as np
 import SimpleITK as sitk
 
-from ..errors import InputError
-from .presets import Stage, shrink_factors
-from .transforms import affine_parts
+from MedFusionLib.core.errors import InputError
+from MedFusionLib.registration.presets import Stage, shrink_factors
+from MedFusionLib.registration.transforms import affine_parts
 
 ParameterMap = dict[str, tuple[str, ...]]
 Progress = Callable[[float, str], None]

@@ -11,10 +11,11 @@ from __future__ import annotations
 import numpy as np
 import SimpleITK as sitk
 
-from ..errors import InputError, RegistrationError
-from .checks import Foreground, check_overlap
+from MedFusionLib.core.choices import INIT_CHOICES
+from MedFusionLib.core.errors import InputError, RegistrationError
+from MedFusionLib.registration.checks import Foreground, check_overlap
 
-INITIALIZERS = ("auto", "moments", "geometry", "none")
+INITIALIZERS = INIT_CHOICES
 
 
 def _image_centre(image: sitk.Image) -> np.ndarray:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import numpy as np
 import SimpleITK as sitk
 
-from .presets import Stage, shrink_factors
+from MedFusionLib.registration.presets import Stage, shrink_factors
 
 Progress = Callable[[float, str], None]
 

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from .errors import DeviceUnavailableError
-
-DEVICE_CHOICES = ("auto", "cpu", "cuda")
+from MedFusionLib.core.choices import DEVICE_CHOICES
+from MedFusionLib.core.errors import DeviceUnavailableError
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:

@@ -11,11 +11,11 @@ the CPU. Under ``torchrun`` the same code runs DistributedDataParallel (gloo on 
 CUDA); rank 0 alone writes logs and checkpoints.
 
 Objectives: ``fusion`` (EMFusion, HAF): ``model(a, b)`` trained with
-:class:`~MedFusionLib.losses.FusionLoss`; ``reconstruction`` (DenseFuse): ``model.reconstruct(x)``
-on single images of either modality with :class:`~MedFusionLib.losses.ReconstructionLoss`, the
+:class:`~MedFusionLib.training.losses.FusionLoss`; ``reconstruction`` (DenseFuse): ``model.reconstruct(x)``
+on single images of either modality with :class:`~MedFusionLib.training.losses.ReconstructionLoss`, the
 fusion rule being fixed.
 
-Validation fuses whole validation pairs and scores them with :mod:`MedFusionLib.metrics` next to
+Validation fuses whole validation pairs and scores them with :mod:`MedFusionLib.evaluation.metrics` next to
 the ``average`` rule; the score used to keep ``best.pt`` is, over the tasks, the smallest number
 of the eight metrics (:data:`SELECTION_METRICS`) on which the model beats ``average``, plus a
 tie-break in [0, 1) from the mean relative gain.
@@ -39,16 +39,16 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from . import metrics
-from .data import AugmentationConfig, PairAugmentation, PairDataset
-from .devices import resolve_device
-from .errors import InputError, MedFusionError
-from .losses import FusionLoss, FusionLossWeights, ReconstructionLoss
-from .models import create_model, model_spec
-from .models.registry import parameter_count
-from .precision import PRECISION_CHOICES, autocast_dtype
+from MedFusionLib.evaluation import metrics
+from MedFusionLib.datasets.training_data import AugmentationConfig, PairAugmentation, PairDataset
+from MedFusionLib.core.devices import resolve_device
+from MedFusionLib.core.errors import InputError, MedFusionError
+from MedFusionLib.training.losses import FusionLoss, FusionLossWeights, ReconstructionLoss
+from MedFusionLib.models import create_model, model_spec
+from MedFusionLib.models.registry import parameter_count
+from MedFusionLib.core.precision import PRECISION_CHOICES, autocast_dtype
 
-CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 SELECTION_METRICS = ("EN", "SD", "SF", "MI", "SCD", "VIF", "Qabf", "SSIM")
 OBJECTIVES = ("fusion", "reconstruction")
 PRECISIONS = PRECISION_CHOICES
@@ -248,7 +248,7 @@ def init_distributed(device: torch.device) -> Distributed:
 def fuse_levels(model: nn.Module, pairs: torch.Tensor, device: torch.device) -> np.ndarray:
     """Fuse ``(N, 2, H, W)`` uint8 pairs one by one: ``(N, H, W)`` float64 8-bit levels.
 
-    As :class:`MedFusionLib.evaluation.ModelMethod` scores them: [0, 1] inputs, output rounded.
+    As :class:`MedFusionLib.evaluation.scoring.ModelMethod` scores them: [0, 1] inputs, output rounded.
     """
     outputs = []
     with torch.inference_mode():
@@ -609,8 +609,8 @@ def export_weights(checkpoint_path: str | Path, out_dir: str | Path, extra_card:
     """
     from safetensors.torch import save_file
 
-    from .io import atomic_output
-    from .models.pretrained import sha256_of
+    from MedFusionLib.io import atomic_output
+    from MedFusionLib.models.pretrained import sha256_of
 
     checkpoint_path = Path(checkpoint_path)
     checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
@@ -665,11 +665,11 @@ def export_weights(checkpoint_path: str | Path, out_dir: str | Path, extra_card:
 def harvard_validation(model: nn.Module, name: str, data_dir: str | Path, tasks: list[str], split: str = "val") -> dict:
     """Score ``model`` and the ``average`` rule on every Harvard pair of ``tasks`` in ``split``.
 
-    The same code path as ``medfusion evaluate`` (:func:`MedFusionLib.evaluation.evaluate_pairs`).
+    The same code path as ``medfusion evaluate`` (:func:`MedFusionLib.evaluation.scoring.evaluate_pairs`).
     Returns ``{task: {"pairs": n, name: {metric: mean}, "average": {...}, "beats_average_on": [...]}}``
     over :data:`SELECTION_METRICS`, for a model card.
     """
-    from .evaluation import ModelMethod, evaluate_pairs, load_harvard_pairs
+    from MedFusionLib.evaluation.scoring import ModelMethod, evaluate_pairs, load_harvard_pairs
 
     pairs = load_harvard_pairs(data_dir, tasks, split)
     methods = [ModelMethod(name, model.eval(), torch.device("cpu")), ModelMethod("average", create_model("average"), torch.device("cpu"))]

@@ -6,7 +6,7 @@ channel 1: source B, 8-bit levels as the metrics score them):
 * :func:`load_harvard_pairs_array`: the Harvard 2D pairs (``pairs.csv``), MRI as A and CT, or the
   Y channel of colour PET/SPECT, as B; the split is the table's, which is by case.
 * :func:`load_volume_slices`: co-registered volumes (e.g. BraTS T1/T2), each volume normalised by
-  :func:`~MedFusionLib.preprocessing.normalize_intensity`, sampled as axial slices that hold
+  :func:`~MedFusionLib.imaging.normalization.normalize_intensity`, sampled as axial slices that hold
   foreground in both.
 
 :class:`PairDataset` serves whole pairs as ``(2, H, W)`` float32 in [0, 1]; the random crops and
@@ -29,10 +29,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from .errors import InputError
-from .evaluation import HARVARD_TASKS, load_harvard_pairs, load_pair_images
-from .io import read_image
-from .preprocessing import normalize_intensity
+from MedFusionLib.core.errors import InputError
+from MedFusionLib.evaluation.scoring import HARVARD_TASKS, load_harvard_pairs, load_pair_images
+from MedFusionLib.io import read_image
+from MedFusionLib.imaging.normalization import normalize_intensity
 
 FOREGROUND_LEVEL = 0.1  # fraction of full scale above which a pixel counts as anatomy
 
@@ -50,7 +50,7 @@ def load_harvard_pairs_array(data_dir: str | Path, tasks: Sequence[str], split: 
     """The Harvard pairs of ``tasks`` in ``split``: ``(N, 2, 256, 256)`` uint8 and each pair's task.
 
     Raises :class:`InputError` for a missing folder or file, an unknown task or split (see
-    :func:`MedFusionLib.evaluation.load_harvard_pairs`).
+    :func:`MedFusionLib.evaluation.scoring.load_harvard_pairs`).
     """
     pairs = load_harvard_pairs(data_dir, list(tasks), split)
     stacked, pair_tasks = [], []

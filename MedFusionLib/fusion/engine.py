@@ -14,7 +14,7 @@ foreground, chosen by the pipeline) and nothing else. What makes it fast, each s
   is one slice per pass, since a single slice's features stay in cache, with as many slices
   side by side as torch has threads (at most 8), sharing the cores (measured fastest); CUDA batches 32
   slices, copied from pinned host memory without blocking.
-- **Precision** from :mod:`MedFusionLib.precision` (fp16 autocast on CUDA, fp32 on the CPU by
+- **Precision** from :mod:`MedFusionLib.core.precision` (fp16 autocast on CUDA, fp32 on the CPU by
   default); optional ``torch.compile`` (measured no faster on a 2-core CPU, after 18-67 s of
   compiling; off by default).
 - On out-of-memory the batch is halved, and at one slice a CUDA run moves to the CPU (logged).
@@ -33,11 +33,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from .devices import resolve_device
-from .errors import FusionCancelled, InputError
-from .models import create_model
-from .models.optimize import has_convolutions, prepare_for_inference
-from .precision import autocast_dtype, precision_name
+from MedFusionLib.core.devices import resolve_device
+from MedFusionLib.core.errors import FusionCancelled, InputError
+from MedFusionLib.models import create_model
+from MedFusionLib.models.optimize import has_convolutions, prepare_for_inference
+from MedFusionLib.core.precision import autocast_dtype, precision_name
 
 log = logging.getLogger("MedFusionLib")
 
@@ -60,10 +60,10 @@ class SliceFuser:
         model: a registry name (built with ``create_model(name, pretrained)``) or a ready module
             (copied before its BatchNorms are folded; otherwise moved to the device and layout in
             place, as ``Module.to`` does).
-        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (see :func:`~MedFusionLib.devices.resolve_device`).
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (see :func:`~MedFusionLib.core.devices.resolve_device`).
         batch_size: slices per forward pass; :data:`DEFAULT_BATCH_SIZE` of the device when ``None``.
         pretrained: passed to :func:`~MedFusionLib.models.create_model` for a name.
-        precision: ``auto``, ``fp32``, ``bf16`` or ``fp16`` (:func:`~MedFusionLib.precision.autocast_dtype`).
+        precision: ``auto``, ``fp32``, ``bf16`` or ``fp16`` (:func:`~MedFusionLib.core.precision.autocast_dtype`).
         channels_last: ``None`` decides by the model (networks with convolutions: yes).
         compile: wrap the model in ``torch.compile`` (first call compiles; dynamic shapes).
         threads: set torch's intra-op thread count (process-wide); ``None`` keeps torch's

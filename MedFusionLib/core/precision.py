@@ -18,11 +18,11 @@ from functools import lru_cache
 
 import torch
 
-from .errors import InputError
+from MedFusionLib.core.choices import PRECISION_CHOICES
+from MedFusionLib.core.errors import InputError
 
 log = logging.getLogger("MedFusionLib")
 
-PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16")
 # Largest tolerated |fused(reduced precision) - fused(fp32)| on the [0, 1] output scale: one
 # grey level of an 8-bit display, i.e. a difference no viewer can show.
 ACCURACY_BUDGET = 1.0 / 255.0
@@ -48,7 +48,7 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 
     ``auto``: fp16 on CUDA (within the budget), fp32 on the CPU (bf16 is not). ``fp16`` needs
     CUDA; ``bf16`` on a CPU without native support works but is logged as slow. Training
-    (:mod:`MedFusionLib.training`) uses the same rule.
+    (:mod:`MedFusionLib.training.trainer`) uses the same rule.
     """
     if precision not in PRECISION_CHOICES:
         raise InputError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISION_CHOICES)}")

@@ -1,4 +1,4 @@
-"""Scoring fusion methods with :mod:`MedFusionLib.metrics`: on the Harvard 2D pairs and on volumes.
+"""Scoring fusion methods with :mod:`MedFusionLib.evaluation.metrics`: on the Harvard 2D pairs and on volumes.
 
 Harvard pairs (``<data>/pairs.csv``, ``<data>/<task>/<modality>/<id>.png``): the MRI is source A,
 the CT/PET/SPECT source B. Colour PET/SPECT is fused and scored on its Y channel (full-range
@@ -23,12 +23,13 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from . import metrics
-from .devices import resolve_device
-from .errors import InputError, WeightsNotAvailableError
-from .io import read_image, rgb_to_ycbcr
-from .models import create_model
-from .preprocessing import normalize_intensity
+from MedFusionLib.evaluation import metrics
+from MedFusionLib.core.devices import resolve_device
+from MedFusionLib.core.errors import InputError, WeightsNotAvailableError
+from MedFusionLib.imaging.colour import rgb_to_ycbcr
+from MedFusionLib.io import read_image
+from MedFusionLib.models import create_model
+from MedFusionLib.imaging.normalization import normalize_intensity
 
 HARVARD_TASKS = ("CT-MRI", "PET-MRI", "SPECT-MRI")
 HARVARD_SPLITS = ("train", "val")
@@ -248,7 +249,7 @@ def build_model_methods(
 ) -> tuple[list[FusionMethod], dict[str, str]]:
     """Registry models by name, and ``{name: reason}`` for those skipped for lack of weights.
 
-    Unknown names raise :class:`~MedFusionLib.errors.UnknownModelError`. A learned model
+    Unknown names raise :class:`~MedFusionLib.core.errors.UnknownModelError`. A learned model
     without shipped weights is skipped, never run with random weights.
     """
     resolved = resolve_device(device)
@@ -289,7 +290,7 @@ class Example:
 
 @dataclass
 class Evaluation:
-    """Everything an evaluation run produced; :mod:`MedFusionLib.report` writes it out."""
+    """Everything an evaluation run produced; :mod:`MedFusionLib.evaluation.report` writes it out."""
 
     split: str
     tasks: list[str]
@@ -448,10 +449,10 @@ def evaluate_volume(
     """Score a fused volume against its sources, slice by slice along array ``axis``.
 
     Args:
-        fused: the fused volume in [0, 1], as :func:`~MedFusionLib.pipeline.fuse_volumes` returns.
+        fused: the fused volume in [0, 1], as :func:`~MedFusionLib.fusion.pipeline.fuse_volumes` returns.
         source_a, source_b: the co-registered sources on the same grid. With
             ``normalize_sources`` they are scaled as the pipeline scales them
-            (:func:`~MedFusionLib.preprocessing.normalize_intensity`, per volume); otherwise they
+            (:func:`~MedFusionLib.imaging.normalization.normalize_intensity`, per volume); otherwise they
             must already be in [0, 1].
         axis: the numpy axis (of ``sitk.GetArrayFromImage`` order z, y, x) that was fused along.
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from .errors import InputError
+from MedFusionLib.core.errors import InputError
 
 # Fraction of the currently available memory a single run may plan to use; the rest is left to
 # the OS, the viewer (Slicer) and estimation error.

@@ -1,4 +1,4 @@
-"""Writing an :class:`~MedFusionLib.evaluation.Evaluation` out: CSV, Markdown, figures, HTML.
+"""Writing an :class:`~MedFusionLib.evaluation.scoring.Evaluation` out: CSV, Markdown, figures, HTML.
 
 Tables show mean ± std per metric and method, the best *fusion* method per column in bold, and
 the two single-source references (one source passed through unchanged) below them, marked where
@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from . import metrics
-from .evaluation import PIXELWISE_MAX_LABEL, REFERENCE_A, Evaluation, Example, VolumeEvaluation
-from .io import rgb_to_ycbcr, ycbcr_to_rgb
+from MedFusionLib.evaluation import metrics
+from MedFusionLib.evaluation.scoring import PIXELWISE_MAX_LABEL, REFERENCE_A, Evaluation, Example, VolumeEvaluation
+from MedFusionLib.imaging.colour import rgb_to_ycbcr, ycbcr_to_rgb
 
 TILE = 192  # pixels per image in the figure grid
 REFERENCE_MARK = "▲"

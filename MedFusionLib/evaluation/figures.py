@@ -10,7 +10,7 @@ import numpy as np
 import SimpleITK as sitk
 from PIL import Image, ImageDraw, ImageFont
 
-from .io import atomic_output
+from MedFusionLib.io import atomic_output
 
 PANEL_SIZE = 256  # pixels along the longer side of each panel
 _LABEL_HEIGHT = 22

@@ -27,7 +27,7 @@ from typing import Callable
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from .errors import InputError
+from MedFusionLib.core.errors import InputError
 
 EIGHT_BIT_MAX = 255.0
 

@@ -2,7 +2,7 @@
 
 A manifest is a CSV with the columns ``reference`` and ``moving`` (paths, relative ones taken from
 the manifest's folder) and optionally ``output`` (a file name or path inside the output folder).
-Each case is fused with :func:`~MedFusionLib.pipeline.fuse_volumes` and written atomically; then
+Each case is fused with :func:`~MedFusionLib.fusion.pipeline.fuse_volumes` and written atomically; then
 a small *completion record* ``.<output name>.done.json`` is written beside it, holding the
 output's sha256 and the options used. ``resume`` trusts an output only when that record exists,
 the options match, and the file still hashes to the recorded value: a file left by a killed run,
@@ -21,8 +21,9 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import InputError, MedFusionError
-from .io import atomic_output, sha256_of, write_image
+from MedFusionLib.core.errors import InputError, MedFusionError
+from MedFusionLib.fusion.options import FusionOptions
+from MedFusionLib.io import atomic_output, sha256_of, write_image
 
 REPORT_COLUMNS = ("case", "reference", "moving", "output", "status", "seconds", "error")
 
@@ -110,7 +111,7 @@ def completion_record_path(output: Path) -> Path:
     return output.with_name(f".{output.name}.done.json")
 
 
-def is_complete(case: BatchCase, options: dict) -> bool:
+def is_complete(case: BatchCase, options: FusionOptions) -> bool:
     """Whether an earlier run finished ``case`` with these ``options`` and its output is intact."""
     record_path = completion_record_path(case.output)
     if not case.output.is_file() or not record_path.is_file():
@@ -119,22 +120,21 @@ def is_complete(case: BatchCase, options: dict) -> bool:
         record = json.loads(record_path.read_text())
     except ValueError:
         return False
-    # Compare as stored: JSON turns tuples (e.g. a CT window) into lists.
-    same_options = record.get("options") == json.loads(json.dumps(options))
+    same_options = record.get("options") == options.to_dict()
     return same_options and record.get("sha256") == sha256_of(case.output)
 
 
-def fuse_case(case: BatchCase, options: dict) -> CaseOutcome:
+def fuse_case(case: BatchCase, options: FusionOptions) -> CaseOutcome:
     """Fuse one case, write its output and completion record; errors become a failed outcome."""
-    from .pipeline import fuse_volumes  # imported in the worker process
+    from MedFusionLib.fusion.pipeline import fuse_volumes  # imported in the worker process
 
     started = time.perf_counter()
     try:
-        result = fuse_volumes(case.reference, case.moving, **options)
+        result = fuse_volumes(case.reference, case.moving, options)
         # An earlier record must not vouch for a file this run is replacing.
         completion_record_path(case.output).unlink(missing_ok=True)
         write_image(result.fused, case.output, overwrite=True)
-        record = {"sha256": sha256_of(case.output), "options": options, "reference": str(case.reference), "moving": str(case.moving)}
+        record = {"sha256": sha256_of(case.output), "options": options.to_dict(), "reference": str(case.reference), "moving": str(case.moving)}
         with atomic_output(completion_record_path(case.output), overwrite=True) as temporary:
             temporary.write_text(json.dumps(record, indent=1))
         return CaseOutcome(case, "done", time.perf_counter() - started)
@@ -154,7 +154,7 @@ def _init_worker(threads: int) -> None:
 def run_batch(
     manifest: Path,
     output_dir: Path,
-    options: dict,
+    options: FusionOptions,
     *,
     shard: tuple[int, int] = (1, 1),
     resume: bool = False,
@@ -163,8 +163,7 @@ def run_batch(
 ) -> BatchSummary:
     """Fuse every case of ``manifest`` in ``shard`` into ``output_dir``; write a report CSV.
 
-    ``options``: keyword arguments for :func:`fuse_volumes` (JSON-serialisable: model name,
-    registration, device, axis, ...); they are stored in each completion record. The output
+    ``options``: how every case is registered and fused; stored in each completion record. The output
     folder is the batch's own: without ``resume`` every selected case is fused again and its
     output replaced. ``shard=(K, N)`` keeps every N-th case starting at K (see
     :func:`select_shard`). ``workers > 1`` fuses cases in parallel processes, splitting the CPU

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import SimpleITK as sitk
 
-from .transforms import affine_parts
+from MedFusionLib.registration.transforms import affine_parts
 
 
 def random_rigid(

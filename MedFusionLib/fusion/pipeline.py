@@ -8,6 +8,7 @@ the output only a bounded working set is held (two 512×512×400 volumes: 2.5 Gi
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from os import PathLike
@@ -17,19 +18,20 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from .errors import GridMismatchError, InputError
-from .geometry import SLICING_AXES, grid_differences, slicing_array_axis
-from .inference import Box, CancelCallback, SliceFuser
-from .io import read_image, rgb_to_ycbcr, ycbcr_to_rgb
-from .resources import require_memory
-from .preprocessing import apply_ct_window, percentile_bounds, resolve_ct_window, scale_to_bounds, slice_boxes
+from MedFusionLib.core.errors import GridMismatchError, InputError
+from MedFusionLib.core.geometry import grid_differences, slicing_array_axis
+from MedFusionLib.core.choices import DEFAULT_MODEL, REGISTRATION_CHOICES  # noqa: F401  (callers read them here)
+from MedFusionLib.fusion.options import FusionOptions
+from MedFusionLib.fusion.engine import Box, CancelCallback, SliceFuser
+from MedFusionLib.imaging.colour import rgb_to_ycbcr, ycbcr_to_rgb
+from MedFusionLib.io import read_image
+from MedFusionLib.core.resources import require_memory
+from MedFusionLib.imaging.normalization import apply_ct_window, percentile_bounds, resolve_ct_window, scale_to_bounds, slice_boxes
 
 ImageSource = str | PathLike | sitk.Image
 # progress(stage, done, total): stage "register" (done/total in percent) or "fuse" (slices).
 PipelineProgress = Callable[[str, int, int], None]
 
-REGISTRATION_CHOICES = ("none", "rigid", "affine", "bspline")
-DEFAULT_MODEL = "emfusion"  # best on the Harvard val split of the shipped models (see its model card)
 # Normalised intensity above which a voxel counts as foreground, and the margin (voxels) added
 # around each slice's foreground box so the faint rim of the anatomy below the threshold (partial
 # volume) is fused by the model too. The model's own context beyond the box is added by
@@ -117,7 +119,7 @@ def intensity_scaling(values: np.ndarray, window: str | tuple[float, float] | No
 
     A CT window if given; ``x / 255`` for 8-bit pictures (already display-scaled, and the
     literature's convention for the benchmark PNGs, which keeps fused colour in gamut); otherwise
-    per-volume percentile clipping and min-max (:func:`~MedFusionLib.preprocessing.normalize_intensity`),
+    per-volume percentile clipping and min-max (:func:`~MedFusionLib.imaging.normalization.normalize_intensity`),
     whose percentiles come from the whole volume here, before any slab is scaled.
     """
     if window is not None:
@@ -132,54 +134,40 @@ def intensity_scaling(values: np.ndarray, window: str | tuple[float, float] | No
 def fuse_volumes(
     reference: ImageSource,
     moving: ImageSource,
+    options: FusionOptions | None = None,
     *,
-    model: str | torch.nn.Module = DEFAULT_MODEL,
-    registration: str = "none",
-    registration_backend: str = "auto",
-    registration_initializer: str | sitk.Transform = "auto",
-    device: str | torch.device = "auto",
-    axis: str = "axial",
-    batch_size: int | None = None,
-    reference_window: str | tuple[float, float] | None = None,
-    moving_window: str | tuple[float, float] | None = None,
-    pretrained: bool = True,
-    precision: str = "auto",
-    threads: int | None = None,
-    compile: bool = False,
     progress: PipelineProgress | None = None,
     cancel: CancelCallback | None = None,
+    pretrained: bool = True,
+    **overrides,
 ) -> FusionResult:
     """Fuse ``moving`` into ``reference`` and return the result on the reference grid.
 
     Args:
         reference, moving: paths (any format :func:`~MedFusionLib.io.read_image` reads) or
             SimpleITK images; both 3D volumes, or both 2D images (grayscale or RGB).
-        model: a registry name (``medfusion models``) or a fusion ``nn.Module``.
-        registration: ``none`` requires the two to share a voxel grid; ``rigid``, ``affine`` or
-            ``bspline`` registers ``moving`` to ``reference`` first (:mod:`MedFusionLib.registration`;
-            3D volumes only: 2D pictures must already be aligned, as the benchmark pairs are).
-        registration_backend: ``auto``, ``elastix`` or ``simpleitk``.
-        registration_initializer: the starting alignment (``auto``, ``moments``, ``geometry``,
-            ``none``) or a ``sitk.Transform`` (reference -> moving points), e.g. for scans whose
-            fields of view do not overlap in physical space.
-        device: ``auto`` (CUDA when usable), ``cpu``, ``cuda``.
-        axis: slicing plane, ``axial``, ``coronal`` or ``sagittal`` (from the direction matrix).
-        reference_window, moving_window: a CT window (name from
-            :data:`~MedFusionLib.preprocessing.CT_WINDOWS` or ``(level, width)`` in HU) for a CT
-            input; ``None`` scales 8-bit pictures by 1/255 and normalises anything else per
-            volume (:func:`~MedFusionLib.preprocessing.normalize_intensity`).
-        precision: ``auto`` (fp16 on CUDA, fp32 on the CPU), ``fp32``, ``bf16`` or ``fp16``
-            (:mod:`MedFusionLib.precision`).
-        threads: torch CPU threads (process-wide); ``None`` keeps torch's default (all cores).
-        compile: ``torch.compile`` the model (measured no faster on a 2-core CPU; off by default).
-        progress: ``progress(stage, done, total)``; ``cancel()`` returning True stops the run with
-            :class:`~MedFusionLib.errors.FusionCancelled`. Nothing is written by this function.
+        options: how to register and fuse (:class:`~MedFusionLib.fusion.options.FusionOptions`;
+            its defaults when ``None``). ``overrides`` replace single fields, e.g.
+            ``fuse_volumes(ct, mr, model="haf", registration="rigid")``. Two overrides take
+            Python objects instead of names: ``model`` may be a fusion ``nn.Module`` (used as
+            it is), ``initial_transform`` a ``sitk.Transform`` (reference -> moving points).
+        progress: ``progress(stage, done, total)`` with stage ``register`` (percent) or ``fuse``
+            (slices); ``cancel()`` returning True stops the run with
+            :class:`~MedFusionLib.core.errors.FusionCancelled`. Nothing is written by this function.
+        pretrained: load the shipped weights of a named network (``False``: random weights, for tests).
+
+    The options, as applied here: ``registration`` ``none`` requires the two to share a voxel
+    grid; ``auto`` registers rigidly unless they do; ``rigid``/``affine``/``bspline`` register
+    ``moving`` onto ``reference`` (3D only: 2D pictures must already be aligned, as the benchmark
+    pairs are). Windows: a CT window for a CT input; without one, 8-bit pictures are scaled by
+    1/255 and anything else is normalised per volume
+    (:func:`~MedFusionLib.imaging.normalization.normalize_intensity`).
     """
+    network = overrides.pop("model") if isinstance(overrides.get("model"), torch.nn.Module) else None
+    transform = overrides.pop("initial_transform") if isinstance(overrides.get("initial_transform"), sitk.Transform) else None
+    options = dataclasses.replace(options or FusionOptions(), **overrides)
+    model = network if network is not None else options.model
     started = time.perf_counter()
-    if axis not in SLICING_AXES:
-        raise InputError(f"unknown slicing axis {axis!r}; choose one of {', '.join(SLICING_AXES)}")
-    if registration not in REGISTRATION_CHOICES:
-        raise InputError(f"unknown registration {registration!r}; choose one of {', '.join(REGISTRATION_CHOICES)}")
     reference_image = load_image(reference, "reference")
     moving_image = load_image(moving, "moving")
     if reference_image.GetDimension() != moving_image.GetDimension():
@@ -187,6 +175,7 @@ def fuse_volumes(
             f"the reference is {reference_image.GetDimension()}D but the moving image is "
             f"{moving_image.GetDimension()}D; give two volumes or two 2D images"
         )
+    registration = resolve_registration(options, reference_image, moving_image, transform is not None)
     # Beyond the inputs: the float32 result and its copy into the output image, plus one
     # transient copy for the percentiles; registration adds the resampled moving image. Slabs
     # are bounded by SLAB_VOXELS.
@@ -196,8 +185,8 @@ def fuse_volumes(
     )
     # Build the model before the slow steps, so a wrong name or missing weights fail at once.
     fuser = SliceFuser(
-        model, device=device, batch_size=batch_size, pretrained=pretrained,
-        precision=precision, compile=compile, threads=threads,
+        model, device=options.device, batch_size=options.batch_size, pretrained=pretrained,
+        precision=options.precision, compile=options.compile, threads=options.threads,
     )
     stage_seconds = {"load": time.perf_counter() - started}
 
@@ -215,7 +204,10 @@ def fuse_volumes(
             )
         registered_luminance = moving_luminance
     else:
-        from .registration import register  # optional heavy import (elastix) only when asked
+        from MedFusionLib.registration import read_transform, register  # heavy (elastix): only when asked
+
+        if transform is None and options.initial_transform is not None:
+            transform = read_transform(options.initial_transform)
 
         if progress:
             progress("register", 0, 100)
@@ -223,8 +215,8 @@ def fuse_volumes(
             reference_luminance,
             moving_luminance,
             preset=registration,
-            backend=registration_backend,
-            initializer=registration_initializer,
+            backend=options.backend,
+            initializer=transform if transform is not None else options.init,
             # Registration reports a fraction; the pipeline's stages count steps: percent.
             progress=(lambda fraction, _message: progress("register", int(round(100 * fraction)), 100)) if progress else None,
         )
@@ -236,9 +228,9 @@ def fuse_volumes(
     fuse_started = time.perf_counter()
     a = sitk.GetArrayViewFromImage(reference_luminance)
     b = sitk.GetArrayViewFromImage(registered_luminance)
-    scale_a = intensity_scaling(a, reference_window, reference_image.GetPixelID() in _EIGHT_BIT)
-    scale_b = intensity_scaling(b, moving_window, moving_image.GetPixelID() in _EIGHT_BIT)
-    slice_axis = slicing_array_axis(reference_image, axis) if a.ndim == 3 else None
+    scale_a = intensity_scaling(a, options.reference_window_value, reference_image.GetPixelID() in _EIGHT_BIT)
+    scale_b = intensity_scaling(b, options.moving_window_value, moving_image.GetPixelID() in _EIGHT_BIT)
+    slice_axis = slicing_array_axis(reference_image, options.axis) if a.ndim == 3 else None
     fused, fused_slices = fuse_arrays(a, b, scale_a, scale_b, slice_axis, fuser, progress, cancel)
     stage_seconds["fuse"] = time.perf_counter() - fuse_started
 
@@ -267,6 +259,21 @@ def fuse_volumes(
         fused_slices=fused_slices,
         stage_seconds=stage_seconds,
     )
+
+
+def resolve_registration(options: FusionOptions, reference: sitk.Image, moving: sitk.Image, has_transform: bool) -> str:
+    """The registration preset a run uses: ``options.registration``, with ``auto`` made concrete.
+
+    ``auto`` is ``none`` when the two images share a voxel grid (co-registered data; 2D pictures,
+    which are never registered) and no initial transform was given, else ``rigid``.
+    """
+    if options.registration != "auto":
+        return options.registration
+    if reference.GetDimension() == 2:
+        return "none"
+    if has_transform or options.initial_transform is not None or grid_differences(reference, moving):
+        return "rigid"
+    return "none"
 
 
 def fuse_arrays(

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import InputError
+from MedFusionLib.core.errors import InputError
 
 SSIM_WINDOW = 11
 SSIM_SIGMA = 1.5

@@ -11,7 +11,9 @@ from __future__ import annotations
 import numpy as np
 import SimpleITK as sitk
 
-SLICING_AXES = ("axial", "coronal", "sagittal")
+from MedFusionLib.core.choices import AXIS_CHOICES
+
+SLICING_AXES = AXIS_CHOICES
 # Physical LPS axis that each slicing plane is perpendicular to: axial slices stack along S-I (z),
 # coronal along A-P (y), sagittal along L-R (x).
 _PHYSICAL_AXIS = {"axial": 2, "coronal": 1, "sagittal": 0}

@@ -9,17 +9,9 @@ from __future__ import annotations
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import InputError
+from MedFusionLib.core.choices import CT_WINDOWS
+from MedFusionLib.core.errors import InputError
 
-# (level, width) in Hounsfield units: the usual radiology display windows.
-CT_WINDOWS: dict[str, tuple[float, float]] = {
-    "brain": (40.0, 80.0),
-    "subdural": (75.0, 215.0),
-    "stroke": (40.0, 40.0),
-    "soft-tissue": (50.0, 400.0),
-    "bone": (400.0, 1800.0),
-    "lung": (-600.0, 1500.0),
-}
 
 NORMALIZATION_EPS = 1e-7
 
@@ -54,7 +46,9 @@ def scale_to_bounds(array: np.ndarray, bounds: tuple[float, float]) -> np.ndarra
     """
     low, high = bounds
     clipped = np.clip(np.asarray(array, dtype=np.float32), low, high)
-    return ((clipped - low) / (high - low + NORMALIZATION_EPS)).astype(np.float32, copy=False)
+    scaled = ((clipped - low) / (high - low + NORMALIZATION_EPS)).astype(np.float32, copy=False)
+    # In float32, (x - lo) / (hi - lo + eps) can round to just above 1 for large |lo|, |hi|.
+    return np.minimum(scaled, np.float32(1.0), out=scaled)
 
 
 def resolve_ct_window(window: str | tuple[float, float]) -> tuple[float, float]:

@@ -7,7 +7,7 @@ otherwise a phantom of the requested size), the **naive reference** is timed aga
 - naive: every slice, one at a time (batch 1), whole slices, fp32, NCHW, the model as trained
   (no folding), eager under ``torch.no_grad``; normalisation and the per-slice foreground boxes as
   in the product, so both compute the same fused volume;
-- product: :func:`MedFusionLib.pipeline.fuse_arrays` with :class:`~MedFusionLib.inference.SliceFuser`
+- product: :func:`MedFusionLib.fusion.pipeline.fuse_arrays` with :class:`~MedFusionLib.fusion.engine.SliceFuser`
   (boxes plus receptive-field context, skipped empty slices, folded BatchNorms, channels-last,
   inference mode, the default precision and batch size), optionally also in other precisions
   and with ``torch.compile``.
@@ -35,20 +35,20 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from .devices import resolve_device
-from .errors import InputError
-from .inference import SliceFuser
-from .models import create_model
-from .pipeline import FOREGROUND_MARGIN, FOREGROUND_THRESHOLD, fuse_arrays, intensity_scaling
-from .precision import ACCURACY_BUDGET, PRECISION_CHOICES, cpu_has_native_bf16
-from .preprocessing import normalize_intensity, slice_boxes
+from MedFusionLib.core.devices import resolve_device
+from MedFusionLib.core.errors import InputError
+from MedFusionLib.fusion.engine import SliceFuser
+from MedFusionLib.models import create_model
+from MedFusionLib.fusion.pipeline import FOREGROUND_MARGIN, FOREGROUND_THRESHOLD, fuse_arrays, intensity_scaling
+from MedFusionLib.core.precision import ACCURACY_BUDGET, PRECISION_CHOICES, cpu_has_native_bf16
+from MedFusionLib.imaging.normalization import normalize_intensity, slice_boxes
 
 DEFAULT_MODELS = ("emfusion", "haf", "densefuse", "laplacian")
 DEFAULT_SIZE = (240, 240, 155)
 DEFAULT_CASE = "TCGA-DU-7294"
 # Where a checkout keeps the shared data: beside the repository, or beside the working directory.
 _SHARED_CANDIDATES = (
-    Path(__file__).resolve().parents[2] / "shared" / "data" / "brats",
+    Path(__file__).resolve().parents[3] / "shared" / "data" / "brats",
     Path.cwd().parent / "shared" / "data" / "brats",
 )
 FP32_TOLERANCE = 1e-5  # product vs naive, both fp32: only the order of float operations differs
@@ -106,7 +106,7 @@ def load_benchmark_pair(data: Path | None, size: tuple[int, int, int] = DEFAULT_
     if data is None:
         data = find_shared_case()
     if data is None:
-        from .phantom import make_head_phantom
+        from MedFusionLib.imaging.phantom import make_head_phantom
 
         phantom = make_head_phantom(size=size, spacing=(1.0, 1.0, 1.0), seed=0)
         return BenchmarkPair(phantom.ct, phantom.mr, f"phantom CT/MR {'×'.join(map(str, size))} (no shared data found)")
@@ -191,7 +191,7 @@ def naive_fuse(model: torch.nn.Module, a: np.ndarray, b: np.ndarray, device: tor
     """The straightforward loop: normalise, run every whole axial slice alone, keep the boxes.
 
     ``a``, ``b``: raw ``(N, H, W)`` arrays. Returns float32 ``(N, H, W)``, defined exactly as the
-    product's :func:`~MedFusionLib.pipeline.fuse_arrays` output: the model inside each slice's
+    product's :func:`~MedFusionLib.fusion.pipeline.fuse_arrays` output: the model inside each slice's
     foreground box, the mean of the normalised inputs elsewhere.
     """
     a, b = normalize_intensity(a), normalize_intensity(b)
@@ -298,11 +298,11 @@ def benchmark_registration(
     """Time :func:`~MedFusionLib.registration.register` of the moving volume, displaced by a fixed
     rigid motion (10°, 8 mm), back onto the reference, per preset and backend. Returns the rows
     and the seconds itk-elastix took to load (``None`` when elastix is not among ``backends``)."""
-    from .registration import register
-    from .registration.accuracy import warp_with_known_transform
-    from .registration.elastix_backend import load_itk_elastix
+    from MedFusionLib.registration import register
+    from MedFusionLib.devtools.registration_accuracy import warp_with_known_transform
+    from MedFusionLib.registration.elastix_backend import load_itk_elastix
 
-    from .phantom import rigid_motion
+    from MedFusionLib.imaging.phantom import rigid_motion
 
     centre = pair.reference.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2 for s in pair.reference.GetSize()])
     motion = rigid_motion((10.0, -6.0, 4.0), (8.0, -5.0, 6.0))
@@ -402,7 +402,7 @@ def run_benchmark(
     result["repeats"] = repeats
     result["fusion"] = [asdict(row) for row in rows]
     if presets:
-        from .registration import available_backends
+        from MedFusionLib.registration import available_backends
 
         report(f"\n{REGISTRATION_HEADER}")
         registration_rows, load_seconds = benchmark_registration(pair, presets, backends or available_backends(), report=report)

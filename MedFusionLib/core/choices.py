@@ -1,0 +1,38 @@
+"""Every named choice a fusion run offers, and its default, in one place.
+
+Standard library only: the Slicer module reads these before torch or SimpleITK are installed,
+and the CLI builds ``--help`` from them without importing either. The modules that act on a
+choice (devices, precision, registration, geometry, the model registry) import their lists from
+here, and :class:`~MedFusionLib.fusion.options.FusionOptions` validates against them.
+"""
+
+from __future__ import annotations
+
+# Shipped fusion models and training-free rules; the registry (MedFusionLib.models) must register
+# exactly these (Testing/test_options.py checks it), so this list can be read without torch.
+MODEL_CHOICES = ("emfusion", "haf", "densefuse", "average", "maximum", "laplacian")
+DEFAULT_MODEL = "emfusion"  # best shipped model on the Harvard val split (see its model card)
+
+# "auto": no registration when both images share a voxel grid (already co-registered, e.g. the
+# BraTS volumes or two series of one scan), rigid otherwise (two scans from two machines).
+REGISTRATION_CHOICES = ("auto", "none", "rigid", "affine", "bspline")
+DEFAULT_REGISTRATION = "auto"
+REGISTRATION_PRESETS = ("rigid", "affine", "bspline")
+
+BACKEND_CHOICES = ("auto", "elastix", "simpleitk")
+INIT_CHOICES = ("auto", "moments", "geometry", "none")
+DEVICE_CHOICES = ("auto", "cpu", "cuda")  # "cuda:N" is accepted too
+PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16")
+AXIS_CHOICES = ("axial", "coronal", "sagittal")
+PROGRESS_CHOICES = ("bar", "json", "none")
+
+# (level, width) in Hounsfield units: the usual radiology display windows. A window is one of
+# these names or "LEVEL,WIDTH".
+CT_WINDOWS: dict[str, tuple[float, float]] = {
+    "brain": (40.0, 80.0),
+    "subdural": (75.0, 215.0),
+    "stroke": (40.0, 40.0),
+    "soft-tissue": (50.0, 400.0),
+    "bone": (400.0, 1800.0),
+    "lung": (-600.0, 1500.0),
+}

@@ -1,0 +1,1 @@
+"""Training and evaluation data: Harvard pairs, slices of co-registered volumes, augmentation."""

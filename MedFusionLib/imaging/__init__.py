@@ -1,0 +1,1 @@
+"""Image-level operations on arrays and SimpleITK images: intensity normalisation, CT windows, colour, phantoms."""

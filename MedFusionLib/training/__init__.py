@@ -1,0 +1,1 @@
+"""Training the fusion networks: configuration, the loop, checkpoints, losses, export of shipped weights."""
