@@ -108,7 +108,7 @@ def test_a_single_slice_volume_is_fused(tmp_path):
 
 
 def test_several_dicom_series_must_be_chosen_then_fuse(inputs, tmp_path, capsys):
-    from MedFusionLib.io import list_dicom_series, write_dicom_series
+    from MedFusionLib.io.dicom import list_dicom_series, write_dicom_series
 
     good = sitk.ReadImage(str(inputs["good"]))
     other = sitk.Image(good)

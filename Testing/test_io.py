@@ -14,14 +14,9 @@ import SimpleITK as sitk
 from PIL import Image
 
 from MedFusionLib.core.errors import InputError, OutputExistsError
-from MedFusionLib.io import (
-    atomic_output,
-    atomic_output_directory,
-    list_dicom_series,
-    read_image,
-    write_dicom_series,
-    write_image,
-)
+from MedFusionLib.core.files import atomic_output, atomic_output_directory
+from MedFusionLib.io import read_image, write_image
+from MedFusionLib.io.dicom import list_dicom_series, write_dicom_series
 from MedFusionLib.imaging.colour import rgb_to_ycbcr, ycbcr_to_rgb
 
 HARVARD = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "harvard"

@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from MedFusionLib.io import read_image, write_dicom_series, write_image
+from MedFusionLib.io import read_image, write_image
+from MedFusionLib.io.dicom import write_dicom_series
 
 
 def best_seconds(action, repeats: int, before=None) -> float:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from MedFusionLib.devtools.benchmark import DEFAULT_MODELS, DEFAULT_SIZE, markdown_report, run_benchmark
 from MedFusionLib.core.devices import DEVICE_CHOICES
-from MedFusionLib.io import atomic_output
+from MedFusionLib.core.files import atomic_output
 from MedFusionLib.models import list_models
 from MedFusionLib.core.precision import PRECISION_CHOICES
 

@@ -23,7 +23,8 @@ from tqdm import tqdm
 from MedFusionLib.core.devices import DEVICE_CHOICES, describe_device, resolve_device
 from MedFusionLib.core.errors import InputError
 from MedFusionLib.core.geometry import SLICING_AXES, slicing_array_axis
-from MedFusionLib.io import atomic_output, atomic_output_directory, read_image, refuse_existing_outputs
+from MedFusionLib.core.files import atomic_output, atomic_output_directory, refuse_existing_outputs
+from MedFusionLib.io import read_image
 from MedFusionLib.evaluation.metrics import METRICS
 from MedFusionLib.models import list_models
 

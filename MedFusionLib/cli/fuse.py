@@ -73,7 +73,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     # Imported here, not at the top: `medfusion --help` and argument errors need neither torch nor ITK.
     from MedFusionLib.fusion.pipeline import fuse_volumes
-    from MedFusionLib.io import read_image, refuse_existing_outputs, write_image
+    from MedFusionLib.core.files import refuse_existing_outputs
+    from MedFusionLib.io import read_image, write_image
 
     options = FusionOptions.from_namespace(args)
     # Refuse before the slow part, not after it.

@@ -6,7 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from MedFusionLib.io import read_image, refuse_existing_outputs, write_image
+from MedFusionLib.core.files import refuse_existing_outputs
+from MedFusionLib.io import read_image, write_image
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:

@@ -10,7 +10,7 @@ import numpy as np
 import SimpleITK as sitk
 from PIL import Image, ImageDraw, ImageFont
 
-from MedFusionLib.io import atomic_output
+from MedFusionLib.core.files import atomic_output
 
 PANEL_SIZE = 256  # pixels along the longer side of each panel
 _LABEL_HEIGHT = 22
@@ -74,6 +74,6 @@ def comparison_figure(panels: dict[str, sitk.Image], planes: tuple[str, ...] = (
 
 
 def save_figure(figure: Image.Image, path, overwrite: bool = False) -> None:
-    """Write a figure as PNG, atomically (see :func:`~MedFusionLib.io.atomic_output`)."""
+    """Write a figure as PNG, atomically (see :func:`~MedFusionLib.core.files.atomic_output`)."""
     with atomic_output(path, overwrite=overwrite) as temporary:
         figure.save(temporary, format="PNG")

@@ -23,7 +23,8 @@ from pathlib import Path
 
 from MedFusionLib.core.errors import InputError, MedFusionError
 from MedFusionLib.fusion.options import FusionOptions
-from MedFusionLib.io import atomic_output, sha256_of, write_image
+from MedFusionLib.core.files import atomic_output, sha256_of
+from MedFusionLib.io import write_image
 
 REPORT_COLUMNS = ("case", "reference", "moving", "output", "status", "seconds", "error")
 

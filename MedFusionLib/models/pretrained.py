@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from MedFusionLib.core.errors import WeightsIntegrityError, WeightsNotAvailableError
-from MedFusionLib.io import sha256_of
+from MedFusionLib.core.files import sha256_of
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 

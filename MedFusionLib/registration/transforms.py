@@ -15,7 +15,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from MedFusionLib.core.errors import InputError
-from MedFusionLib.io import atomic_output
+from MedFusionLib.core.files import atomic_output
 
 TRANSFORM_SUFFIXES = (".tfm", ".txt", ".h5", ".hdf5", ".mat")
 

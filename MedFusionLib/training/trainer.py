@@ -609,7 +609,7 @@ def export_weights(checkpoint_path: str | Path, out_dir: str | Path, extra_card:
     """
     from safetensors.torch import save_file
 
-    from MedFusionLib.io import atomic_output
+    from MedFusionLib.core.files import atomic_output
     from MedFusionLib.models.pretrained import sha256_of
 
     checkpoint_path = Path(checkpoint_path)

@@ -1,0 +1,152 @@
+"""Volumes read and written with SimpleITK: NIfTI (``.nii``, ``.nii.gz``), NRRD (``.nrrd``, ``.nhdr``),
+MetaImage (``.mha``, ``.mhd``). Origin, spacing (mm) and direction travel with the image.
+
+NIfTI is checked beyond what ITK's reader does: a truncated file (ITK fills the missing voxels
+with zeros) and NaN/Inf voxels in a float file (ITK turns NaN into 0) are refused.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import zlib
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from MedFusionLib.core.errors import InputError
+from MedFusionLib.core.files import atomic_output
+from MedFusionLib.core.resources import require_memory
+
+VOLUME_FORMATS = {
+    ".nii": "NIfTI",
+    ".nii.gz": "NIfTI",
+    ".nrrd": "NRRD",
+    ".nhdr": "NRRD",
+    ".mha": "MetaImage",
+    ".mhd": "MetaImage",
+}
+# ITK's readers pick an ImageIO by extension, case-sensitively; naming it reads "F.MHA" too.
+_ITK_IMAGE_IO = {"NIfTI": "NiftiImageIO", "NRRD": "NrrdImageIO", "MetaImage": "MetaImageIO"}
+
+
+def file_extension(path: Path) -> str:
+    """The lower-case extension, ``.nii.gz`` counted as one."""
+    name = path.name.lower()
+    if name.endswith(".nii.gz"):
+        return ".nii.gz"
+    return Path(name).suffix
+
+
+def itk_reason(error: RuntimeError) -> str:
+    """The useful last line of a SimpleITK exception, without source-file noise."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    reason = lines[-1] if lines else "unknown error"
+    return reason.removeprefix("sitk::ERROR:").strip()
+
+
+def read_volume(path: Path, format_name: str) -> sitk.Image:
+    """Read a volume file of ``format_name`` (a value of :data:`VOLUME_FORMATS`, or ``"DICOM"`` for a
+    lone DICOM file), refusing before allocation when its voxels would not fit in memory."""
+    if format_name == "NIfTI":
+        _require_complete_nifti(path)
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    if format_name in _ITK_IMAGE_IO:
+        reader.SetImageIO(_ITK_IMAGE_IO[format_name])
+    try:
+        # The header alone says how much memory the pixels will take: refuse before allocating.
+        reader.ReadImageInformation()
+        size = reader.GetSize()
+        voxel_bytes = reader.GetNumberOfComponents() * sitk.GetArrayViewFromImage(
+            sitk.Image([1] * len(size), reader.GetPixelID())
+        ).itemsize
+        require_memory(
+            int(np.prod(size, dtype=np.float64)) * voxel_bytes,
+            f"reading {path} ({'×'.join(map(str, size))} voxels)",
+        )
+        image = reader.Execute()
+    except RuntimeError as error:
+        raise InputError(
+            f"Could not read {path} as {format_name}: {itk_reason(error)}. Check that the "
+            f"file is complete and really {format_name} (re-export or re-download it)."
+        ) from error
+    if format_name == "NIfTI" and image.GetPixelID() in _FLOAT_PIXEL_IDS:
+        _require_finite_nifti(path)
+    return image
+
+
+_FLOAT_PIXEL_IDS = (sitk.sitkFloat32, sitk.sitkFloat64, sitk.sitkVectorFloat32, sitk.sitkVectorFloat64)
+
+
+def _require_finite_nifti(path: Path) -> None:
+    """Refuse NaN/Inf in a float NIfTI: ITK's NIfTI reader silently turns NaN into 0, which would
+    hide the problem from every later check."""
+    import nibabel
+
+    values = np.asanyarray(nibabel.load(path).dataobj)
+    bad = values.size - int(np.isfinite(values).sum())
+    if bad:
+        raise InputError(
+            f"{path} contains {bad} NaN or infinite voxels; replace them (e.g. with the background "
+            "value) or mask them in the source image, then retry."
+        )
+
+
+def _require_complete_nifti(path: Path) -> None:
+    """Refuse a truncated NIfTI file: ITK's reader silently fills the missing voxels with zeros."""
+    import nibabel
+
+    try:
+        voxels = nibabel.load(path).dataobj  # reads the header only
+        # The proxy's offset, not the header's vox_offset: writers may leave that 0 (ITK does).
+        expected = int(voxels.offset) + int(np.prod(voxels.shape)) * voxels.dtype.itemsize
+    except Exception as error:  # nibabel raises many types for a damaged header
+        raise InputError(
+            f"Could not read {path} as NIfTI: the header is damaged ({error}). Check that the "
+            "file is complete and really NIfTI (re-export or re-download it)."
+        ) from error
+    if file_extension(path) == ".nii.gz":
+        available = _gzip_content_length(path, expected)
+    else:
+        available = path.stat().st_size
+    if available < expected:
+        raise InputError(
+            f"Could not read {path} as NIfTI: the file is truncated (it holds {available} of "
+            f"{expected} bytes of header and voxels). Copy or download it again."
+        )
+
+
+def _gzip_content_length(path: Path, expected: int) -> int:
+    """Uncompressed length of a gzip file, read from its trailer when that matches ``expected``."""
+    with open(path, "rb") as file:
+        file.seek(-4, os.SEEK_END)
+        trailer_size = int.from_bytes(file.read(4), "little")  # ISIZE: length modulo 2**32
+    if trailer_size == expected % 2**32:
+        return expected  # a truncated file ends in compressed bytes that match by chance ~2**-32
+    # Trailing bytes, several gzip members, or truncation: decompress and count to be sure.
+    total = 0
+    try:
+        with gzip.open(path, "rb") as stream:
+            while chunk := stream.read(1 << 22):
+                total += len(chunk)
+    except (EOFError, OSError, zlib.error):
+        pass  # truncated or damaged: what was counted is what is there
+    return total
+
+
+def write_volume(image: sitk.Image, target: Path, extension: str, *, overwrite: bool, compress: bool) -> None:
+    """Write ``image`` to ``target`` atomically in the volume format ``extension`` names (a key of
+    :data:`VOLUME_FORMATS`), keeping pixel type and geometry; ``compress`` gzips NRRD/MetaImage data."""
+    with atomic_output(target, overwrite=overwrite) as temporary:
+        # ITK's NIfTI writer accepts lower-case extensions only: write so, then rename.
+        written = temporary.with_name(temporary.name[: -len(extension)] + extension)
+        try:
+            sitk.WriteImage(image, str(written), useCompression=compress)
+        except RuntimeError as error:
+            raise InputError(
+                f"Could not write {target}: {itk_reason(error)}. Check free disk space and "
+                "that the format can hold this pixel type."
+            ) from error
+        os.replace(written, temporary)
