@@ -1,0 +1,254 @@
+"""The warm worker and its protocol, with real processes (no Slicer, no Qt): jobs on one process,
+Cancel killing the whole process tree, a fresh worker after Cancel, the idle timeout, the end of
+the worker when Slicer goes away, and the plain-Python helpers (launcher, environment, parsing)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import SimpleITK as sitk
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "MedFusion"))
+
+from MedFusionSlicer.worker import (  # noqa: E402
+    FusionJob,
+    Message,
+    Notice,
+    Progress,
+    WorkerProcess,
+    error_summary,
+    kill_process_tree,
+    overall_fraction,
+    parse_line,
+    python_executable,
+    tree_kill_command,
+    worker_environment,
+)
+
+from conftest import SMALL_SIZE, SMALL_SPACING  # noqa: E402
+from MedFusionLib.fusion.options import FusionOptions  # noqa: E402
+from MedFusionLib.imaging.phantom import make_head_phantom  # noqa: E402
+from MedFusionLib.io import write_image  # noqa: E402
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` is a running (not zombie) process."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"
+
+
+@pytest.fixture(scope="module")
+def job_folder_factory(tmp_path_factory):
+    phantom = make_head_phantom(size=SMALL_SIZE, spacing=SMALL_SPACING, seed=1)
+
+    def make() -> Path:
+        folder = tmp_path_factory.mktemp("job")
+        write_image(phantom.ct, folder / "reference.nrrd", compress=False)
+        write_image(phantom.mr, folder / "moving.nrrd", compress=False)
+        return folder
+
+    return make
+
+
+@pytest.fixture(scope="module")
+def worker():
+    process = WorkerProcess(cpu_only=True, idle_timeout=120)
+    yield process
+    process.stop()
+
+
+def _wait_for(worker: WorkerProcess, name: str, timeout: float = 120.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for line in worker.take_lines(block_s=0.2):
+            event = None if line is None else parse_line(line)
+            if isinstance(event, Notice) and event.name == name:
+                return event.data
+            if line is None:
+                raise AssertionError(f"the worker ended (exit {worker.exit_code}) before '{name}'")
+    raise AssertionError(f"no '{name}' event within {timeout} s")
+
+
+@pytest.mark.skipif(os.name == "nt", reason="POSIX process groups")
+def test_cancel_kills_the_whole_process_tree(tmp_path):
+    """B1: Cancel ends the worker and the process it started (as PythonSlicer starts python-real),
+    at once; the job reports cancelled."""
+    pid_file = tmp_path / "grandchild.pid"
+    (tmp_path / "grandchild.py").write_text(
+        f"import os, time\nopen({str(pid_file)!r}, 'w').write(str(os.getpid()))\ntime.sleep(300)\n"
+    )
+    (tmp_path / "launcher.py").write_text(
+        f"import subprocess, sys, time\nsubprocess.Popen([sys.executable, {str(tmp_path / 'grandchild.py')!r}])\n"
+        "print('started', flush=True)\ntime.sleep(300)\n"
+    )
+    launcher = [sys.executable, str(tmp_path / "launcher.py")]
+    process = WorkerProcess(command=launcher, environment=dict(os.environ))
+    job = FusionJob(tmp_path, {"registration": "none"}, process)
+    job.start()
+    deadline = time.monotonic() + 60
+    while not pid_file.is_file() or not pid_file.read_text():
+        assert time.monotonic() < deadline, "the grandchild did not start"
+        time.sleep(0.05)
+    grandchild = int(pid_file.read_text())
+    assert _alive(grandchild) and process.alive
+    started = time.monotonic()
+    job.cancel()
+    assert time.monotonic() - started < 5
+    assert not process.alive and process.process.returncode is not None
+    deadline = time.monotonic() + 5
+    while _alive(grandchild) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(grandchild), "the launcher's child survived Cancel"
+    assert job.poll()[-1].state == "cancelled" and job.state == "cancelled"
+
+
+def test_tree_kill_on_windows_uses_taskkill_with_tree():
+    assert tree_kill_command(4242) == ["taskkill", "/F", "/T", "/PID", "4242"]
+
+
+def test_jobs_run_on_one_warm_process_and_report_progress(worker, job_folder_factory):
+    """Two jobs on the same process: the second pays no start-up; each ends with its own
+    finished event and writes uncompressed results."""
+    ready = worker.info or (worker.start() or _wait_for(worker, "ready"))
+    assert {choice["name"] for choice in ready["models"]} >= {"emfusion", "average"}
+    assert "CPU" in ready["device"]
+    pid = worker.process.pid
+    seconds = []
+    for model in ("average", "maximum"):
+        folder = job_folder_factory()
+        job = FusionJob(folder, FusionOptions(model=model, registration="none", device="cpu").to_dict(), worker)
+        started = time.perf_counter()
+        job.start()
+        events = job.wait(timeout=180)
+        seconds.append(time.perf_counter() - started)
+        assert job.state == "succeeded", job.error
+        assert any(isinstance(event, Progress) and event.stage == "fuse" for event in events)
+        assert job.report["model"] == model
+        fused = sitk.ReadImage(str(job.fused_path))
+        assert fused.GetSize() == SMALL_SIZE and b"encoding: raw" in job.fused_path.read_bytes()[:1000]
+        assert not job.registered_path.exists()
+        assert worker.process.pid == pid
+    assert seconds[1] < 30
+
+
+def test_a_failed_job_leaves_the_worker_serving(worker, job_folder_factory):
+    if not worker.alive:
+        worker.start()
+    folder = job_folder_factory()
+    (folder / "moving.nrrd").write_bytes(b"NRRD0004\nnot really\n")
+    job = FusionJob(folder, FusionOptions(model="average", registration="none", device="cpu").to_dict(), worker)
+    job.start()
+    job.wait(timeout=180)
+    assert job.state == "failed" and "moving.nrrd" in job.error and "Traceback" not in job.error
+    good = FusionJob(job_folder_factory(), FusionOptions(model="average", registration="none", device="cpu").to_dict(), worker)
+    good.start()
+    good.wait(timeout=180)
+    assert good.state == "succeeded", good.error
+
+
+def test_after_cancel_the_next_job_starts_a_fresh_worker(job_folder_factory):
+    process = WorkerProcess(cpu_only=True, idle_timeout=120)
+    try:
+        job = FusionJob(job_folder_factory(), FusionOptions(model="average", registration="none", device="cpu").to_dict(), process)
+        job.start()
+        first_pid = process.process.pid
+        job.cancel()
+        assert not process.alive
+        again = FusionJob(job_folder_factory(), FusionOptions(model="average", registration="none", device="cpu").to_dict(), process)
+        again.start()
+        again.wait(timeout=180)
+        assert again.state == "succeeded", again.error
+        assert process.process.pid != first_pid
+    finally:
+        process.stop()
+
+
+def test_idle_timeout_and_closed_input_end_the_worker():
+    """The worker never outlives its purpose: it ends after the idle timeout, and at once when its
+    standard input closes (Slicer quit or crashed)."""
+    idle = WorkerProcess(cpu_only=True, idle_timeout=1.0)
+    idle.start()
+    data = _wait_for(idle, "idle-exit", timeout=180)
+    assert data["seconds"] == 1.0
+    idle.process.wait(30)
+    assert idle.process.returncode == 0
+    orphan = WorkerProcess(cpu_only=True, idle_timeout=600)
+    orphan.start()
+    _wait_for(orphan, "started")
+    orphan.process.stdin.close()
+    assert orphan.process.wait(120) == 0
+    orphan.stop()
+
+
+def test_protocol_lines_are_parsed_strictly():
+    assert parse_line('{"stage": "fuse", "done": 3, "total": 40}\n') == Progress("fuse", 3, 40)
+    assert parse_line('{"event": "registration", "id": 2, "confidence": {"doubtful": true}}') == Notice(
+        "registration", {"id": 2, "confidence": {"doubtful": True}}
+    )
+    assert parse_line("medfusion: error: the moving image is constant") is None
+    assert parse_line('{"stage": "fuse"}') is None
+    assert parse_line('{"stage": "fuse", "done": "x", "total": 4}') is None
+    assert parse_line("{not json") is None and parse_line("[1, 2]") is None
+    assert overall_fraction(Progress("register", 1, 1), registering=True) == pytest.approx(0.3)
+    assert overall_fraction(Progress("fuse", 20, 40), registering=True) == pytest.approx(0.65)
+    assert overall_fraction(Progress("fuse", 20, 40), registering=False) == pytest.approx(0.5)
+    assert error_summary(["x", "medfusion: error: bad input", "y"]) == "bad input"
+    assert Message("a") != Message("b")
+
+
+def test_worker_environment_is_utf8_unbuffered_and_finds_medfusion():
+    environment = worker_environment({"PYTHONPATH": "/existing", "HOME": "/h"}, cpu_only=True, search_path=["/a", "/b"])
+    assert environment["PYTHONPATH"] == os.pathsep.join(["/a", "/b", "/existing"])
+    assert environment["PYTHONUTF8"] == "1" and environment["PYTHONUNBUFFERED"] == "1"
+    assert environment["CUDA_VISIBLE_DEVICES"] == "-1" and environment["HOME"] == "/h"
+    assert "CUDA_VISIBLE_DEVICES" not in worker_environment({}, cpu_only=False, search_path=["/a"])
+    # The real search path lets a fresh interpreter import the server module from anywhere.
+    from MedFusionSlicer.worker import own_search_path
+
+    result = subprocess.run([sys.executable, "-c", "import MedFusionSlicer.server, MedFusionLib; print('ok')"],
+                            env=worker_environment(dict(os.environ, PYTHONPATH=""), cpu_only=True, search_path=own_search_path()),
+                            cwd="/", capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert result.stdout.strip() == "ok", result.stderr
+
+
+def test_python_launcher_is_found_on_path_then_in_install_and_build_trees(tmp_path):
+    """B2: PATH first (as slicer.util does), then <home>/bin, then a build tree's python-install/bin."""
+    assert python_executable(which=lambda name: "/opt/Slicer/bin/PythonSlicer") == "/opt/Slicer/bin/PythonSlicer"
+    build = tmp_path / "Slicer-build"
+    (tmp_path / "python-install" / "bin").mkdir(parents=True)
+    (tmp_path / "python-install" / "bin" / "PythonSlicer").write_text("")
+    (build / "bin").mkdir(parents=True)
+    assert python_executable(which=lambda name: None, slicer_home=str(build), windows=False) == str(
+        tmp_path / "python-install" / "bin" / "PythonSlicer"
+    )
+    (build / "bin" / "PythonSlicer.exe").write_text("")
+    assert python_executable(which=lambda name: None, slicer_home=str(build), windows=True) == str(build / "bin" / "PythonSlicer.exe")
+    with pytest.raises(FileNotFoundError, match="PythonSlicer"):
+        python_executable(which=lambda name: None, slicer_home=str(tmp_path / "other" / "nowhere"))
+
+
+def test_server_answers_an_unknown_request_and_shuts_down_on_request():
+    process = subprocess.Popen(
+        [sys.executable, "-m", "MedFusionSlicer.server", "--idle-timeout", "60"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=worker_environment(dict(os.environ), cpu_only=True, search_path=[str(Path(__file__).resolve().parents[1] / "MedFusion")]),
+    )  # fmt: skip
+    try:
+        process.stdin.write(json.dumps({"op": "explode", "id": 7}) + "\n" + json.dumps({"op": "shutdown"}) + "\n")
+        process.stdin.flush()
+        output, _ = process.communicate(timeout=180)
+    finally:
+        kill_process_tree(process)
+    events = [parse_line(line) for line in output.splitlines()]
+    finished = [event for event in events if isinstance(event, Notice) and event.name == "finished"]
+    assert finished == [Notice("finished", {"id": 7, "state": "failed", "error": "unknown request 'explode'"})]
+    assert process.returncode == 0
