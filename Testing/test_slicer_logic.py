@@ -13,19 +13,19 @@ import SimpleITK as sitk
 pytest.importorskip("slicer_core", reason="the slicer-core wheel (a real MRML scene) is not available for this Python")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "MedFusion"))
 
-import slicer  # noqa: E402
-import vtk  # noqa: E402
+import slicer
+import vtk
+from conftest import SMALL_SIZE, SMALL_SPACING, oblique
+from MedFusionSlicer import dependencies
+from MedFusionSlicer.compare import checkerboard_image, flicker, set_foreground_opacity, show_pair
+from MedFusionSlicer.logic import FusionLogic, RegistrationSummary, apply_state
+from MedFusionSlicer.volumes import add_volume_node_from_image, image_from_volume_node, load_transform_node
+from MedFusionSlicer.worker import Finished, Notice, Progress
 
-from conftest import SMALL_SIZE, SMALL_SPACING, oblique  # noqa: E402
-from MedFusionLib.core.errors import FusionCancelled, InputError  # noqa: E402
-from MedFusionLib.fusion.options import FusionOptions, OptionsError  # noqa: E402
-from MedFusionLib.fusion.pipeline import fuse_volumes  # noqa: E402
-from MedFusionLib.imaging.phantom import DEMO_MISALIGNMENT, make_head_phantom  # noqa: E402
-from MedFusionSlicer import dependencies  # noqa: E402
-from MedFusionSlicer.compare import checkerboard_image, flicker, set_foreground_opacity, show_pair  # noqa: E402
-from MedFusionSlicer.logic import FusionLogic, RegistrationSummary, apply_state  # noqa: E402
-from MedFusionSlicer.volumes import add_volume_node_from_image, image_from_volume_node, load_transform_node  # noqa: E402
-from MedFusionSlicer.worker import Finished, Notice, Progress  # noqa: E402
+from MedFusionLib.core.errors import FusionCancelled, InputError
+from MedFusionLib.fusion.options import FusionOptions, OptionsError
+from MedFusionLib.fusion.pipeline import fuse_volumes
+from MedFusionLib.imaging.phantom import DEMO_MISALIGNMENT, make_head_phantom
 
 
 @pytest.fixture()
@@ -94,7 +94,7 @@ def test_process_equals_the_library_and_lies_on_the_reference_grid(scene_pair):
 def test_process_defaults_are_the_librarys(scene_pair):
     """The console's defaults are FusionOptions' (registration auto: none on one grid), and a bad
     value is refused with the library's OptionsError naming the choices."""
-    scene, ct, mr = scene_pair
+    _, ct, mr = scene_pair
     nodes = FusionLogic().process(ct, mr, model="average")
     assert nodes.options == FusionOptions(model="average")
     assert nodes.registeredNode is None  # auto: the two share a grid

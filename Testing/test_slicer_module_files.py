@@ -18,7 +18,7 @@ UI_FILE = MODULE / "Resources" / "UI" / "MedFusion.ui"
 MODULE_SCRIPT = MODULE / "MedFusion.py"
 sys.path.insert(0, str(MODULE))
 
-from MedFusionSlicer import choices, dependencies  # noqa: E402
+from MedFusionSlicer import choices, dependencies
 
 
 @pytest.fixture(scope="module")
@@ -53,14 +53,40 @@ def test_ui_is_a_qt_designer_form_for_a_mrml_widget(ui):
 
 def test_ui_has_the_sections_and_controls_of_the_panel(ui):
     widgets = _widgets(ui)
-    for section in ("inputsCollapsibleButton", "registrationCollapsibleButton", "fusionCollapsibleButton", "outputsCollapsibleButton"):
+    for section in ("inputsCollapsibleButton", "registrationCollapsibleButton", "fusionCollapsibleButton",
+                    "outputsCollapsibleButton", "compareCollapsibleButton"):
         assert widgets[section] == "ctkCollapsibleButton"
     output = next(w for w in ui.iter("widget") if w.get("name") == "outputVolumeSelector")
     properties = {p.get("name"): p for p in output.iter("property")}
-    assert properties["addEnabled"].findtext("bool") == "true" and properties["noneEnabled"].findtext("bool") == "true"
+    # B12: one "create new" entry (the none entry), not a second one from addEnabled.
+    assert properties["addEnabled"].findtext("bool") == "false" and properties["noneEnabled"].findtext("bool") == "true"
+    assert properties["noneDisplay"].findtext("string") == "Create new volume"
     apply = next(w for w in ui.iter("widget") if w.get("name") == "applyButton")
     assert {p.get("name"): p.findtext("bool") for p in apply.iter("property")}["enabled"] == "false"
     assert widgets["progressBar"] == "QProgressBar" and widgets["cancelButton"] == "QPushButton"
+    assert widgets["loadDemoButton"] == "QPushButton"
+    assert widgets["fadeSliderWidget"] == "ctkSliderWidget" and widgets["flickerCheckBox"] == "QCheckBox"
+    assert widgets["checkerboardButton"] == "QPushButton" and widgets["registrationSummaryLabel"] == "QLabel"
+    # Only MRML volume selectors list volumes, and label maps are not among them (B13).
+    for name, cls in widgets.items():
+        if cls == "qMRMLNodeComboBox":
+            selector = next(w for w in ui.iter("widget") if w.get("name") == name)
+            props = {p.get("name"): p for p in selector.findall("property")}
+            assert props["showChildNodeTypes"].findtext("bool") == "false", name
+
+
+def test_widget_signal_handlers_exist(module_tree):
+    """Every slot the widget connects (``x.connect("signal", self.onY)``) is a method of the widget."""
+    widget = next(node for node in module_tree.body if isinstance(node, ast.ClassDef) and node.name == "MedFusionWidget")
+    methods = {node.name for node in widget.body if isinstance(node, ast.FunctionDef)}
+    slots = set()
+    for node in ast.walk(widget):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "connect":
+            target = node.args[-1]
+            if isinstance(target, ast.Attribute) and isinstance(target.value, ast.Name) and target.value.id == "self":
+                slots.add(target.attr)
+    assert slots and slots <= methods, slots - methods
+    assert {"onApplyButton", "onCancelButton", "onLoadDemo", "onFadeChanged", "onFlickerToggled", "onShowCheckerboard"} <= slots
 
 
 def test_every_widget_the_code_uses_exists_in_the_ui(ui):
@@ -96,28 +122,37 @@ def test_module_file_follows_the_scripted_module_layout(module_tree):
         "MedFusion.py must load in a Slicer without torch"
 
 
-def test_choices_equal_the_librarys_and_the_commands():
+def test_choices_are_the_librarys_fusion_options():
+    """The panel, the console and the headless script offer FusionOptions' choices and defaults:
+    the same as `medfusion fuse`."""
     from MedFusionLib.cli import build_parser
-    from MedFusionLib.devices import DEVICE_CHOICES
-    from MedFusionLib.geometry import SLICING_AXES
-    from MedFusionLib.pipeline import REGISTRATION_CHOICES
-    from MedFusionLib.registration import BACKENDS
+    from MedFusionLib.fusion.options import FusionOptions
 
-    assert choices.REGISTRATION_CHOICES == REGISTRATION_CHOICES
-    assert choices.BACKEND_CHOICES == tuple(BACKENDS)
-    assert choices.DEVICE_CHOICES == DEVICE_CHOICES
-    assert choices.AXIS_CHOICES == SLICING_AXES
+    assert choices.CHOICES is FusionOptions.CHOICES and choices.DEFAULTS == FusionOptions()
+    assert choices.REGISTRATION_CHOICES == FusionOptions.CHOICES["registration"]
+    assert choices.MODEL_CHOICES == FusionOptions.CHOICES["model"]
     fuse = build_parser()._subparsers._group_actions[0].choices["fuse"]
-    options = {action.dest: tuple(action.choices) for action in fuse._actions if action.choices}
-    assert options["registration"] == choices.REGISTRATION_CHOICES
-    assert options["backend"] == choices.BACKEND_CHOICES
-    assert options["device"] == choices.DEVICE_CHOICES
-    assert options["axis"] == choices.AXIS_CHOICES
-    assert "json" in options["progress"]
+    defaults = {action.dest: action.default for action in fuse._actions}
+    assert {"registration", "backend", "device", "axis", "model"} <= set(defaults)
+    assert choices.make_options(registration="rigid", model=None) == FusionOptions(registration="rigid")
+    with pytest.raises(choices.OptionsError, match="unknown fusion option"):
+        choices.make_options(regstration="rigid")
+
+
+def test_headless_script_defaults_are_the_librarys():
+    sys.path.insert(0, str(MODULE / "Resources" / "Scripts"))
+    import MedFusionBatch
+
+    from MedFusionLib.fusion.options import FusionOptions
+
+    args = MedFusionBatch.build_parser().parse_args(["--reference", "a", "--moving", "b", "--output", "c"])
+    defaults = FusionOptions()
+    assert (args.registration, args.backend, args.model, args.device, args.axis) == (
+        defaults.registration, defaults.backend, defaults.model, defaults.device, defaults.axis)
 
 
 def _cmake_list(text: str, variable: str) -> list[str]:
-    match = re.search(rf"set\({variable}\s+(.*?)\)", text, re.S)
+    match = re.search(rf"set\({variable}\s+(.*?)\)", text, re.DOTALL)
     return [line.strip().replace("${MODULE_NAME}", "MedFusion") for line in match.group(1).splitlines() if line.strip()]
 
 
@@ -133,6 +168,20 @@ def test_module_cmake_lists_every_file_to_install():
     assert "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)" in cmake
     top = (REPO_ROOT / "CMakeLists.txt").read_text()
     assert "add_subdirectory(MedFusion)" in top and "MedFusion.png" in top
+
+
+def test_extension_metadata_follows_the_catalog_conventions():
+    top = (REPO_ROOT / "CMakeLists.txt").read_text()
+    values = dict(re.findall(r'set\((EXTENSION_\w+) "(.*?)"\)', top))
+    assert "Slicer 5.10 or later" in values["EXTENSION_DESCRIPTION"]
+    screenshots = values["EXTENSION_SCREENSHOTURLS"].split()
+    assert screenshots and all(url.startswith("https://") for url in screenshots)
+    assert (REPO_ROOT / screenshots[0].split("/main/", 1)[1]).is_file()
+    assert re.fullmatch(r"[^()]+ \([^()]+\)", values["EXTENSION_CONTRIBUTORS"])  # "Name (Organisation)"
+    assert '"MedFusion developers (MedFusion project)"' in MODULE_SCRIPT.read_text()
+    license_text = (REPO_ROOT / "LICENSE").read_text()
+    assert "Apache License" in license_text and "Version 2.0, January 2004" in license_text
+    assert 'license = { text = "Apache-2.0" }' in (REPO_ROOT / "pyproject.toml").read_text()
 
 
 def test_module_cmake_packages_every_file_of_medfusionlib():
@@ -152,7 +201,7 @@ def test_module_cmake_packages_every_file_of_medfusionlib():
         if p.is_file() and "__pycache__" not in p.parts and not p.name.startswith(".")
     }
     assert library - packaged == set(), "files of MedFusionLib the Slicer package would miss"
-    assert "MedFusionLib/pipeline.py" in packaged and "MedFusionLib/cli/fuse.py" in packaged
+    assert "MedFusionLib/fusion/pipeline.py" in packaged and "MedFusionLib/cli/fuse.py" in packaged
 
 
 def test_icon_is_a_128_pixel_png():
@@ -161,21 +210,6 @@ def test_icon_is_a_128_pixel_png():
     for path in (REPO_ROOT / "MedFusion.png", MODULE / "Resources" / "Icons" / "MedFusion.png"):
         with Image.open(path) as icon:
             assert icon.format == "PNG" and icon.size == (128, 128)
-
-
-def test_logic_imports_without_qt_ctk_or_torch():
-    """The logic, worker and volumes load with slicer-core alone: no Qt, CTK, ScriptedLoadableModule,
-    and no torch until a fusion runs (torch may not be installed yet when Slicer loads the module)."""
-    pytest.importorskip("slicer_core", reason="the slicer-core wheel is not available for this Python")
-    code = (
-        f"import sys; sys.path.insert(0, {str(MODULE)!r}); "
-        "import MedFusionSlicer.logic, MedFusionSlicer.worker, MedFusionSlicer.volumes, MedFusionSlicer.dependencies; "
-        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('qt', 'ctk', 'torch') "
-        "or m == 'slicer.ScriptedLoadableModule'); print(bad)"
-    )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "[]"
 
 
 def test_requirements_cover_the_packages_dependencies():
@@ -207,29 +241,78 @@ def test_missing_requirements_compare_installed_versions():
     assert dependencies._release("1.26.0rc1") == (1, 26, 0)
 
 
-def test_install_pins_what_slicer_ships_and_routes_torch_to_slicer_pytorch():
-    """The install plan: torch through the driver-aware installer, the rest through pip with a
-    constraints file that pins the shipped packages at their installed versions."""
-    calls = []
-
+def _recording_pip(calls, fail_for=()):
     def pip_install(arguments):
         constraints = Path(arguments[arguments.index("-c") + 1]).read_text().split()
-        calls.append(("pip", arguments[: arguments.index("-c")], constraints))
+        packages = [a for a in arguments[: arguments.index("-c")]]
+        calls.append((packages, constraints, arguments[arguments.index("-c") + 2:]))
+        if any(p.startswith(fail_for) for p in packages) if fail_for else False:
+            raise subprocess.CalledProcessError(1, "pip install")
 
-    torch_calls = []
-    missing = [r for r in dependencies.REQUIREMENTS if r.distribution in ("torch", "nibabel", "itk-elastix")]
-    done = dependencies.install(missing, pip_install, torch_calls.append)
-    assert torch_calls == ["torch>=2.2"]
-    assert calls == [("pip", ["nibabel>=5.0", "itk-elastix>=0.20"], calls[0][2])]
-    assert f"numpy=={dependencies.installed_version('numpy')}" in calls[0][2]
-    assert f"SimpleITK=={dependencies.installed_version('SimpleITK')}" in calls[0][2]
-    assert len(done) == 2 and "SlicerPyTorch" in done[0]
-    without_slicer_pytorch = []
-    dependencies.install(missing[:1], lambda arguments: without_slicer_pytorch.append(arguments[0]), None)
-    assert without_slicer_pytorch == ["torch>=2.2"]
+    return pip_install
+
+
+def test_install_pins_what_slicer_ships_and_installs_only_torch_from_its_index():
+    """B11: torch alone (no torchvision) from the PyTorch index of this computer's CUDA build, the
+    others from PyPI; every call pins the packages Slicer ships at their installed versions."""
+    calls = []
+    missing = [r for r in dependencies.REQUIREMENTS if r.distribution in ("torch", "nibabel")]
+    done = dependencies.install(missing, _recording_pip(calls), "https://download.pytorch.org/whl/cu126")
+    assert [packages for packages, _, _ in calls] == [["torch>=2.2"], ["nibabel>=5.0"]]
+    assert calls[0][2] == ["--index-url", "https://download.pytorch.org/whl/cu126", "--extra-index-url", "https://pypi.org/simple"]
+    assert calls[1][2] == []
+    for _, constraints, _ in calls:
+        assert f"numpy=={dependencies.installed_version('numpy')}" in constraints
+        assert f"SimpleITK=={dependencies.installed_version('SimpleITK')}" in constraints
+    assert not any("torchvision" in " ".join(packages) for packages, _, _ in calls)
+    assert "cu126" in done[0]
+    from_pypi = []
+    dependencies.install(missing[:1], _recording_pip(from_pypi), None)
+    assert from_pypi[0][0] == ["torch>=2.2"] and from_pypi[0][2] == []
     text = dependencies.offline_instructions(missing)
     assert "pip download --dest medfusion-wheels torch>=2.2 nibabel>=5.0" in text.replace("'", "")
     assert "--no-index --find-links medfusion-wheels" in text
+
+
+def test_optional_package_is_installed_alone_and_its_failure_blocks_nothing():
+    """B6: itk-elastix in its own pip call after the required ones; its failure is reported and
+    the install succeeds (registration falls back to SimpleITK)."""
+    calls = []
+    missing = [r for r in dependencies.REQUIREMENTS if r.distribution in ("nibabel", "itk-elastix", "tqdm")]
+    done = dependencies.install(missing, _recording_pip(calls, fail_for=("itk-elastix",)))
+    assert [packages for packages, _, _ in calls] == [["nibabel>=5.0", "tqdm>=4.60"], ["itk-elastix>=0.20"]]
+    assert "could not install the optional itk-elastix" in done[-1] and "SimpleITK" in done[-1]
+    with pytest.raises(subprocess.CalledProcessError):
+        dependencies.install(missing, _recording_pip([], fail_for=("nibabel",)))
+
+
+def test_torch_index_picks_the_newest_cuda_build():
+    assert dependencies.torch_index_for(["cpu", "cu118", "cu126", "cu121"]) == "https://download.pytorch.org/whl/cu126"
+    assert dependencies.torch_index_for(["cpu"]) == "https://download.pytorch.org/whl/cpu"
+    assert dependencies.torch_index_for([]) is None
+
+
+def test_slicer_pip_install_uses_slicer_util_pip_install(monkeypatch):
+    """A2: slicer.util.pip_install(list) exists on every supported Slicer (on 5.12+ it forwards to
+    slicer.packaging.pip_install, which has no 'interactive' argument); nothing else is called."""
+    pytest.importorskip("slicer_core", reason="the slicer-core wheel is not available for this Python")
+    import slicer.util
+
+    received = []
+    monkeypatch.setattr(slicer.util, "pip_install", lambda requirements, **keywords: received.append((requirements, keywords)))
+    dependencies.slicer_pip_install(["nibabel>=5.0", "-c", "/tmp/c.txt"])
+    assert received == [(["nibabel>=5.0", "-c", "/tmp/c.txt"], {})]
+    source = (MODULE / "MedFusionSlicer" / "dependencies.py").read_text()
+    assert "interactive" not in source.replace("no ``interactive`` argument", "")
+
+
+def test_require_says_how_to_install_from_the_console():
+    absent = dependencies.Requirement("medfusion-no-such-package", "2.0", False, "")
+    with pytest.raises(dependencies.DependenciesMissing) as error:
+        dependencies.require((absent,))
+    assert "medfusion-no-such-package>=2.0" in str(error.value)
+    assert "MedFusion.MedFusionLogic().installDependencies()" in str(error.value) and "--install-dependencies" in str(error.value)
+    dependencies.require(())  # nothing missing: no error
 
 
 def test_module_and_batch_script_compile():
