@@ -12,16 +12,16 @@ import SimpleITK as sitk
 pytest.importorskip("slicer_core", reason="the slicer-core wheel (a real MRML scene) is not available for this Python")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "MedFusion"))
 
-import slicer  # noqa: E402
-import vtk  # noqa: E402
-
-from MedFusionLib.errors import InputError  # noqa: E402
-from MedFusionSlicer.volumes import (  # noqa: E402
+import slicer
+import vtk
+from MedFusionSlicer.volumes import (
     add_volume_node_from_image,
     image_from_volume_node,
     load_transform_node,
     load_volume_node,
 )
+
+from MedFusionLib.core.errors import InputError
 
 
 def _image(size=(7, 5, 4), spacing=(0.7, 1.3, 2.9), origin=(-12.5, 40.25, 7.0), angles=(0.3, -0.5, 1.1), dtype=np.int16):

@@ -1,0 +1,127 @@
+"""Apply-to-fused-node time of the Slicer panel's path, and the size and cost of its temporary files.
+
+Runs the code the panel runs, without Qt: the BraTS T1 (reference) and T2 (moving) are loaded into
+a real MRML scene (slicer-core) with Slicer's reader, then ``FusionLogic.startJob`` (writes the
+inputs, sends the job to the warm worker) -> ``FusionJob.poll`` until finished (what the panel's
+timer does, every 0.2 s) -> ``FusionLogic.finishJob`` (reads the results, creates/updates the
+nodes). Timed from the call to startJob to finishJob's return, as the user sees it from pressing
+Apply to the fused volume in the views (the views' redraw excluded).
+
+* run 1: the first Apply of a session; the worker is started by it (imports torch, loads
+  itk-elastix: the cost every Apply paid before the worker was kept warm);
+* run 2: the next Apply on the same worker;
+* entered: a worker started at module entry and given time to warm up before Apply.
+
+Then the temporary files: uncompressed NRRD (what the worker exchanges) against gzip NRRD and
+gzip NIfTI, for the two inputs and the fused output: bytes, write and read seconds.
+
+    python bench/bench_slicer_worker.py [--case DIR] [--registration rigid] [--model emfusion]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT / "MedFusion"))
+DEFAULT_CASE = REPO_ROOT.parent / "shared" / "data" / "brats" / "TCGA-DU-7294"
+
+
+def apply_once(logic, reference, moving, options) -> tuple[float, object, dict]:
+    """One Apply through the panel's calls; returns seconds, the nodes and the worker's report."""
+    started = time.perf_counter()
+    job = logic.startJob(reference, moving, options=options)
+    try:
+        while job.state == "running":
+            job.poll(block_s=0.2)  # the panel's timer
+        if job.state != "succeeded":
+            raise SystemExit(f"the run failed: {job.error}")
+        nodes = logic.finishJob(job)
+    finally:
+        job.cleanup()
+    return time.perf_counter() - started, nodes, job.report
+
+
+def file_costs(image, folder: Path) -> list[tuple[str, int, float, float]]:
+    """(format, bytes, write s, read s) of ``image`` as raw NRRD, gzip NRRD and gzip NIfTI."""
+    from MedFusionLib.io import read_image, write_image
+
+    rows = []
+    for label, name, compress in (("NRRD raw", "x.nrrd", False), ("NRRD gzip", "y.nrrd", True), ("NIfTI gzip", "z.nii.gz", True)):
+        path = folder / name
+        started = time.perf_counter()
+        write_image(image, path, overwrite=True, compress=compress)
+        written = time.perf_counter() - started
+        started = time.perf_counter()
+        read_image(path)
+        rows.append((label, path.stat().st_size, written, time.perf_counter() - started))
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--case", type=Path, default=DEFAULT_CASE, help="folder with t1.nii.gz and t2.nii.gz")
+    parser.add_argument("--registration", default="rigid")
+    parser.add_argument("--model", default="emfusion")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--warm-wait", type=float, default=60.0, help="seconds the 'entered' worker may warm up")
+    args = parser.parse_args()
+
+    import slicer
+
+    from MedFusionSlicer.choices import make_options
+    from MedFusionSlicer.logic import FusionLogic
+    from MedFusionSlicer.volumes import image_from_volume_node, load_volume_node
+
+    scene = slicer.vtkMRMLScene()
+    reference = load_volume_node(scene, args.case / "t1.nii.gz", "T1")
+    moving = load_volume_node(scene, args.case / "t2.nii.gz", "T2")
+    options = make_options(registration=args.registration, model=args.model, device=args.device)
+    print(f"case {args.case.name}: {reference.GetImageData().GetDimensions()} voxels, options {options.to_argv()}\n")
+
+    rows = []
+    logic = FusionLogic()
+    try:
+        for label in ("run 1 (worker started by this Apply)", "run 2 (same worker)"):
+            seconds, nodes, report = apply_once(logic, reference, moving, options)
+            rows.append((label, seconds, report))
+    finally:
+        logic.stopWorker()
+    entered = FusionLogic()
+    try:
+        worker = entered.startWorker(cpu_only=args.device == "cpu")
+        deadline = time.monotonic() + args.warm_wait
+        warmed = False
+        while time.monotonic() < deadline and not warmed:  # until itk-elastix is loaded (its "warm" event)
+            warmed = any(line is not None and '"event": "warm"' in line for line in worker.take_lines(block_s=0.5))
+        seconds, nodes, report = apply_once(entered, reference, moving, options)
+        rows.append(("entered (worker warmed at module entry)", seconds, report))
+    finally:
+        entered.stopWorker()
+
+    print("| Apply | Apply -> fused node (s) | in the worker: register (s) | fuse (s) | whole fuse_volumes (s) |")
+    print("|---|---|---|---|---|")
+    for label, seconds, report in rows:
+        stages = report.get("stage_seconds", {})
+        print(f"| {label} | {seconds:.1f} | {stages.get('register', 0):.1f} | {stages.get('fuse', 0):.1f} | "
+              f"{report.get('seconds', 0):.1f} |")  # fmt: skip
+    if nodes.registration is not None:
+        print(f"\nregistration: {nodes.registration.text()}")
+
+    print("\n| file | format | MB | write (s) | read (s) |")
+    print("|---|---|---|---|---|")
+    with tempfile.TemporaryDirectory(prefix="MedFusion-bench-") as folder:
+        for name, image in (("reference (T1)", image_from_volume_node(reference)),
+                            ("moving (T2)", image_from_volume_node(moving)),
+                            ("fused", image_from_volume_node(nodes.fusedNode))):  # fmt: skip
+            for label, size, written, read in file_costs(image, Path(folder)):
+                print(f"| {name} | {label} | {size / 2**20:.1f} | {written:.2f} | {read:.2f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
