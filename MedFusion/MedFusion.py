@@ -59,6 +59,7 @@ if REFUSAL is None:
         BACKEND_CHOICES,
         DEFAULTS,
         DEVICE_CHOICES,
+        MODEL_CHOICES,
         REGISTRATION_CHOICES,
         make_options,
     )
@@ -281,7 +282,9 @@ class MedFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             combo.addItem(_("(installed on first Apply)"), "")
             self.ui.deviceInfoLabel.text = _("torch is not installed yet; Apply installs it after asking.")
         elif not choices:
-            combo.addItem(DEFAULTS.model + _(" (default)"), DEFAULTS.model)
+            # Names are known without torch; descriptions and weights status come from the worker.
+            for name in MODEL_CHOICES:
+                combo.addItem(name + (_(" (default)") if name == DEFAULTS.model else ""), name)
             self.ui.deviceInfoLabel.text = _("Starting the MedFusion worker ...")
         else:
             for choice in choices:
@@ -575,17 +578,32 @@ class MedFusionTest(ScriptedLoadableModuleTest):
     this process and on the worker process. Skipped, with the reason, where MedFusion's Python
     packages are not installed (a fresh Slicer, the extensions build machines)."""
 
+    @staticmethod
+    def skipReason():
+        """Why the test cannot run here (old Slicer, MedFusion's packages not installed), or None."""
+        if REFUSAL is not None:
+            return REFUSAL
+        missing = dependencies.missing_requirements(include_optional=False)
+        if missing:
+            names = ", ".join(requirement.specifier for requirement in missing)
+            return f"MedFusion's Python packages are not installed ({names}); MedFusionTest skipped"
+        return None
+
     def setUp(self):
+        # ctest runs the test_* methods through unittest, which calls setUp first: skip there.
+        reason = self.skipReason()
+        if reason is not None:
+            logger.warning(reason)
+            self.skipTest(reason)
         slicer.mrmlScene.Clear()
 
     def runTest(self):
-        if REFUSAL is not None:
-            self.skipTest(REFUSAL)
-        missing = dependencies.missing_requirements(include_optional=False)
-        if missing:
-            reason = "MedFusion's Python packages are not installed (" + ", ".join(r.specifier for r in missing) + "); test skipped"
+        # "Reload and Test" calls runTest directly (not through unittest): report and return.
+        reason = self.skipReason()
+        if reason is not None:
             logger.warning(reason)
-            self.skipTest(reason)
+            self.delayDisplay(reason)
+            return
         self.setUp()
         self.test_process_fuses_demo_pair_on_reference_grid()
         self.setUp()
