@@ -23,7 +23,7 @@ from MedFusionLib.devtools.benchmark import (
 from MedFusionLib.cli import main
 from MedFusionLib.core.errors import InputError
 from MedFusionLib.fusion.engine import SliceFuser
-from MedFusionLib.models import create_model
+from MedFusionLib.models import FusionNet, create_model
 from MedFusionLib.models.haf import HAFNet
 from MedFusionLib.models.optimize import fold_batch_norms, prepare_for_inference
 from MedFusionLib.fusion.pipeline import fuse_arrays
@@ -54,7 +54,7 @@ def test_cropped_inference_equals_a_whole_slice_pass(name, normalized_pair):
     a, b = (stack[10:16] for stack in normalized_pair)
     height, width = a.shape[1:]
     boxes = [(0, 9, 0, width), (5, 30, 7, 22), (13, 14, 31, 32), None, (height - 11, height, width - 5, width), (3, height - 2, 1, width - 3)]
-    fuser = SliceFuser(name, device="cpu")
+    fuser = SliceFuser(create_model(name), device="cpu")
     fused = fuser.fuse_stack(a, b, boxes, out=np.full(a.shape, -1.0, np.float32))
     expected = _whole_slices(create_model(name), a, b)
     for index, box in enumerate(boxes):
@@ -87,13 +87,39 @@ def test_declared_receptive_radius_bounds_what_an_input_pixel_changes(name):
 def test_batching_and_side_by_side_slices_give_the_same_volume(normalized_pair):
     a, b = normalized_pair
     boxes = slice_boxes((a > 0.05) | (b > 0.05), 2)
-    single = SliceFuser("emfusion", device="cpu", batch_size=1)
+    single = SliceFuser(create_model("emfusion"), device="cpu", batch_size=1)
     assert single.parallel_slices == min(torch.get_num_threads(), 8)
     threads = torch.get_num_threads()
     one_at_a_time = single.fuse_stack(a, b, boxes)
     assert torch.get_num_threads() == threads  # restored after the side-by-side run
-    batched = SliceFuser("emfusion", device="cpu", batch_size=7).fuse_stack(a, b, boxes)
+    batched = SliceFuser(create_model("emfusion"), device="cpu", batch_size=7).fuse_stack(a, b, boxes)
     np.testing.assert_allclose(one_at_a_time, batched, atol=1e-5, rtol=0)
+
+
+def test_threads_apply_while_fusing_and_are_restored(normalized_pair):
+    """The engine never leaves the process's torch thread count changed."""
+    a, b = (stack[10:12] for stack in normalized_pair)
+    before = torch.get_num_threads()
+    seen = []
+
+    class _Recording(FusionNet):
+        receptive_radius = 0
+
+        def forward(self, x, y):
+            seen.append(torch.get_num_threads())
+            return (x + y) / 2
+
+    fuser = SliceFuser(_Recording(), device="cpu", batch_size=2, threads=before + 1)
+    assert torch.get_num_threads() == before  # building the fuser changes nothing
+    fuser.fuse_stack(a, b)
+    assert seen == [before + 1] and torch.get_num_threads() == before
+
+
+def test_the_engine_is_handed_a_fusion_net_not_a_name():
+    with pytest.raises(TypeError, match="FusionNet"):
+        SliceFuser("emfusion", device="cpu")
+    with pytest.raises(TypeError, match="FusionNet"):
+        SliceFuser(torch.nn.Identity(), device="cpu")
 
 
 def test_folding_batch_norms_keeps_the_function_and_the_callers_module():
@@ -166,7 +192,7 @@ def test_fusion_streams_slabs_so_memory_beyond_the_output_is_bounded(monkeypatch
     def scale(slab):
         return np.asarray(slab, np.float32) / np.float32(1000.0)
 
-    fuser = SliceFuser("average", device="cpu")
+    fuser = SliceFuser(create_model("average"), device="cpu")
     whole, whole_peak = _traced_peak(lambda: fuse_arrays(a, b, scale, scale, 0, fuser))
     slab_voxels = 2 * 64 * 64
     monkeypatch.setattr(pipeline, "SLAB_VOXELS", slab_voxels)

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import save_file
 
 from MedFusionLib.core.errors import UnknownModelError, WeightsIntegrityError, WeightsNotAvailableError
-from MedFusionLib.models import create_model, list_models, model_spec, parameter_count
+from MedFusionLib.models import FusionNet, create_model, list_models, model_spec, parameter_count
 from MedFusionLib.models import pretrained
 from MedFusionLib.models.blocks import AttentionGate, ConvBlock, DepthwiseSeparableConv, FeaturePyramid, crop_to, pad_to_multiple
 
@@ -23,6 +23,33 @@ def test_registry_lists_every_model_learned_first():
     assert set(LEARNED + BASELINES) <= set(names)
     assert names.index("haf") < names.index("average")
     assert all(model_spec(name).description for name in names)
+
+
+@pytest.mark.parametrize("name", LEARNED + BASELINES)
+def test_every_model_declares_the_fusion_net_contract(name):
+    model = create_model(name, pretrained=False)
+    assert isinstance(model, FusionNet)
+    assert model.receptive_radius is None or model.receptive_radius >= 0
+    assert model.size_multiple >= 1 and model.window_step >= 1
+
+
+def test_emfusion_radius_follows_its_configuration():
+    """The radius is derived from the layers, so a configured network declares its own reach."""
+    torch.manual_seed(0)
+    model = create_model("emfusion", pretrained=False, dense_layers=2).eval()
+    a, b = torch.rand(1, 1, 32, 32), torch.rand(1, 1, 32, 32)
+    moved = a.clone()
+    moved[0, 0, 16, 16] += 0.5
+    with torch.no_grad():
+        rows, columns = torch.nonzero((model(moved, b) - model(a, b))[0, 0] != 0, as_tuple=True)
+    assert model.receptive_radius == 5 == int(max((rows - 16).abs().max(), (columns - 16).abs().max()))
+
+
+def test_only_fusion_nets_can_be_registered():
+    from MedFusionLib.models.registry import register_model
+
+    with pytest.raises(TypeError, match="not a FusionNet"):
+        register_model("plain", description="a plain module", learned=False)(torch.nn.Identity)
 
 
 def test_unknown_model_error_lists_valid_names():

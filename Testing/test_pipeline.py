@@ -14,6 +14,7 @@ from MedFusionLib.fusion.engine import SliceFuser
 from MedFusionLib.imaging.colour import rgb_to_ycbcr
 from MedFusionLib.fusion.pipeline import FOREGROUND_MARGIN, FOREGROUND_THRESHOLD, fuse_volumes
 from MedFusionLib.imaging.normalization import normalize_intensity
+from MedFusionLib.models import FusionNet
 
 
 def assert_same_geometry(image: sitk.Image, reference: sitk.Image) -> None:
@@ -182,7 +183,7 @@ def test_2d_gray_pair_gives_gray_float_output():
     assert np.allclose(fused, (normalize_intensity(a) + normalize_intensity(b)) / 2, atol=1e-6)
 
 
-class _MemoryHungryAverage(torch.nn.Module):
+class _MemoryHungryAverage(FusionNet):
     """Averages, but runs out of memory on batches of more than ``limit`` slices."""
 
     def __init__(self, limit: int) -> None:

@@ -275,7 +275,7 @@ def benchmark_fusion(
         if compile:
             variants.append(("auto", True))
         for precision, compiled in variants:
-            fuser = SliceFuser(name, device=torch_device, batch_size=batch_size, precision=precision, compile=compiled)
+            fuser = SliceFuser(create_model(name), device=torch_device, batch_size=batch_size, precision=precision, compile=compiled)
             compile_seconds = 0.0
             if compiled:  # the first calls compile; time them apart
                 started = time.perf_counter()

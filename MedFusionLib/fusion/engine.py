@@ -1,43 +1,45 @@
 """Slice-wise fusion of two co-registered stacks with a 2D fusion model: the product's fast path.
 
-:class:`SliceFuser` computes, for each slice, the model's output inside a box (the slice's
-foreground, chosen by the pipeline) and nothing else. What makes it fast, each step measured by
-``medfusion benchmark`` against a naive whole-slice loop (README, "Performance"):
+:class:`SliceFuser` is handed a network (it never builds one from a name) and computes, for each
+slice, the model's output inside a box (the slice's foreground, chosen by the pipeline) and nothing
+else. What makes it fast, each step measured by ``medfusion benchmark`` against a naive
+whole-slice loop (README, "Performance"):
 
 - **Only the box is computed**, from an input window that adds the model's receptive radius of
-  real image around it (the networks' ``receptive_radius`` and ``size_multiple``
-  attributes); the result inside the box therefore equals a whole-slice pass up to float rounding.
-  Models that do not declare a radius get whole slices.
+  real image around it (the :class:`~MedFusionLib.models.base.FusionNet` contract:
+  ``receptive_radius``, ``size_multiple``, ``window_step``); the result inside the box therefore
+  equals a whole-slice pass up to float rounding. Models without a bounded radius get whole slices.
 - **Inference form** (:func:`~MedFusionLib.models.optimize.prepare_for_inference`): BatchNorms
   folded into convolutions, channels-last layout, ``torch.inference_mode``.
 - **Batches** of consecutive slices share one window (the union of their boxes). The CPU default
   is one slice per pass, since a single slice's features stay in cache, with as many slices
-  side by side as torch has threads (at most 8), sharing the cores (measured fastest); CUDA batches 32
-  slices, copied from pinned host memory without blocking.
+  side by side as torch has threads (at most 8), sharing the cores; CUDA batches 32 slices,
+  copied from pinned host memory without blocking.
 - **Precision** from :mod:`MedFusionLib.core.precision` (fp16 autocast on CUDA, fp32 on the CPU by
-  default); optional ``torch.compile`` (measured no faster on a 2-core CPU, after 18-67 s of
-  compiling; off by default).
+  default); optional ``torch.compile`` (off by default: slow to compile, and no faster on small CPUs).
+- **Threads**: ``threads`` applies to torch's intra-op pool while a stack is fused and the previous
+  count is restored afterwards, so a caller's process keeps its own setting.
 - On out-of-memory the batch is halved, and at one slice a CUDA run moves to the CPU (logged).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from collections import deque
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import nullcontext
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
-from torch import nn
 
 from MedFusionLib.core.devices import resolve_device
 from MedFusionLib.core.errors import FusionCancelled, InputError
-from MedFusionLib.models import create_model
-from MedFusionLib.models.optimize import has_convolutions, prepare_for_inference
 from MedFusionLib.core.precision import autocast_dtype, precision_name
+from MedFusionLib.models.base import FusionNet
+from MedFusionLib.models.optimize import has_convolutions, prepare_for_inference
 
 log = logging.getLogger("MedFusionLib")
 
@@ -47,8 +49,8 @@ CancelCallback = Callable[[], bool]  # returns True to stop
 Box = tuple[int, int, int, int]
 
 DEFAULT_BATCH_SIZE = {"cpu": 1, "cuda": 32}
-# At most this many CPU slices in flight at once: each holds its features (about 0.2 GB for a
-# 512×512 EMFusion slice), so memory stays bounded on many-core machines; cores beyond it are
+# At most this many CPU slices in flight at once: each holds its features (a fraction of a GB for
+# a 512×512 EMFusion slice), so memory stays bounded on many-core machines; cores beyond it are
 # shared out as threads per slice.
 MAX_SLICES_SIDE_BY_SIDE = 8
 
@@ -57,50 +59,44 @@ class SliceFuser:
     """Fuses stacks of 2D slices with one fusion model.
 
     Args:
-        model: a registry name (built with ``create_model(name, pretrained)``) or a ready module
-            (copied before its BatchNorms are folded; otherwise moved to the device and layout in
-            place, as ``Module.to`` does).
+        model: the network (e.g. from :func:`~MedFusionLib.models.create_model`), in the
+            inference form of :func:`~MedFusionLib.models.optimize.prepare_for_inference`: copied
+            before its BatchNorms are folded; otherwise moved to the device and layout in place,
+            as ``Module.to`` does.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (see :func:`~MedFusionLib.core.devices.resolve_device`).
         batch_size: slices per forward pass; :data:`DEFAULT_BATCH_SIZE` of the device when ``None``.
-        pretrained: passed to :func:`~MedFusionLib.models.create_model` for a name.
         precision: ``auto``, ``fp32``, ``bf16`` or ``fp16`` (:func:`~MedFusionLib.core.precision.autocast_dtype`).
         channels_last: ``None`` decides by the model (networks with convolutions: yes).
         compile: wrap the model in ``torch.compile`` (first call compiles; dynamic shapes).
-        threads: set torch's intra-op thread count (process-wide); ``None`` keeps torch's
-            default, one per physical core.
+        threads: torch's intra-op thread count while :meth:`fuse_stack` runs (restored after);
+            ``None`` keeps the process's setting.
     """
 
     def __init__(
         self,
-        model: str | nn.Module = "laplacian",
+        model: FusionNet,
         device: str | torch.device = "auto",
         batch_size: int | None = None,
-        pretrained: bool = True,
         precision: str = "auto",
         channels_last: bool | None = None,
         compile: bool = False,
         threads: int | None = None,
     ) -> None:
+        if not isinstance(model, FusionNet):
+            raise TypeError(
+                f"SliceFuser needs a MedFusionLib.models.FusionNet, got {type(model).__name__}; build one with "
+                "MedFusionLib.models.create_model(name), or subclass FusionNet and declare its receptive_radius"
+            )
         self.device = resolve_device(device)
-        if threads is not None:
-            if threads < 1:
-                raise InputError(f"threads must be at least 1, got {threads}")
-            torch.set_num_threads(threads)
-        if isinstance(model, str):
-            self.model_name = model
-            source = create_model(model, pretrained=pretrained, device="cpu")
-        else:
-            self.model_name = type(model).__name__
-            source = model
+        if threads is not None and threads < 1:
+            raise InputError(f"threads must be at least 1, got {threads}")
+        self.threads = threads
         self.autocast_dtype = autocast_dtype(precision, self.device)
-        self.channels_last = has_convolutions(source) if channels_last is None else channels_last
-        self.receptive_radius: int | None = getattr(source, "receptive_radius", None)
-        self.size_multiple: int = getattr(source, "size_multiple", 1)
-        # Input windows start and end on this grid (widening a window only adds context). Every
-        # new input shape makes oneDNN build new convolution kernels: worth avoiding for networks
-        # of many small layers (HAF declares 8), not for a few heavy ones (EMFusion: 1).
-        self.window_step: int = getattr(source, "window_step", 1)
-        self.model = prepare_for_inference(source, self.device, self.channels_last)
+        self.channels_last = has_convolutions(model) if channels_last is None else channels_last
+        # The crop geometry, read before torch.compile may wrap the module.
+        self.receptive_radius, self.size_multiple, self.window_step = (
+            model.receptive_radius, model.size_multiple, model.window_step)
+        self.model = prepare_for_inference(model, self.device, self.channels_last)
         self.compiled = compile
         if compile:
             self.model = torch.compile(self.model, dynamic=True)
@@ -145,13 +141,18 @@ class SliceFuser:
         if out is None:
             out = np.zeros(a.shape, dtype=np.float32)
         todo = [i for i, box in enumerate(boxes) if box is not None]
-        total = len(todo)
         if progress:
-            progress(0, total)
-        if self.parallel_slices > 1:
-            self._fuse_side_by_side(a, b, boxes, todo, out, progress, cancel)
-            return out
-        done = 0
+            progress(0, len(todo))
+        with _torch_threads(self.threads):
+            if self.parallel_slices > 1:
+                self._fuse_side_by_side(a, b, boxes, todo, out, progress, cancel)
+            else:
+                self._fuse_in_batches(a, b, boxes, todo, out, progress, cancel)
+        return out
+
+    def _fuse_in_batches(self, a, b, boxes, todo, out, progress, cancel) -> None:
+        """:meth:`fuse_stack`'s batched path: consecutive slices share one window per pass."""
+        done, total = 0, len(todo)
         with torch.inference_mode():
             while done < total:
                 if cancel is not None and cancel():
@@ -168,7 +169,6 @@ class SliceFuser:
                 done += len(indices)
                 if progress:
                     progress(done, total)
-        return out
 
     @property
     def parallel_slices(self) -> int:
@@ -178,36 +178,34 @@ class SliceFuser:
         synchronises them once per layer); otherwise 1."""
         if self.device.type != "cpu" or self.batch_size != 1 or self.compiled:
             return 1
-        return min(torch.get_num_threads(), MAX_SLICES_SIDE_BY_SIDE)
+        return min(self.threads or torch.get_num_threads(), MAX_SLICES_SIDE_BY_SIDE)
 
     def _fuse_side_by_side(self, a, b, boxes, todo, out, progress, cancel) -> None:
         """:meth:`fuse_stack`'s CPU path: slices in a thread pool, torch single-threaded meanwhile."""
         workers = self.parallel_slices
-        previous_threads = torch.get_num_threads()
-        torch.set_num_threads(max(1, previous_threads // workers))  # process-wide; restored below
         pending: deque[Future] = deque()
         done = 0
+
+        def collect_oldest() -> None:
+            nonlocal done
+            pending.popleft().result()  # re-raises a worker's error here
+            done += 1
+            if progress:
+                progress(done, len(todo))
+
         pool = ThreadPoolExecutor(workers, thread_name_prefix="medfusion-slice")
-        try:
-
-            def collect_oldest() -> None:
-                nonlocal done
-                pending.popleft().result()  # re-raises a worker's error here
-                done += 1
-                if progress:
-                    progress(done, len(todo))
-
-            for index in todo:
-                if cancel is not None and cancel():
-                    raise FusionCancelled("fusion was cancelled before it finished")
-                pending.append(pool.submit(self._fuse_one_slice, a, b, boxes, index, out))
-                if len(pending) >= 2 * workers:  # bounded queue: progress and cancel stay prompt
+        with _torch_threads(max(1, torch.get_num_threads() // workers)):  # each slice its share
+            try:
+                for index in todo:
+                    if cancel is not None and cancel():
+                        raise FusionCancelled("fusion was cancelled before it finished")
+                    pending.append(pool.submit(self._fuse_one_slice, a, b, boxes, index, out))
+                    if len(pending) >= 2 * workers:  # bounded queue: progress and cancel stay prompt
+                        collect_oldest()
+                while pending:
                     collect_oldest()
-            while pending:
-                collect_oldest()
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
-            torch.set_num_threads(previous_threads)
+            finally:
+                pool.shutdown(wait=True, cancel_futures=True)
 
     def _fuse_one_slice(self, a: np.ndarray, b: np.ndarray, boxes: Sequence[Box | None], index: int, out: np.ndarray) -> None:
         with torch.inference_mode():  # thread-local, so entered in the worker
@@ -220,9 +218,10 @@ class SliceFuser:
         multiple of ``size_multiple`` so strided layers sample the same grid as on the whole
         slice. The whole slice for models without a declared radius.
         """
-        if self.receptive_radius is None:
+        radius = self.receptive_radius
+        if radius is None:
             return 0, height, 0, width
-        radius, step = self.receptive_radius, math.lcm(self.size_multiple, self.window_step)
+        step = math.lcm(self.size_multiple, self.window_step)
         row_start = max(box[0] - radius, 0) // step * step
         column_start = max(box[2] - radius, 0) // step * step
         row_stop = min(-(-(box[1] + radius) // step) * step, height)
@@ -274,6 +273,20 @@ class SliceFuser:
         else:
             return False
         return True
+
+
+@contextlib.contextmanager
+def _torch_threads(threads: int | None) -> Iterator[None]:
+    """torch's intra-op thread count set to ``threads`` (``None``: left as it is) and restored after."""
+    if threads is None:
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def _store(out: np.ndarray, fused: np.ndarray, indices: list[int], boxes: Sequence[Box | None], union: Box) -> None:

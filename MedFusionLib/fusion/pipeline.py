@@ -25,6 +25,7 @@ from MedFusionLib.fusion.options import FusionOptions
 from MedFusionLib.fusion.engine import Box, CancelCallback, SliceFuser
 from MedFusionLib.imaging.colour import rgb_to_ycbcr, ycbcr_to_rgb
 from MedFusionLib.io import read_image
+from MedFusionLib.models import create_model
 from MedFusionLib.core.resources import require_memory
 from MedFusionLib.imaging.normalization import apply_ct_window, percentile_bounds, resolve_ct_window, scale_to_bounds, slice_boxes
 
@@ -149,7 +150,7 @@ def fuse_volumes(
         options: how to register and fuse (:class:`~MedFusionLib.fusion.options.FusionOptions`;
             its defaults when ``None``). ``overrides`` replace single fields, e.g.
             ``fuse_volumes(ct, mr, model="haf", registration="rigid")``. Two overrides take
-            Python objects instead of names: ``model`` may be a fusion ``nn.Module`` (used as
+            Python objects instead of names: ``model`` may be a :class:`~MedFusionLib.models.FusionNet` (used as
             it is), ``initial_transform`` a ``sitk.Transform`` (reference -> moving points).
         progress: ``progress(stage, done, total)`` with stage ``register`` (percent) or ``fuse``
             (slices); ``cancel()`` returning True stops the run with
@@ -185,7 +186,8 @@ def fuse_volumes(
     )
     # Build the model before the slow steps, so a wrong name or missing weights fail at once.
     fuser = SliceFuser(
-        model, device=options.device, batch_size=options.batch_size, pretrained=pretrained,
+        network if network is not None else create_model(options.model, pretrained=pretrained),
+        device=options.device, batch_size=options.batch_size,
         precision=options.precision, compile=options.compile, threads=options.threads,
     )
     stage_seconds = {"load": time.perf_counter() - started}

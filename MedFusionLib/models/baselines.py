@@ -1,6 +1,6 @@
 """Training-free fusion rules: for comparison, and as a fallback that needs no weights.
 
-Each is a parameter-free ``nn.Module`` with the registry's interface:
+Each is a parameter-free :class:`~MedFusionLib.models.base.FusionNet`:
 ``forward(a, b)`` on ``(B, 1, H, W)`` float32 in [0, 1] returns ``(B, 1, H, W)`` in [0, 1].
 """
 
@@ -12,17 +12,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from MedFusionLib.models.base import FusionNet
 from MedFusionLib.models.registry import register_model
 
 
 @register_model("average", description="Pixel-wise mean of the two sources (training-free)", learned=False)
-class AverageFusion(nn.Module):
+class AverageFusion(FusionNet):
+    receptive_radius = 0  # pixel-wise
+
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return (a + b) * 0.5
 
 
 @register_model("maximum", description="Pixel-wise maximum of the two sources (training-free)", learned=False)
-class MaximumFusion(nn.Module):
+class MaximumFusion(FusionNet):
+    receptive_radius = 0  # pixel-wise
+
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return torch.maximum(a, b)
 
@@ -33,14 +38,15 @@ class MaximumFusion(nn.Module):
     learned=False,
     reference="Burt & Adelson, IEEE Trans. Commun. 31 (1983); Toet, Pattern Recognit. Lett. 9 (1989)",
 )
-class LaplacianPyramidFusion(nn.Module):
+class LaplacianPyramidFusion(FusionNet):
     """Laplacian-pyramid fusion.
 
     Both sources are decomposed into ``levels`` band-pass layers plus a low-pass residual; at every
     band-pass layer the coefficient with the larger local activity (mean magnitude over a 3×3
     window) wins, i.e. the sharper structure, the residuals are
     averaged (overall brightness from both), and the pyramid is collapsed. The decomposition is
-    exactly invertible, so fusing an image with itself returns it unchanged.
+    exactly invertible, so fusing an image with itself returns it unchanged. The number of
+    levels depends on the slice size, so the output has no bounded receptive radius (whole slices).
     """
 
     def __init__(self, levels: int = 4) -> None:

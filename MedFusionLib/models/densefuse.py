@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from MedFusionLib.models.base import FusionNet
 from MedFusionLib.models.registry import register_model
 
 
@@ -38,7 +39,7 @@ class _DenseBlock(nn.Module):
     learned=True,
     reference="Li & Wu, DenseFuse, IEEE TIP 28 (2019) 2614-2623",
 )
-class DenseFuseNet(nn.Module):
+class DenseFuseNet(FusionNet):
     """``forward(a, b)``: two ``(B, 1, H, W)`` in [0, 1] -> ``(B, 1, H, W)`` clamped to [0, 1].
 
     Args:
@@ -49,7 +50,6 @@ class DenseFuseNet(nn.Module):
     # Eight 3×3 layers plus the 3×3 activity window of the l1 rule: 9 pixels of context make
     # cropped inference equal a whole-slice pass (MedFusionLib.fusion.engine).
     receptive_radius = 9
-    size_multiple = 1
 
     def __init__(self, growth: int = 16, fusion_rule: str = "l1") -> None:
         super().__init__()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from MedFusionLib.models.base import FusionNet
 from MedFusionLib.models.registry import register_model
 
 
@@ -22,7 +23,7 @@ from MedFusionLib.models.registry import register_model
     learned=True,
     reference="Xu & Ma, EMFusion, Information Fusion 76 (2021) 177-186",
 )
-class EMFusionNet(nn.Module):
+class EMFusionNet(FusionNet):
     """``forward(a, b)``: two ``(B, 1, H, W)`` in [0, 1] -> ``(B, 1, H, W)`` in (0, 1).
 
     Args:
@@ -30,13 +31,8 @@ class EMFusionNet(nn.Module):
         dense_layers: number of densely connected layers (the remaining three narrow the width).
     """
 
-    size_multiple = 1
-
     def __init__(self, growth: int = 16, dense_layers: int = 4) -> None:
         super().__init__()
-        # One pixel of reach per 3×3 layer: cropped inference with this much context equals a
-        # whole-slice pass (MedFusionLib.fusion.engine). 7 for the shipped network.
-        self.receptive_radius = dense_layers + 3
         self.dense = nn.ModuleList()
         channels = 2
         for _ in range(dense_layers):
@@ -51,11 +47,16 @@ class EMFusionNet(nn.Module):
             nn.Sigmoid(),
         )
 
+    @property
+    def receptive_radius(self) -> int:
+        """One pixel of reach per 3×3 layer: the dense layers and the three of the head."""
+        return len(self.dense) + 3
+
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         features = torch.cat([a, b], dim=1)
         if self.dense[0][0].weight.is_contiguous(memory_format=torch.channels_last):
             # Prepared for channels-last inference: the concatenation of two one-channel inputs
-            # comes out NCHW, and every convolution would copy it back (13 % of the time).
+            # comes out NCHW, and every convolution would copy it back.
             features = features.contiguous(memory_format=torch.channels_last)
         for layer in self.dense:
             features = torch.cat([features, layer(features)], dim=1)

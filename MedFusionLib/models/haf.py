@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from MedFusionLib.models.blocks import AttentionGate, CrossAttentionGatePair, DepthwiseSeparableConv, FeaturePyramid, crop_to, pad_to_multiple
+from MedFusionLib.models.base import FusionNet
 from MedFusionLib.models.registry import register_model
 
 
@@ -52,7 +53,7 @@ class _Encoder(nn.Module):
     learned=True,
     reference="MedFusion seed text, sections 4.1-4.2",
 )
-class HAFNet(nn.Module):
+class HAFNet(FusionNet):
     """``forward(a, b)``: two ``(B, 1, H, W)`` in [0, 1] -> ``(B, 1, H, W)`` in (0, 1).
 
     Args:
@@ -67,9 +68,8 @@ class HAFNet(nn.Module):
     # + stride-4 depthwise 2 + two bilinear upsamplings 4 + 2 + decoder depthwise 1 = 12 px.
     receptive_radius = 12
     size_multiple = 4
-    # Input windows rounded to 8 pixels: HAF's 38 small convolutions ran 60 % slower on always-new
-    # shapes (oneDNN builds kernels per shape) than on repeated ones; measured fastest on BraTS
-    # (1.54 s per volume against 1.72 s unrounded, 1.58 s at 16, 1.77 s at 32).
+    # Input windows rounded to 8 pixels: HAF's many small convolutions are slower on always-new
+    # shapes (oneDNN builds kernels per shape); 8 was the fastest step in `medfusion benchmark`.
     window_step = 8
 
     def __init__(

@@ -14,6 +14,8 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from MedFusionLib.models.base import FusionNet
+
 
 def fold_batch_norms(module: nn.Module) -> int:
     """Fold each ``Conv2d`` directly followed by a ``BatchNorm2d`` in a ``Sequential``, in place.
@@ -39,19 +41,20 @@ def has_convolutions(module: nn.Module) -> bool:
     return any(isinstance(m, nn.Conv2d) for m in module.modules())
 
 
-def prepare_for_inference(model: nn.Module, device: torch.device, channels_last: bool) -> nn.Module:
+def prepare_for_inference(model: FusionNet, device: torch.device, channels_last: bool) -> FusionNet:
     """``model`` in eval mode on ``device``, BatchNorms folded, optionally channels-last.
 
-    A model with BatchNorms is copied before folding, so the caller's module keeps its layers;
-    like ``Module.to``, moving to the device and layout acts on the module itself otherwise.
-    Attributes the inference engine reads (``receptive_radius``, ``size_multiple``,
-    ``window_step``) are kept.
+    A model with BatchNorms is copied, folded and rewritten by its own
+    :meth:`~MedFusionLib.models.base.FusionNet.fuse_for_inference` (which assumes folded
+    BatchNorms), so the caller's module keeps its layers; like ``Module.to``, moving to the device
+    and layout acts on the module itself otherwise.
+    The :class:`FusionNet` contract (``receptive_radius``, ``size_multiple``, ``window_step``)
+    is kept.
     """
     if any(isinstance(m, nn.BatchNorm2d) for m in model.modules()):
         model = copy.deepcopy(model)
         fold_batch_norms(model.eval())
-        if hasattr(model, "fuse_for_inference"):  # a network's own exact rewrites (HAF's gates)
-            model.fuse_for_inference()
+        model.fuse_for_inference()
     model = model.eval().to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)

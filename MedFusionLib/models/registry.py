@@ -1,8 +1,9 @@
 """The model registry: every fusion method by name, built with :func:`create_model`.
 
-A fusion model is an ``nn.Module`` whose ``forward(a, b)`` takes two ``(B, 1, H, W)`` float32
-tensors in [0, 1] (the same anatomy in two modalities) and returns one ``(B, 1, H, W)`` float32
-tensor in [0, 1], for any ``H, W >= 1``. Learned models need trained weights
+A fusion model is a :class:`~MedFusionLib.models.base.FusionNet` (``forward(a, b)``: two
+``(B, 1, H, W)`` float32 tensors in [0, 1] -> one). Its architecture configuration is the keyword
+arguments of its class, whose defaults are the shipped architecture; the model card of shipped
+weights records the arguments they were built with. Learned models need trained weights
 (:mod:`MedFusionLib.models.pretrained`); training-free baselines have none.
 """
 
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
-from torch import nn
+from MedFusionLib.models.base import FusionNet
 
 from MedFusionLib.core.errors import UnknownModelError
 
@@ -23,7 +24,7 @@ class ModelSpec:
 
     name: str
     description: str  # one line, shown in `medfusion models` and the Slicer panel
-    builder: Callable[..., nn.Module]
+    builder: Callable[..., FusionNet]
     learned: bool  # True: trainable parameters that need shipped weights
     reference: str = ""
 
@@ -32,9 +33,11 @@ _REGISTRY: dict[str, ModelSpec] = {}
 
 
 def register_model(name: str, *, description: str, learned: bool, reference: str = "") -> Callable:
-    """Class decorator that adds a model class (or factory) to the registry under ``name``."""
+    """Class decorator that adds a :class:`FusionNet` subclass to the registry under ``name``."""
 
-    def decorate(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    def decorate(builder: type[FusionNet]) -> type[FusionNet]:
+        if not (isinstance(builder, type) and issubclass(builder, FusionNet)):
+            raise TypeError(f"model {name!r}: {builder!r} is not a FusionNet subclass")
         if name in _REGISTRY:
             raise ValueError(f"model name {name!r} is registered twice")
         _REGISTRY[name] = ModelSpec(name, description, builder, learned, reference)
@@ -64,7 +67,7 @@ def create_model(
     pretrained: bool = True,
     device: str | torch.device = "cpu",
     **config,
-) -> nn.Module:
+) -> FusionNet:
     """Build the model ``name`` on ``device``, in eval mode.
 
     ``pretrained=True`` loads the shipped weights of a learned model, after checking their sha256
@@ -85,6 +88,6 @@ def create_model(
     return model.to(device).eval()
 
 
-def parameter_count(model: nn.Module) -> int:
+def parameter_count(model: torch.nn.Module) -> int:
     """Number of trainable parameters of ``model``."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
