@@ -7,10 +7,8 @@ from pathlib import Path
 import pytest
 import SimpleITK as sitk
 
+from MedFusionLib.devtools.shared_data import shared_data_dir
 from MedFusionLib.imaging.phantom import HeadPhantom, make_head_phantom
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
 # A coarse grid (3.5 × 3.5 × 4.5 mm) that still holds the whole phantom head: fast to render and fuse.
 SMALL_SIZE = (48, 56, 40)
@@ -25,10 +23,12 @@ def phantom_pair() -> HeadPhantom:
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    """``../shared/data``; tests that use it are skipped on a machine without it."""
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"shared data not found at {SHARED_DATA}")
-    return SHARED_DATA
+    """``../shared/data`` (:func:`~MedFusionLib.devtools.shared_data.shared_data_dir`); tests that use
+    it are skipped on a machine without it."""
+    folder = shared_data_dir()
+    if folder is None:
+        pytest.skip("shared data (../shared/data beside the checkout) not found")
+    return folder
 
 
 def oblique(image: sitk.Image, angles_deg=(10.0, -20.0, 30.0)) -> sitk.Image:

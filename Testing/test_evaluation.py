@@ -23,7 +23,6 @@ from MedFusionLib.imaging.colour import rgb_to_ycbcr, ycbcr_to_rgb
 from MedFusionLib.models import create_model, list_models, model_spec
 from MedFusionLib.imaging.phantom import make_head_phantom
 
-REAL_HARVARD = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "harvard"
 SIZE = 64
 
 
@@ -328,11 +327,11 @@ def test_cli_evaluate_volume_mode(phantom_sources, tmp_path):
 # ----------------------------------------------------------------------------- real data
 
 
-@pytest.mark.skipif(not REAL_HARVARD.is_dir(), reason="shared Harvard data not present")
-def test_real_harvard_val_split_sizes_and_one_scored_pair():
-    counts = {task: len(evaluation.load_harvard_pairs(REAL_HARVARD, [task], "val")) for task in evaluation.HARVARD_TASKS}
+def test_real_harvard_val_split_sizes_and_one_scored_pair(shared_data):
+    harvard = shared_data / "harvard"
+    counts = {task: len(evaluation.load_harvard_pairs(harvard, [task], "val")) for task in evaluation.HARVARD_TASKS}
     assert counts == {"CT-MRI": 20, "PET-MRI": 82, "SPECT-MRI": 33}
-    pair = evaluation.load_harvard_pairs(REAL_HARVARD, ["PET-MRI"], "val")[0]
+    pair = evaluation.load_harvard_pairs(harvard, ["PET-MRI"], "val")[0]
     methods, _ = evaluation.build_model_methods(["average"], "cpu")
     result = evaluation.evaluate_pairs([pair], methods)
     scores = result.summary("PET-MRI")

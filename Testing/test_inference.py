@@ -275,3 +275,13 @@ def test_benchmark_command_rejects_unknown_names(capsys):
     with pytest.raises(SystemExit):
         main(["benchmark", "--models", "nope"])
     assert "unknown model nope" in capsys.readouterr().err
+
+
+def test_best_seconds_runs_warmups_untimed_and_before_each_timed_run():
+    from MedFusionLib.devtools.timing import best_seconds
+
+    calls = []
+    seconds = best_seconds(lambda: calls.append("run"), 3, warmups=2, before=lambda: calls.append("before"))
+    assert calls == ["run", "run"] + ["before", "run"] * 3 and 0 <= seconds < 1
+    with pytest.raises(ValueError, match="repeats"):
+        best_seconds(lambda: None, 0)

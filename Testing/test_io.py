@@ -19,7 +19,6 @@ from MedFusionLib.io import read_image, write_image
 from MedFusionLib.io.dicom import list_dicom_series, write_dicom_series
 from MedFusionLib.imaging.colour import rgb_to_ycbcr, ycbcr_to_rgb
 
-HARVARD = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "harvard"
 SPACING = (0.8, 1.1, 2.5)
 ORIGIN = (12.5, -40.25, 33.0)
 
@@ -519,20 +518,19 @@ def test_ycbcr_keeps_float32_and_checks_shape():
 # Real data
 
 
-def first_pair(task: str) -> tuple[Path, Path]:
-    with open(HARVARD / "pairs.csv", newline="") as file:
+def first_pair(harvard: Path, task: str) -> tuple[Path, Path]:
+    with open(harvard / "pairs.csv", newline="") as file:
         row = next(r for r in csv.DictReader(file) if r["task"] == task)
-    folder = HARVARD / task
+    folder = harvard / task
     return folder / "MRI" / f"{row['id']}.png", folder / row["other_modality"] / f"{row['id']}.png"
 
 
-@pytest.mark.skipif(not (HARVARD / "pairs.csv").is_file(), reason="shared Harvard data not present")
-def test_harvard_pairs_read():
-    mri, ct = (read_image(p) for p in first_pair("CT-MRI"))
+def test_harvard_pairs_read(shared_data):
+    mri, ct = (read_image(p) for p in first_pair(shared_data / "harvard", "CT-MRI"))
     for image in (mri, ct):
         assert image.GetSize() == (256, 256)
         assert image.GetNumberOfComponentsPerPixel() == 1 and image.GetPixelID() == sitk.sitkUInt8
-    mri, pet = (read_image(p) for p in first_pair("PET-MRI"))
+    mri, pet = (read_image(p) for p in first_pair(shared_data / "harvard", "PET-MRI"))
     assert mri.GetNumberOfComponentsPerPixel() == 1
     assert pet.GetSize() == (256, 256) and pet.GetNumberOfComponentsPerPixel() == 3
     luma = rgb_to_ycbcr(sitk.GetArrayFromImage(pet))[..., 0]

@@ -11,26 +11,14 @@ from __future__ import annotations
 import argparse
 import shutil
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
+from MedFusionLib.devtools.timing import best_seconds
 from MedFusionLib.io import read_image, write_image
 from MedFusionLib.io.dicom import write_dicom_series
-
-
-def best_seconds(action, repeats: int, before=None) -> float:
-    """Shortest wall time of ``action()`` over ``repeats`` runs; ``before()`` runs untimed."""
-    times = []
-    for _ in range(repeats):
-        if before is not None:
-            before()
-        start = time.perf_counter()
-        action()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def brats_sized_volume(dtype) -> sitk.Image:

@@ -10,22 +10,11 @@ process (the ratio is what carries over between machines). Best of ``--repeats``
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
 
+from MedFusionLib.devtools.timing import best_seconds
 from MedFusionLib.evaluation import metrics
-
-
-def best_seconds(action, repeats: int) -> float:
-    """Shortest wall time of ``action()`` over ``repeats`` runs (after one untimed warm-up)."""
-    action()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        action()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def synthetic_pair(size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -48,16 +37,16 @@ def main() -> None:
 
     from skimage.metrics import structural_similarity
 
-    baseline = best_seconds(lambda: structural_similarity(fused, a, data_range=255), args.repeats)
+    baseline = best_seconds(lambda: structural_similarity(fused, a, data_range=255), args.repeats, warmups=1)
     print(f"{args.size} x {args.size}, best of {args.repeats}; baseline skimage SSIM(F, A): {1000 * baseline:.2f} ms\n")
     print(f"{'metric':<8} {'ms':>8} {'x baseline':>11}")
     total = 0.0
     for name, metric in metrics.METRICS.items():
         inputs = (fused, a, b) if metric.uses_sources else (fused,)
-        seconds = best_seconds(lambda: metric.function(*inputs), args.repeats)
+        seconds = best_seconds(lambda: metric.function(*inputs), args.repeats, warmups=1)
         total += seconds
         print(f"{name:<8} {1000 * seconds:8.2f} {seconds / baseline:11.2f}")
-    whole = best_seconds(lambda: metrics.score(fused, a, b), args.repeats)
+    whole = best_seconds(lambda: metrics.score(fused, a, b), args.repeats, warmups=1)
     print(f"{'sum':<8} {1000 * total:8.2f} {total / baseline:11.2f}")
     print(f"{'score()':<8} {1000 * whole:8.2f} {whole / baseline:11.2f}")
 

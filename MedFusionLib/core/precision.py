@@ -3,12 +3,10 @@
 Reduced precision is only worth it where the hardware computes it natively, and only acceptable
 while the fused image stays within :data:`ACCURACY_BUDGET` of the fp32 result.
 
-Measured on BraTS T1/T2 slices with the shipped EMFusion and DenseFuse (``medfusion benchmark``
-repeats this on every run, see README "Performance"): fp16 changes the fused image by at most
-0.0009 (a quarter of one 8-bit grey level), bf16 by up to 0.007 (almost two grey levels;
-mean 0.0005). So ``auto`` is fp16 on CUDA and fp32 on the CPU. bf16 stays an explicit option,
-worth it on CPUs with native bf16 (AMX, AVX512-BF16); elsewhere it is emulated, about ten times
-slower than fp32 (AVX2), and a warning says so.
+On the shipped networks fp16 stays within the budget and bf16 does not (``medfusion benchmark``
+measures both on every run; figures in README "Performance"). So ``auto`` is fp16 on CUDA and
+fp32 on the CPU. bf16 stays an explicit option, worth it on CPUs with native bf16 (AMX,
+AVX512-BF16); elsewhere it is emulated, much slower than fp32, and a warning says so.
 """
 
 from __future__ import annotations

@@ -34,7 +34,9 @@ from MedFusionLib.evaluation.scoring import HARVARD_TASKS, load_harvard_pairs, l
 from MedFusionLib.io import read_image
 from MedFusionLib.imaging.normalization import normalize_intensity
 
-FOREGROUND_LEVEL = 0.1  # fraction of full scale above which a pixel counts as anatomy
+# On the [0, 1] intensity scale of normalised images: a pixel above it is anatomy, not air (slice
+# selection and foreground crops).
+ANATOMY_THRESHOLD = 0.1
 
 
 def resolve_tasks(task: str) -> list[str]:
@@ -74,7 +76,7 @@ def load_volume_slices(
 
     Each volume is normalised to [0, 1] on its own (99th-percentile clip, min-max) and quantised
     to 8 bits; slices where either source has less than ``min_foreground`` of its pixels above
-    :data:`FOREGROUND_LEVEL` are dropped (empty slices teach nothing). Raises
+    :data:`ANATOMY_THRESHOLD` are dropped (empty slices teach nothing). Raises
     :class:`InputError` if the volumes are not 3D on one grid, or no slice qualifies.
     """
     images = [v if isinstance(v, sitk.Image) else read_image(v) for v in (volume_a, volume_b)]
@@ -90,7 +92,7 @@ def load_volume_slices(
         )
     arrays = [normalize_intensity(sitk.GetArrayFromImage(image).astype(np.float32)) for image in images]
     levels = np.stack([np.round(a * 255.0) for a in arrays], axis=1).astype(np.uint8)  # (Z, 2, Y, X)
-    foreground = (levels > FOREGROUND_LEVEL * 255).mean(axis=(2, 3))  # (Z, 2)
+    foreground = (levels > ANATOMY_THRESHOLD * 255).mean(axis=(2, 3))  # (Z, 2)
     keep = np.all(foreground >= min_foreground, axis=1)
     if not keep.any():
         raise InputError(f"no axial slice of {names[0]} / {names[1]} has {min_foreground:.0%} foreground in both.")
@@ -198,7 +200,7 @@ class PairAugmentation:
         if self.config.foreground_crops:
             # Draw a centre among the anatomy pixels (plus a small floor, so an empty image still
             # works), restricted to where the crop stays mostly inside the image.
-            weights = (batch.amax(dim=1) > FOREGROUND_LEVEL).float().cpu() + 1e-3
+            weights = (batch.amax(dim=1) > ANATOMY_THRESHOLD).float().cpu() + 1e-3
             margin_y, margin_x = min(int(half), height // 2), min(int(half), width // 2)
             inside = torch.zeros_like(weights)
             inside[:, margin_y : height - margin_y or None, margin_x : width - margin_x or None] = 1

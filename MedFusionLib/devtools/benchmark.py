@@ -37,6 +37,7 @@ import torch
 
 from MedFusionLib.core.devices import resolve_device
 from MedFusionLib.core.errors import InputError
+from MedFusionLib.devtools.shared_data import shared_data_dir
 from MedFusionLib.fusion.engine import SliceFuser
 from MedFusionLib.models import create_model
 from MedFusionLib.fusion.pipeline import FOREGROUND_MARGIN, FOREGROUND_THRESHOLD, fuse_arrays, intensity_scaling
@@ -46,11 +47,6 @@ from MedFusionLib.imaging.normalization import normalize_intensity, slice_boxes
 DEFAULT_MODELS = ("emfusion", "haf", "densefuse", "laplacian")
 DEFAULT_SIZE = (240, 240, 155)
 DEFAULT_CASE = "TCGA-DU-7294"
-# Where a checkout keeps the shared data: beside the repository, or beside the working directory.
-_SHARED_CANDIDATES = (
-    Path(__file__).resolve().parents[3] / "shared" / "data" / "brats",
-    Path.cwd().parent / "shared" / "data" / "brats",
-)
 FP32_TOLERANCE = 1e-5  # product vs naive, both fp32: only the order of float operations differs
 
 
@@ -94,9 +90,10 @@ class RegistrationRow:
 
 def find_shared_case(case: str = DEFAULT_CASE) -> Path | None:
     """The shared BraTS case folder (``t1.nii.gz``, ``t2.nii.gz``) when this checkout has it."""
-    for root in _SHARED_CANDIDATES:
-        if (root / case / "t1.nii.gz").is_file() and (root / case / "t2.nii.gz").is_file():
-            return root / case
+    shared = shared_data_dir()
+    folder = shared / "brats" / case if shared is not None else None
+    if folder is not None and (folder / "t1.nii.gz").is_file() and (folder / "t2.nii.gz").is_file():
+        return folder
     return None
 
 

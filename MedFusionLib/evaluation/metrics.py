@@ -40,12 +40,13 @@ QABF_MAX = (QABF_GAMMA_G / (1.0 + math.exp(QABF_KAPPA_G * (1.0 - QABF_SIGMA_G)))
     QABF_GAMMA_A / (1.0 + math.exp(QABF_KAPPA_A * (1.0 - QABF_SIGMA_A)))
 )
 
-# A volume slice counts as foreground when at least this fraction of its pixels is brighter than
-# the volume's background by this many 8-bit levels, in some image: slices of air would otherwise
+# A volume slice counts as foreground when at least FOREGROUND_FRACTION of its pixels is brighter
+# than the volume's background by FOREGROUND_LEVELS_ABOVE_BACKGROUND (8-bit grey levels, 0-255
+# scale), in some image: slices of air would otherwise
 # dominate a volume's average. 10 % of the range keeps MRI's Rician background noise out; the
 # background is the volume's 1st percentile, because min-max scaling lifts the air of a volume
 # with a few negative voxels (BraTS T1: min -69) to ~10 % of the range.
-FOREGROUND_LEVEL = 0.10 * EIGHT_BIT_MAX
+FOREGROUND_LEVELS_ABOVE_BACKGROUND = 0.10 * EIGHT_BIT_MAX
 FOREGROUND_FRACTION = 0.01
 BACKGROUND_PERCENTILE = 1.0
 
@@ -104,10 +105,10 @@ def foreground_slices(*volumes: np.ndarray) -> np.ndarray:
 
     ``volumes``: (S, H, W) arrays on the 8-bit scale. A slice is foreground when at least
     ``FOREGROUND_FRACTION`` of its pixels exceed the volume's background (its
-    ``BACKGROUND_PERCENTILE``-th percentile) by ``FOREGROUND_LEVEL`` in at least one volume.
+    ``BACKGROUND_PERCENTILE``-th percentile) by ``FOREGROUND_LEVELS_ABOVE_BACKGROUND`` in at least one volume.
     """
     bright_fraction = np.stack(
-        [(v > np.percentile(v, BACKGROUND_PERCENTILE) + FOREGROUND_LEVEL).mean(axis=(1, 2)) for v in volumes]
+        [(v > np.percentile(v, BACKGROUND_PERCENTILE) + FOREGROUND_LEVELS_ABOVE_BACKGROUND).mean(axis=(1, 2)) for v in volumes]
     )
     return np.flatnonzero((bright_fraction >= FOREGROUND_FRACTION).any(axis=0))
 

@@ -3,7 +3,7 @@
 read -> (register, resample) -> normalise per volume -> per slice, a box around the joint
 foreground -> fuse inside the boxes -> an image with exactly the reference's geometry. See
 :func:`fuse_volumes`. Volumes are normalised and fused in slabs of slices, so beyond the inputs and
-the output only a bounded working set is held (two 512×512×400 volumes: 2.5 GiB peak, measured).
+the output only a bounded working set is held (README "Performance" gives the peak for large CTs).
 """
 
 from __future__ import annotations

@@ -73,7 +73,7 @@ class CrossAttentionGatePair(nn.Module):
     ``gate_a(g=feat_b, x=feat_a)`` and ``gate_b(g=feat_a, x=feat_b)`` read the same two feature
     maps, so their four 1×1 projections are one 1×1 convolution over ``cat(feat_a, feat_b)`` and
     their two ψ convolutions one grouped convolution: the same function up to float rounding,
-    in fewer and larger kernels (11 % faster per HAF slice on one CPU thread). Built from
+    in fewer and larger kernels, which run faster. Built from
     eval-mode gates whose BatchNorms are already folded into their projections.
     ``forward(feat_a, feat_b)``: two ``(B, w, H, W)`` -> ``cat(feat_a * α_a, feat_b * α_b)``,
     ``(B, 2w, H, W)``.
