@@ -214,8 +214,14 @@ class MedFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         self.initializeParameterNode()
         # Warm the worker while the user picks inputs: torch, the models and elastix load meanwhile.
-        if self._job is None and self.logic.startWorker(self._cpuOnly(), self._pythonExecutable()) is not None:
-            self._pollTimer.start()
+        if self._job is None:
+            try:
+                started = self.logic.startWorker(self._cpuOnly(), self._pythonExecutable())
+            except OSError as error:  # no PythonSlicer (FileNotFoundError): Apply reports it in full
+                logger.warning(f"could not start the worker in advance: {error}")
+                started = None
+            if started is not None:
+                self._pollTimer.start()
 
     def exit(self) -> None:
         # A running job keeps going: it captured everything it needs at Apply.

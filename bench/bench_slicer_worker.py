@@ -72,7 +72,6 @@ def main() -> int:
     args = parser.parse_args()
 
     import slicer
-
     from MedFusionSlicer.choices import make_options
     from MedFusionSlicer.logic import FusionLogic
     from MedFusionSlicer.volumes import image_from_volume_node, load_volume_node
