@@ -1,4 +1,4 @@
-"""Tests for MedFusionLib.datasets.training_data: paired augmentation, volume slices, Harvard pairs (shared data)."""
+"""Tests for MedFusionLib.datasets: paired augmentation, volume slices, Harvard pairs (shared data)."""
 
 from __future__ import annotations
 
@@ -9,15 +9,10 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from MedFusionLib.datasets.training_data import (
-    AugmentationConfig,
-    PairAugmentation,
-    PairDataset,
-    find_volume_cases,
-    load_harvard_pairs_array,
-    load_volume_slices,
-    resolve_tasks,
-)
+from MedFusionLib.datasets.augmentation import AugmentationConfig, PairAugmentation
+from MedFusionLib.datasets.harvard import load_harvard_pairs_array, resolve_tasks
+from MedFusionLib.datasets.pairs import PairDataset
+from MedFusionLib.datasets.volume_slices import find_volume_cases, load_volume_slices
 from MedFusionLib.core.errors import InputError
 
 

@@ -16,6 +16,7 @@ import SimpleITK as sitk
 from PIL import Image
 
 from MedFusionLib.evaluation import metrics, report
+from MedFusionLib.datasets import harvard
 from MedFusionLib.evaluation import scoring as evaluation
 from MedFusionLib.cli import main
 from MedFusionLib.core.errors import InputError, WeightsNotAvailableError
@@ -81,10 +82,10 @@ def _model_without_weights() -> str:
 
 
 def test_load_harvard_pairs_selects_task_and_split(harvard_like):
-    pairs = evaluation.load_harvard_pairs(harvard_like, ["CT-MRI"], "val")
+    pairs = harvard.load_harvard_pairs(harvard_like, ["CT-MRI"], "val")
     assert [(p.task, p.pair_id) for p in pairs] == [("CT-MRI", "1001"), ("CT-MRI", "1002")]
     assert pairs[0].mri_path == harvard_like / "CT-MRI" / "MRI" / "1001.png"
-    assert len(evaluation.load_harvard_pairs(harvard_like, list(evaluation.HARVARD_TASKS), "val")) == 4
+    assert len(harvard.load_harvard_pairs(harvard_like, list(harvard.HARVARD_TASKS), "val")) == 4
 
 
 @pytest.mark.parametrize(
@@ -93,20 +94,20 @@ def test_load_harvard_pairs_selects_task_and_split(harvard_like):
 )
 def test_load_harvard_pairs_rejects_bad_selections(harvard_like, tasks, split, message):
     with pytest.raises(InputError, match=message):
-        evaluation.load_harvard_pairs(harvard_like, tasks, split)
+        harvard.load_harvard_pairs(harvard_like, tasks, split)
 
 
 def test_load_harvard_pairs_names_a_missing_image(harvard_like, tmp_path):
     (harvard_like / "CT-MRI" / "CT" / "1002.png").unlink()
     with pytest.raises(InputError, match="1002.png is listed"):
-        evaluation.load_harvard_pairs(harvard_like, ["CT-MRI"], "val")
+        harvard.load_harvard_pairs(harvard_like, ["CT-MRI"], "val")
     with pytest.raises(InputError, match="pairs.csv not found"):
-        evaluation.load_harvard_pairs(tmp_path / "nowhere", ["CT-MRI"], "val")
+        harvard.load_harvard_pairs(tmp_path / "nowhere", ["CT-MRI"], "val")
 
 
 def test_colour_sources_are_scored_on_their_rounded_luminance(harvard_like):
-    pair = evaluation.load_harvard_pairs(harvard_like, ["PET-MRI"], "val")[0]
-    images = evaluation.load_pair_images(pair)
+    pair = harvard.load_harvard_pairs(harvard_like, ["PET-MRI"], "val")[0]
+    images = harvard.load_pair_images(pair)
     rgb = np.asarray(Image.open(pair.other_path))
     np.testing.assert_array_equal(images.other_rgb, rgb)
     np.testing.assert_array_equal(images.source_b, np.clip(np.round(rgb_to_ycbcr(rgb)[..., 0]), 0, 255))
@@ -114,14 +115,14 @@ def test_colour_sources_are_scored_on_their_rounded_luminance(harvard_like):
 
 
 def test_evaluate_pairs_scores_models_and_single_source_references(harvard_like):
-    pairs = evaluation.load_harvard_pairs(harvard_like, ["CT-MRI", "PET-MRI"], "val")
+    pairs = harvard.load_harvard_pairs(harvard_like, ["CT-MRI", "PET-MRI"], "val")
     methods, skipped = evaluation.build_model_methods(["average", "maximum"], "cpu")
     assert skipped == {}
     result = evaluation.evaluate_pairs(pairs, methods, examples_per_task=1)
     assert len(result.rows) == len(pairs) * 4
     assert result.reference_methods == list(evaluation.REFERENCE_METHODS)
     for row in result.rows:
-        images = evaluation.load_pair_images(next(p for p in pairs if (p.task, p.pair_id) == (row.task, row.pair_id)))
+        images = harvard.load_pair_images(next(p for p in pairs if (p.task, p.pair_id) == (row.task, row.pair_id)))
         a, b = images.source_a, images.source_b
         expected_fused = {
             # The model computes in float32; ties round the way float32 sums fall.
@@ -147,13 +148,13 @@ def test_learned_models_without_weights_are_skipped_with_the_reason():
 
 
 def test_saved_fused_pngs_score_exactly_like_the_model_run_in_process(harvard_like, tmp_path):
-    pairs = evaluation.load_harvard_pairs(harvard_like, ["CT-MRI", "PET-MRI"], "val")
+    pairs = harvard.load_harvard_pairs(harvard_like, ["CT-MRI", "PET-MRI"], "val")
     methods, _ = evaluation.build_model_methods(["laplacian"], "cpu")
     in_process = evaluation.evaluate_pairs(pairs, methods, include_references=False)
     fused_dir = tmp_path / "laplacian_outputs"
     model = create_model("laplacian")
     for pair in pairs:
-        images = evaluation.load_pair_images(pair)
+        images = harvard.load_pair_images(pair)
         fused = evaluation.ModelMethod("laplacian", model, methods[0].device).fuse(images)
         (fused_dir / pair.task).mkdir(parents=True, exist_ok=True)
         if images.other_rgb is None:
@@ -174,7 +175,7 @@ def test_saved_fused_pngs_score_exactly_like_the_model_run_in_process(harvard_li
 
 
 def test_a_missing_fused_image_is_an_error_naming_the_file(harvard_like, tmp_path):
-    pairs = evaluation.load_harvard_pairs(harvard_like, ["CT-MRI"], "val")
+    pairs = harvard.load_harvard_pairs(harvard_like, ["CT-MRI"], "val")
     (tmp_path / "outputs" / "CT-MRI").mkdir(parents=True)
     method = evaluation.FusedDirectoryMethod("outputs", tmp_path / "outputs", single_task=True)
     with pytest.raises(InputError, match=r"no fused image for CT-MRI/1001.*1001.png"):
@@ -243,7 +244,7 @@ def test_cli_evaluate_writes_csv_markdown_figures_and_a_self_contained_report(ha
 def test_cli_evaluate_scores_a_fused_directory_and_rejects_unknown_models(harvard_like, tmp_path, capsys):
     fused = tmp_path / "theirs"
     (fused / "CT-MRI").mkdir(parents=True)
-    for pair in evaluation.load_harvard_pairs(harvard_like, ["CT-MRI"], "val"):
+    for pair in harvard.load_harvard_pairs(harvard_like, ["CT-MRI"], "val"):
         Image.fromarray(_synthetic_mri(7)).save(fused / pair.task / f"{pair.pair_id}.png")
     out = tmp_path / "out"
     assert main(["evaluate", "--data", str(harvard_like), "--task", "CT-MRI", "--fused", f"theirs={fused}", "--out", str(out), "--quiet"]) == 0
@@ -328,10 +329,10 @@ def test_cli_evaluate_volume_mode(phantom_sources, tmp_path):
 
 
 def test_real_harvard_val_split_sizes_and_one_scored_pair(shared_data):
-    harvard = shared_data / "harvard"
-    counts = {task: len(evaluation.load_harvard_pairs(harvard, [task], "val")) for task in evaluation.HARVARD_TASKS}
+    folder = shared_data / "harvard"
+    counts = {task: len(harvard.load_harvard_pairs(folder, [task], "val")) for task in harvard.HARVARD_TASKS}
     assert counts == {"CT-MRI": 20, "PET-MRI": 82, "SPECT-MRI": 33}
-    pair = evaluation.load_harvard_pairs(harvard, ["PET-MRI"], "val")[0]
+    pair = harvard.load_harvard_pairs(folder, ["PET-MRI"], "val")[0]
     methods, _ = evaluation.build_model_methods(["average"], "cpu")
     result = evaluation.evaluate_pairs([pair], methods)
     scores = result.summary("PET-MRI")

@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from MedFusionLib.datasets.training_data import AugmentationConfig, PairAugmentation
+from MedFusionLib.datasets.augmentation import AugmentationConfig, PairAugmentation
 from MedFusionLib.models import create_model
 from MedFusionLib.training.trainer import TrainingObjective, default_config
 

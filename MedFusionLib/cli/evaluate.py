@@ -24,11 +24,11 @@ from MedFusionLib.core.devices import DEVICE_CHOICES, describe_device, resolve_d
 from MedFusionLib.core.errors import InputError
 from MedFusionLib.core.geometry import SLICING_AXES, slicing_array_axis
 from MedFusionLib.core.files import atomic_output, atomic_output_directory, refuse_existing_outputs
+from MedFusionLib.datasets.harvard import HARVARD_TASKS
 from MedFusionLib.io import read_image
 from MedFusionLib.evaluation.metrics import METRICS
 from MedFusionLib.models import list_models
 
-HARVARD_TASK_CHOICES = ("CT-MRI", "PET-MRI", "SPECT-MRI", "all")
 
 
 def _comma_list(text: str) -> list[str]:
@@ -47,7 +47,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     harvard = parser.add_argument_group("Harvard pairs")
     harvard.add_argument("--data", type=Path, help="the Harvard folder with pairs.csv (e.g. ../shared/data/harvard)")
-    harvard.add_argument("--task", choices=HARVARD_TASK_CHOICES, default="all", help="task to evaluate (default all)")
+    harvard.add_argument("--task", choices=(*HARVARD_TASKS, "all"), default="all", help="task to evaluate (default all)")
     harvard.add_argument("--split", choices=("train", "val"), default="val", help="split to evaluate (default val)")
     harvard.add_argument(
         "--models",
@@ -105,9 +105,10 @@ def _write_report(args: argparse.Namespace, page: str) -> None:
 
 def _run_harvard(args: argparse.Namespace) -> int:
     from MedFusionLib.evaluation import report
-    from MedFusionLib.evaluation.scoring import FusedDirectoryMethod, build_model_methods, evaluate_pairs, load_harvard_pairs
+    from MedFusionLib.datasets.harvard import load_harvard_pairs, resolve_tasks
+    from MedFusionLib.evaluation.scoring import FusedDirectoryMethod, build_model_methods, evaluate_pairs
 
-    tasks = ["CT-MRI", "PET-MRI", "SPECT-MRI"] if args.task == "all" else [args.task]
+    tasks = resolve_tasks(args.task)
     pairs = load_harvard_pairs(args.data, tasks, args.split)
     fused_directories = _fused_directories(args.fused)
     model_names = list_models() if args.models is None else args.models

@@ -20,13 +20,13 @@ from pathlib import Path
 
 import torch
 
-from MedFusionLib.datasets.training_data import find_volume_cases, load_harvard_pairs_array, load_volume_slices, resolve_tasks
+from MedFusionLib.datasets.harvard import HARVARD_TASKS, load_harvard_pairs_array, resolve_tasks
+from MedFusionLib.datasets.volume_slices import find_volume_cases, load_volume_slices
 from MedFusionLib.core.devices import DEVICE_CHOICES
 from MedFusionLib.core.errors import InputError
 from MedFusionLib.training.trainer import CHECKPOINT_BEST, PRECISIONS, export_weights, load_config, train
 
 TRAINABLE = ("emfusion", "haf", "densefuse")
-TASK_CHOICES = ("CT-MRI", "PET-MRI", "SPECT-MRI", "all")
 VALIDATION_EVERY_NTH_CASE = 5
 
 
@@ -40,7 +40,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--model", required=True, choices=TRAINABLE, help="architecture to train")
     parser.add_argument("--data", required=True, type=Path,
                         help="Harvard folder with pairs.csv, or a folder of co-registered volume case folders")
-    parser.add_argument("--task", choices=TASK_CHOICES, default="all", help="Harvard task(s) to train on (default all)")
+    parser.add_argument("--task", choices=(*HARVARD_TASKS, "all"), default="all", help="Harvard task(s) to train on (default all)")
     parser.add_argument("--modalities", default="t1,t2", help="volume data: the two file stems used as A,B (default t1,t2)")
     parser.add_argument("--out", required=True, type=Path, help="run folder (checkpoints, logs, exported weights)")
     parser.add_argument("--config", type=Path, default=None, help="JSON file overriding the default configuration")

@@ -40,7 +40,8 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from MedFusionLib.evaluation import metrics
-from MedFusionLib.datasets.training_data import AugmentationConfig, PairAugmentation, PairDataset
+from MedFusionLib.datasets.augmentation import AugmentationConfig, PairAugmentation
+from MedFusionLib.datasets.pairs import PairDataset
 from MedFusionLib.core.devices import resolve_device
 from MedFusionLib.core.errors import InputError, MedFusionError
 from MedFusionLib.training.losses import FusionLoss, FusionLossWeights, ReconstructionLoss
@@ -669,7 +670,8 @@ def harvard_validation(model: nn.Module, name: str, data_dir: str | Path, tasks:
     Returns ``{task: {"pairs": n, name: {metric: mean}, "average": {...}, "beats_average_on": [...]}}``
     over :data:`SELECTION_METRICS`, for a model card.
     """
-    from MedFusionLib.evaluation.scoring import ModelMethod, evaluate_pairs, load_harvard_pairs
+    from MedFusionLib.datasets.harvard import load_harvard_pairs
+    from MedFusionLib.evaluation.scoring import ModelMethod, evaluate_pairs
 
     pairs = load_harvard_pairs(data_dir, tasks, split)
     methods = [ModelMethod(name, model.eval(), torch.device("cpu")), ModelMethod("average", create_model("average"), torch.device("cpu"))]

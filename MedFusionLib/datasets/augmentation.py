@@ -1,143 +1,21 @@
-"""Training data: co-registered image pairs, random crops and paired augmentation.
+"""Paired augmentation for training: random crops, rotation, flips, elastic deformation, gamma, occlusion.
 
-Two sources of pairs, both held in memory as ``(N, 2, H, W)`` uint8 tensors (channel 0: source A,
-channel 1: source B, 8-bit levels as the metrics score them):
-
-* :func:`load_harvard_pairs_array`: the Harvard 2D pairs (``pairs.csv``), MRI as A and CT, or the
-  Y channel of colour PET/SPECT, as B; the split is the table's, which is by case.
-* :func:`load_volume_slices`: co-registered volumes (e.g. BraTS T1/T2), each volume normalised by
-  :func:`~MedFusionLib.imaging.normalization.normalize_intensity`, sampled as axial slices that hold
-  foreground in both.
-
-:class:`PairDataset` serves whole pairs as ``(2, H, W)`` float32 in [0, 1]; the random crops and
-augmentation are done batch-wise by :class:`PairAugmentation` with an explicit
-``torch.Generator``, so that a run is reproducible from its seed and resumable exactly. The
-geometric part (rotation, flips, elastic deformation, crop) is one sampling grid applied
-identically to both sources; gamma and occlusion are drawn per source.
+Done batch-wise by :class:`PairAugmentation` with an explicit ``torch.Generator``, so that a run is
+reproducible from its seed and resumable exactly. The geometric part (rotation, flips, elastic
+deformation, crop) is one sampling grid applied identically to both sources; gamma and occlusion
+are drawn per source.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields
-from pathlib import Path
-from typing import Sequence
 
-import numpy as np
-import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset
 
 from MedFusionLib.core.errors import InputError
-from MedFusionLib.evaluation.scoring import HARVARD_TASKS, load_harvard_pairs, load_pair_images
-from MedFusionLib.io import read_image
-from MedFusionLib.imaging.normalization import normalize_intensity
-
-# On the [0, 1] intensity scale of normalised images: a pixel above it is anatomy, not air (slice
-# selection and foreground crops).
-ANATOMY_THRESHOLD = 0.1
-
-
-def resolve_tasks(task: str) -> list[str]:
-    """``"all"`` -> every Harvard task; a task name -> ``[task]``; anything else raises."""
-    if task == "all":
-        return list(HARVARD_TASKS)
-    if task not in HARVARD_TASKS:
-        raise InputError(f"unknown task {task!r}; choose from {', '.join(HARVARD_TASKS)} or 'all'.")
-    return [task]
-
-
-def load_harvard_pairs_array(data_dir: str | Path, tasks: Sequence[str], split: str) -> tuple[torch.Tensor, list[str]]:
-    """The Harvard pairs of ``tasks`` in ``split``: ``(N, 2, 256, 256)`` uint8 and each pair's task.
-
-    Raises :class:`InputError` for a missing folder or file, an unknown task or split (see
-    :func:`MedFusionLib.evaluation.scoring.load_harvard_pairs`).
-    """
-    pairs = load_harvard_pairs(data_dir, list(tasks), split)
-    stacked, pair_tasks = [], []
-    for pair in pairs:
-        images = load_pair_images(pair)
-        stacked.append(np.stack([images.source_a, images.source_b]).astype(np.uint8))
-        pair_tasks.append(pair.task)
-    shapes = {array.shape for array in stacked}
-    if len(shapes) != 1:
-        raise InputError(f"Harvard pairs in {data_dir} differ in size ({sorted(shapes)}); all must be one size to batch.")
-    return torch.from_numpy(np.stack(stacked)), pair_tasks
-
-
-def load_volume_slices(
-    volume_a: str | Path | sitk.Image,
-    volume_b: str | Path | sitk.Image,
-    *,
-    min_foreground: float = 0.05,
-) -> torch.Tensor:
-    """Axial slices of two co-registered volumes as ``(S, 2, Y, X)`` uint8.
-
-    Each volume is normalised to [0, 1] on its own (99th-percentile clip, min-max) and quantised
-    to 8 bits; slices where either source has less than ``min_foreground`` of its pixels above
-    :data:`ANATOMY_THRESHOLD` are dropped (empty slices teach nothing). Raises
-    :class:`InputError` if the volumes are not 3D on one grid, or no slice qualifies.
-    """
-    images = [v if isinstance(v, sitk.Image) else read_image(v) for v in (volume_a, volume_b)]
-    names = [str(v) if not isinstance(v, sitk.Image) else f"volume {i}" for i, v in enumerate((volume_a, volume_b))]
-    for image, name in zip(images, names):
-        if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
-            raise InputError(f"{name}: expected a 3D scalar volume, got {image.GetDimension()}D with "
-                             f"{image.GetNumberOfComponentsPerPixel()} component(s).")
-    if images[0].GetSize() != images[1].GetSize():
-        raise InputError(
-            f"{names[0]} {images[0].GetSize()} and {names[1]} {images[1].GetSize()} are not on one grid; "
-            "register and resample them first (`medfusion fuse --registration ...` or a co-registered dataset)."
-        )
-    arrays = [normalize_intensity(sitk.GetArrayFromImage(image).astype(np.float32)) for image in images]
-    levels = np.stack([np.round(a * 255.0) for a in arrays], axis=1).astype(np.uint8)  # (Z, 2, Y, X)
-    foreground = (levels > ANATOMY_THRESHOLD * 255).mean(axis=(2, 3))  # (Z, 2)
-    keep = np.all(foreground >= min_foreground, axis=1)
-    if not keep.any():
-        raise InputError(f"no axial slice of {names[0]} / {names[1]} has {min_foreground:.0%} foreground in both.")
-    return torch.from_numpy(levels[keep])
-
-
-def find_volume_cases(data_dir: str | Path, modalities: Sequence[str]) -> list[tuple[Path, Path]]:
-    """Case folders under ``data_dir`` holding ``<m>.nii.gz`` (or ``.nii``) for both ``modalities``.
-
-    Returns ``[(path_a, path_b), ...]`` sorted by case name; raises :class:`InputError` if none.
-    """
-    data_dir = Path(data_dir)
-    if len(modalities) != 2:
-        raise InputError(f"volume training needs two modalities (e.g. t1,t2), got {list(modalities)}")
-    cases = []
-    for case in sorted(p for p in data_dir.iterdir() if p.is_dir()) if data_dir.is_dir() else []:
-        found = []
-        for modality in modalities:
-            candidates = [case / f"{modality}.nii.gz", case / f"{modality}.nii"]
-            found.append(next((c for c in candidates if c.is_file()), None))
-        if all(found):
-            cases.append((found[0], found[1]))
-    if not cases:
-        raise InputError(
-            f"{data_dir}: no case folder holds both {modalities[0]}.nii.gz and {modalities[1]}.nii.gz; "
-            "--data must be a Harvard folder (with pairs.csv) or a folder of co-registered case folders."
-        )
-    return cases
-
-
-class PairDataset(Dataset):
-    """Whole pairs as ``(2, H, W)`` float32 in [0, 1] from an ``(N, 2, H, W)`` uint8 tensor."""
-
-    def __init__(self, pairs: torch.Tensor) -> None:
-        if pairs.dim() != 4 or pairs.shape[1] != 2 or pairs.dtype != torch.uint8:
-            raise InputError(f"pairs must be an (N, 2, H, W) uint8 tensor, got {tuple(pairs.shape)} {pairs.dtype}")
-        if pairs.shape[0] == 0:
-            raise InputError("no training pairs: the selected data is empty.")
-        self.pairs = pairs
-
-    def __len__(self) -> int:
-        return self.pairs.shape[0]
-
-    def __getitem__(self, index: int) -> torch.Tensor:
-        return self.pairs[index].float() / 255.0
+from MedFusionLib.datasets.pairs import ANATOMY_THRESHOLD
 
 
 @dataclass
