@@ -189,6 +189,35 @@ def test_idle_timeout_and_closed_input_end_the_worker():
     orphan.stop()
 
 
+def test_a_job_sent_as_the_worker_times_out_is_sent_again(tmp_path, job_folder_factory):
+    """The race at the idle timeout: the job is written just as the worker announces its exit and
+    ends without reading it. The job goes to a fresh worker once, and succeeds."""
+    marker = tmp_path / "first-launch-done"
+    script = tmp_path / "ending_then_serving.py"
+    script.write_text(
+        "import os, sys\n"
+        f"marker = {str(marker)!r}\n"
+        "if not os.path.exists(marker):\n"
+        "    open(marker, 'w').close()\n"
+        "    sys.stdin.readline()  # the job arrives ...\n"
+        "    print('{\"event\": \"idle-exit\", \"seconds\": 1}', flush=True)  # ... as it times out\n"
+        "    sys.exit(0)\n"
+        "os.execv(sys.executable, [sys.executable, '-m', 'MedFusionSlicer.server', '--idle-timeout', '60'])\n"
+    )
+    environment = worker_environment(dict(os.environ), cpu_only=True, search_path=[str(Path(__file__).resolve().parents[1] / "MedFusion")])
+    process = WorkerProcess(command=[sys.executable, str(script)], environment=environment)
+    process.start()
+    first = process.process.pid
+    job = FusionJob(job_folder_factory(), FusionOptions(model="average", registration="none", device="cpu").to_dict(), process)
+    try:
+        job.start()
+        job.wait(timeout=180)
+        assert job.state == "succeeded", job.error
+        assert process.process.pid != first and marker.exists()
+    finally:
+        process.stop()
+
+
 def test_protocol_lines_are_parsed_strictly():
     assert parse_line('{"stage": "fuse", "done": 3, "total": 40}\n') == Progress("fuse", 3, 40)
     assert parse_line('{"event": "registration", "id": 2, "confidence": {"doubtful": true}}') == Notice(

@@ -232,13 +232,15 @@ class WorkerProcess:
         self.process: subprocess.Popen | None = None
         self.info: dict | None = None
         self.exit_code: int | None = None
+        self.ending = False  # it announced its idle-timeout exit
         self._lines: queue.Queue[str | None] = queue.Queue()
         self._reader: threading.Thread | None = None
         self._ids = itertools.count(1)
 
     @property
     def alive(self) -> bool:
-        return self.process is not None and self.exit_code is None and self.process.poll() is None
+        """Running and able to take a job (not ending after its idle timeout)."""
+        return self.process is not None and self.exit_code is None and not self.ending and self.process.poll() is None
 
     def start(self) -> None:
         """Start the process (non-blocking: it imports torch in the background)."""
@@ -250,6 +252,7 @@ class WorkerProcess:
         # can still arrive from its reader thread and must not be mistaken for this one's.
         self._lines = queue.Queue()
         self.info = self.exit_code = None
+        self.ending = False
         if os.name == "nt":
             options["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP | subprocess.CREATE_NO_WINDOW
         else:
@@ -306,6 +309,8 @@ class WorkerProcess:
                 event = parse_line(line)
                 if isinstance(event, Notice) and event.name == "ready":
                     self.info = event.data
+                elif isinstance(event, Notice) and event.name == "idle-exit":
+                    self.ending = True
         return lines
 
     def kill(self) -> None:
@@ -352,6 +357,7 @@ class FusionJob:
         self.report: dict = {}
         self.context: dict = {}  # what the caller captured at start (e.g. the MRML nodes); not used here
         self._pending: list = []
+        self._idled = self._resubmitted = False
 
     @property
     def registering(self) -> bool:
@@ -370,20 +376,27 @@ class FusionJob:
         return self.folder / TRANSFORM_FILE
 
     def start(self) -> None:
-        """Send the job to the worker (starting the worker if it is not running)."""
+        """Send the job to the worker (starting the worker if it is not running or is ending)."""
+        self.worker.take_lines()  # what the worker said while idle: ready, warm, or that it is ending
         if not self.worker.alive:
-            self.worker.take_lines()  # drop what an ended worker left
-            self.worker.start()
+            self._fresh_worker()
         self.id = self.worker.next_id()
         self.state = "running"
         try:
-            self.worker.send({"op": "fuse", "id": self.id, "folder": str(self.folder), "options": self.options})
+            self._submit()
         except BrokenPipeError:
-            # It ended (idle timeout) between the check and the write: one fresh worker, once.
-            self.worker.kill()
+            # It ended (idle timeout) between the check and the write: one fresh worker.
+            self._fresh_worker()
+            self._submit()
+
+    def _fresh_worker(self) -> None:
+        if self.worker.process is not None:
+            self.worker.kill()  # reap it and anything left in its process group
             self.worker.take_lines()
-            self.worker.start()
-            self.worker.send({"op": "fuse", "id": self.id, "folder": str(self.folder), "options": self.options})
+        self.worker.start()
+
+    def _submit(self) -> None:
+        self.worker.send({"op": "fuse", "id": self.id, "folder": str(self.folder), "options": self.options})
 
     def poll(self, block_s: float = 0.0) -> list:
         """Events since the last call; never blocks (unless ``block_s``). The last is :class:`Finished`."""
@@ -392,6 +405,13 @@ class FusionJob:
             return events
         for line in self.worker.take_lines(block_s):
             if line is None:
+                if self._idled and not self._resubmitted:
+                    # The worker reached its idle timeout just as this job was written to it, and
+                    # ended without reading it: send the job once more, to a fresh worker.
+                    self._resubmitted = True
+                    self._fresh_worker()
+                    self._submit()
+                    return events
                 events.append(self._worker_ended())
                 return events
             event = parse_line(line)
@@ -400,6 +420,9 @@ class FusionJob:
             elif isinstance(event, Notice):
                 if event.data.get("id") not in (None, self.id):
                     continue  # another job's (cannot happen with one job at a time; be safe)
+                if event.name == "idle-exit":
+                    self._idled = True
+                    continue
                 if event.name == "finished":
                     events.append(self._finished(event.data))
                     return events
