@@ -218,6 +218,25 @@ def test_a_job_sent_as_the_worker_times_out_is_sent_again(tmp_path, job_folder_f
         process.stop()
 
 
+def test_a_broken_torch_is_reported_not_fatal(tmp_path, job_folder_factory):
+    """B5: torch is only ever imported in the worker; when it is broken there, the worker still
+    answers: its ready event says why (the panel's device line), and a job fails with the reason."""
+    (tmp_path / "torch").mkdir()
+    (tmp_path / "torch" / "__init__.py").write_text("raise RuntimeError('this torch build is broken')\n")
+    search_path = [str(tmp_path), str(Path(__file__).resolve().parents[1] / "MedFusion"), str(Path(__file__).resolve().parents[1])]
+    process = WorkerProcess(cpu_only=True, environment=worker_environment(dict(os.environ), cpu_only=True, search_path=search_path))
+    try:
+        process.start()
+        ready = _wait_for(process, "ready")
+        assert ready["models"] == [] and "torch cannot be used" in ready["device"] and "broken" in ready["device"]
+        job = FusionJob(job_folder_factory(), FusionOptions(model="average", registration="none", device="cpu").to_dict(), process)
+        job.start()
+        job.wait(timeout=120)
+        assert job.state == "failed" and "broken" in job.error
+    finally:
+        process.stop()
+
+
 def test_protocol_lines_are_parsed_strictly():
     assert parse_line('{"stage": "fuse", "done": 3, "total": 40}\n') == Progress("fuse", 3, 40)
     assert parse_line('{"event": "registration", "id": 2, "confidence": {"doubtful": true}}') == Notice(

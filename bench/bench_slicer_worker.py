@@ -9,13 +9,13 @@ Apply to the fused volume in the views (the views' redraw excluded).
 
 * run 1: the first Apply of a session; the worker is started by it (imports torch, loads
   itk-elastix: the cost every Apply paid before the worker was kept warm);
-* run 2: the next Apply on the same worker;
+* run 2, 3, ...: the next Applies on the same worker;
 * entered: a worker started at module entry and given time to warm up before Apply.
 
 Then the temporary files: uncompressed NRRD (what the worker exchanges) against gzip NRRD and
 gzip NIfTI, for the two inputs and the fused output: bytes, write and read seconds.
 
-    python bench/bench_slicer_worker.py [--case DIR] [--registration rigid] [--model emfusion]
+    python bench/bench_slicer_worker.py [--case DIR] [--registration rigid] [--backend elastix] [--runs 3]
 """
 
 from __future__ import annotations
@@ -66,6 +66,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--case", type=Path, default=DEFAULT_CASE, help="folder with t1.nii.gz and t2.nii.gz")
     parser.add_argument("--registration", default="rigid")
+    parser.add_argument("--backend", default="elastix", help="registration backend (elastix: the one with the start-up cost)")
+    parser.add_argument("--runs", type=int, default=3, help="Applies on the same worker (the first starts it)")
     parser.add_argument("--model", default="emfusion")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--warm-wait", type=float, default=60.0, help="seconds the 'entered' worker may warm up")
@@ -79,13 +81,14 @@ def main() -> int:
     scene = slicer.vtkMRMLScene()
     reference = load_volume_node(scene, args.case / "t1.nii.gz", "T1")
     moving = load_volume_node(scene, args.case / "t2.nii.gz", "T2")
-    options = make_options(registration=args.registration, model=args.model, device=args.device)
+    options = make_options(registration=args.registration, backend=args.backend, model=args.model, device=args.device)
     print(f"case {args.case.name}: {reference.GetImageData().GetDimensions()} voxels, options {options.to_argv()}\n")
 
     rows = []
     logic = FusionLogic()
     try:
-        for label in ("run 1 (worker started by this Apply)", "run 2 (same worker)"):
+        for run in range(1, args.runs + 1):
+            label = "run 1 (worker started by this Apply)" if run == 1 else f"run {run} (same worker)"
             seconds, nodes, report = apply_once(logic, reference, moving, options)
             rows.append((label, seconds, report))
     finally:
