@@ -395,8 +395,39 @@ class MedFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         return make_options(model=parameters.model or None, registration=parameters.registration,
                             backend=parameters.backend, device=parameters.device, axis=parameters.axis)
 
+    def repairTorch(self) -> bool:
+        """The worker could not use torch (a broken or mismatched install): offer to reinstall it.
+        Returns True when the run can go on (repaired, or the user wants to try anyway)."""
+        worker = self.logic.currentWorker
+        problem = (worker.info or {}).get("error") if worker is not None else None
+        if not problem:
+            return True
+        if not slicer.util.confirmYesNoDisplay(
+            _("The MedFusion worker cannot use torch:") + f"\n\n{problem}\n\n" + _("Reinstall torch now?"),
+            windowTitle=_("MedFusion: torch does not work"),
+        ):
+            return True  # the run will fail with the same message; the user decided
+        torch = [requirement for requirement in dependencies.REQUIREMENTS if requirement.distribution == "torch"]
+        self._installing = True
+        self.updateApplyButton()
+        try:
+            with slicer.util.WaitCursor():
+                for line in dependencies.install(torch, dependencies.slicer_pip_install, dependencies.slicer_torch_index(),
+                                                 repair=True):  # fmt: skip
+                    logger.info(line)
+        except Exception as error:  # noqa: BLE001  (pip failed: say how to do it by hand)
+            logger.error(f"reinstalling torch failed: {error}")
+            slicer.util.errorDisplay(dependencies.offline_instructions(torch), windowTitle=_("MedFusion: installation failed"))
+            return False
+        finally:
+            self._installing = False
+            self.updateApplyButton()
+        self.logic.stopWorker()  # the next run starts a worker that imports the new torch
+        self.fillModels(None)
+        return True
+
     def onApplyButton(self) -> None:
-        if self._job is not None or self._installing or not self.ensureDependencies():
+        if self._job is not None or self._installing or not self.ensureDependencies() or not self.repairTorch():
             return
         parameters = self._parameterNode
         with slicer.util.tryWithErrorDisplay(_("MedFusion could not start."), waitCursor=True):
@@ -426,7 +457,7 @@ class MedFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onPoll(self) -> None:
         """Show what the worker reported since the last tick; import the results when it succeeded."""
-        worker = self.logic._worker
+        worker = self.logic.currentWorker
         if self._job is None:
             # Idle: only waiting for the warm worker's model list and device.
             if worker is not None:

@@ -286,6 +286,15 @@ def test_optional_package_is_installed_alone_and_its_failure_blocks_nothing():
         dependencies.install(missing, _recording_pip([], fail_for=("nibabel",)))
 
 
+def test_repair_reinstalls_torch_alone_without_its_dependencies():
+    """B5: a torch the worker cannot import is reinstalled (forced), and nothing else is touched."""
+    calls = []
+    torch = [r for r in dependencies.REQUIREMENTS if r.distribution == "torch"]
+    dependencies.install(torch, _recording_pip(calls), "https://download.pytorch.org/whl/cpu", repair=True)
+    (packages, _, rest), = calls
+    assert packages == ["torch>=2.2"] and rest[-2:] == ["--force-reinstall", "--no-deps"]
+
+
 def test_torch_index_picks_the_newest_cuda_build():
     assert dependencies.torch_index_for(["cpu", "cu118", "cu126", "cu121"]) == "https://download.pytorch.org/whl/cu126"
     assert dependencies.torch_index_for(["cpu"]) == "https://download.pytorch.org/whl/cpu"

@@ -147,6 +147,8 @@ def install(
     requirements: list[Requirement],
     pip_install: Callable[[list[str]], None],
     torch_index_url: str | None = None,
+    *,
+    repair: bool = False,
 ) -> list[str]:
     """Install ``requirements`` (the user has already agreed) and return what was done, for the log.
 
@@ -156,9 +158,17 @@ def install(
     without it. torch is installed from ``torch_index_url`` when given (the PyTorch index of the
     CUDA build for this computer, :func:`torch_index_for`), and only torch, never torchvision.
     Every call runs with a constraints file that pins the packages Slicer ships at their installed
-    versions. A failure of a required package raises (pip's ``CalledProcessError``).
+    versions. A failure of a required package raises (pip's ``CalledProcessError``). ``repair``:
+    reinstall the given packages although they are installed (a broken torch), without touching
+    their dependencies (``--force-reinstall --no-deps``).
     """
     done = []
+    if repair:
+        original = pip_install
+
+        def pip_install(arguments: list[str]) -> None:
+            original([*arguments, "--force-reinstall", "--no-deps"])
+
     required = [requirement for requirement in requirements if not requirement.optional]
     optional = [requirement for requirement in requirements if requirement.optional]
     with tempfile.TemporaryDirectory(prefix="MedFusion-constraints-") as folder:

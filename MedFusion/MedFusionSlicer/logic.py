@@ -314,6 +314,11 @@ class FusionLogic:
 
     # --- running on the warm worker ---------------------------------------------------------
 
+    @property
+    def currentWorker(self) -> WorkerProcess | None:
+        """The warm worker if one was made (running or not), else ``None``."""
+        return self._worker
+
     def worker(self, cpu_only: bool = False, pythonExecutable: str | None = None) -> WorkerProcess:
         """The warm worker (started on demand by a job); a CPU-only run gets a worker that cannot
         see the GPU, so the previous one is ended when that choice changes."""
