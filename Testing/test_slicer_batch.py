@@ -82,6 +82,30 @@ def test_existing_output_is_kept_without_overwrite(phantom_files, tmp_path):
     assert output.read_bytes() == b"keep me"
 
 
+def test_registered_pair_prints_the_registration_and_writes_the_checkerboard(tmp_path):
+    """Headless gets what the panel shows: the registration summary on standard output, and the
+    registered volume and the checkerboard as files on the reference grid."""
+    from conftest import SMALL_SIZE, SMALL_SPACING
+
+    from MedFusionLib.imaging.phantom import DEMO_MISALIGNMENT, make_head_phantom
+
+    phantom = make_head_phantom(size=SMALL_SIZE, spacing=SMALL_SPACING, misalignment=DEMO_MISALIGNMENT,
+                                moving_spacing=(3.0, 3.0, 4.0), seed=1)  # fmt: skip
+    sitk.WriteImage(phantom.ct, str(tmp_path / "ct.nrrd"))
+    sitk.WriteImage(phantom.mr, str(tmp_path / "mr.nrrd"))
+    result = run_script("--reference", "ct.nrrd", "--moving", "mr.nrrd", "--output", "fused.nrrd", "--registration", "rigid",
+                        "--backend", "simpleitk", "--model", "average", "--device", "cpu",
+                        "--save-registered", "registered.nrrd", "--save-checkerboard", "board.nrrd", cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "rigid registration (simpleitk" in result.stdout and "metric" in result.stdout
+    for name in ("fused.nrrd", "registered.nrrd", "board.nrrd"):
+        image = sitk.ReadImage(str(tmp_path / name))
+        assert image.GetSize() == phantom.ct.GetSize()
+        np.testing.assert_allclose(image.GetOrigin(), phantom.ct.GetOrigin(), atol=1e-4)
+    board = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "board.nrrd")))
+    assert 0.0 <= board.min() and board.max() <= 1.0 and board.std() > 0.05
+
+
 @pytest.mark.parametrize(
     "arguments, message",
     [

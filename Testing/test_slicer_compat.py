@@ -100,6 +100,61 @@ def test_old_slicer_gets_one_message_and_no_traceback(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+def test_supported_slicer_loads_the_module_without_torch_and_resolves_the_parameter_node(tmp_path):
+    """Execute MedFusion.py as Slicer 5.10 would, Slicer's GUI classes stood in for (Slicer cannot run
+    here): every name resolves, the parameter node's annotations resolve the way Slicer's
+    parameterNodeWrapper resolves them (typing.get_type_hints on the module's globals) with
+    FusionOptions' choices and defaults, torch and SimpleITK stay unloaded, and without MedFusion's
+    packages the self-test is skipped with the reason (B3), as ctest runs it."""
+    script = textwrap.dedent(
+        f"""
+        import importlib.util, sys, types, typing, unittest
+        sys.path.insert(0, {str(MODULE)!r})
+        import slicer
+        slicer.app = types.SimpleNamespace(majorVersion=5, minorVersion=10)
+        sys.modules["qt"] = types.ModuleType("qt")
+        stand_in = types.ModuleType("slicer.ScriptedLoadableModule")
+        for name in ("ScriptedLoadableModule", "ScriptedLoadableModuleLogic", "ScriptedLoadableModuleWidget"):
+            setattr(stand_in, name, type(name, (), {{}}))
+        stand_in.ScriptedLoadableModuleTest = unittest.TestCase
+        sys.modules["slicer.ScriptedLoadableModule"] = stand_in
+        wrapper = types.ModuleType("slicer.parameterNodeWrapper")
+        wrapper.parameterNodeWrapper = lambda classtype: classtype
+        wrapper.Choice = lambda choices: ("Choice", tuple(choices))
+        wrapper.WithinRange = lambda low, high: ("WithinRange", low, high)
+        sys.modules["slicer.parameterNodeWrapper"] = wrapper
+        i18n = types.ModuleType("slicer.i18n")
+        i18n.tr = lambda text: text
+        i18n.translate = lambda context, text: text
+        sys.modules["slicer.i18n"] = i18n
+        spec = importlib.util.spec_from_file_location("MedFusion", {str(MODULE / "MedFusion.py")!r})
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["MedFusion"] = module  # as Slicer registers a scripted module
+        spec.loader.exec_module(module)
+        assert module.REFUSAL is None
+        heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "SimpleITK", "itk"))
+        assert heavy == [], heavy
+        hints = typing.get_type_hints(module.MedFusionParameterNode, include_extras=True)
+        from MedFusionLib.fusion.options import FusionOptions
+        for name in ("registration", "backend", "device", "axis"):
+            assert hints[name].__metadata__[0] == ("Choice", FusionOptions.CHOICES[name]), name
+            assert getattr(module.MedFusionParameterNode, name) == getattr(FusionOptions(), name), name
+        assert hints["referenceVolume"] is slicer.vtkMRMLScalarVolumeNode
+        assert hints["fade"].__metadata__[0] == ("WithinRange", 0.0, 1.0)
+        from MedFusionSlicer import dependencies
+        dependencies.REQUIREMENTS = (*dependencies.REQUIREMENTS, dependencies.Requirement("medfusion-absent", "1", False, ""))
+        result = unittest.TextTestRunner(stream=open("/dev/null", "w")).run(
+            unittest.defaultTestLoader.loadTestsFromTestCase(module.MedFusionTest))
+        assert result.testsRun == 2 and len(result.skipped) == 2 and not result.errors and not result.failures, result
+        assert "medfusion-absent>=1" in result.skipped[0][1] and "not installed" in result.skipped[0][1]
+        print("ok")
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
+
+
 def test_reload_forgets_medfusions_packages_only():
     modules = {"MedFusionLib": 1, "MedFusionLib.io": 2, "MedFusionSlicer.logic": 3, "MedFusionLibrary": 4, "numpy": 5}
     forgotten = forget_modules(modules=modules)
@@ -114,7 +169,7 @@ def test_startup_imports_neither_torch_nor_simpleitk():
     code = (
         f"import sys; sys.path.insert(0, {str(MODULE)!r}); "
         "import MedFusionSlicer.logic, MedFusionSlicer.worker, MedFusionSlicer.dependencies, MedFusionSlicer.choices, "
-        "MedFusionSlicer.compat; "
+        "MedFusionSlicer.compat, MedFusionSlicer.compare; "
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('qt', 'ctk', 'torch', 'SimpleITK', 'itk') "
         "or m == 'slicer.ScriptedLoadableModule'); print(bad)"
     )

@@ -149,7 +149,6 @@ def test_console_without_packages_says_how_to_install(scene_pair, monkeypatch):
     scene, ct, mr = scene_pair
     absent = dependencies.Requirement("medfusion-no-such-package", "1.0", False, "testing")
     monkeypatch.setattr(dependencies, "REQUIREMENTS", (*dependencies.REQUIREMENTS, absent))
-    monkeypatch.setattr(dependencies.require, "__defaults__", (dependencies.REQUIREMENTS,))
     before = _node_ids(scene)
     with pytest.raises(dependencies.DependenciesMissing, match=r"medfusion-no-such-package>=1\.0.*installDependencies\(\)"):
         FusionLogic().process(ct, mr, registration="none", model="average")

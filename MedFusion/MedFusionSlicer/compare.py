@@ -10,8 +10,12 @@ views that show the given volumes (never every view of the layout) and touch MRM
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import SimpleITK as sitk
+
+if TYPE_CHECKING:  # imported when a checkerboard is made: the panel imports this module at Slicer start-up
+    import SimpleITK as sitk
 
 # Squares along the longest axis of the checkerboard: big enough to recognise anatomy inside a
 # square, small enough for many borders to cross edges.
@@ -37,6 +41,8 @@ def checkerboard_image(reference: sitk.Image, registered: sitk.Image, squares: i
     The square edge is the same number of voxels along every axis: the longest axis gets
     ``squares`` squares. Raises ``ValueError`` if the two are not on one grid.
     """
+    import SimpleITK as sitk
+
     if reference.GetSize() != registered.GetSize():
         raise ValueError(f"the registered volume {registered.GetSize()} is not on the reference grid {reference.GetSize()}")
     a = _display_scaled(sitk.GetArrayViewFromImage(reference))

@@ -77,10 +77,11 @@ def installed_version(distribution: str) -> str | None:
         return None
 
 
-def missing_requirements(include_optional: bool = True, requirements=REQUIREMENTS) -> list[Requirement]:
-    """The requirements that are not installed, or installed in a version below their minimum."""
+def missing_requirements(include_optional: bool = True, requirements=None) -> list[Requirement]:
+    """The requirements (default :data:`REQUIREMENTS`) that are not installed, or installed in a
+    version below their minimum."""
     missing = []
-    for requirement in requirements:
+    for requirement in REQUIREMENTS if requirements is None else requirements:
         if requirement.optional and not include_optional:
             continue
         version = installed_version(requirement.distribution)
@@ -129,7 +130,7 @@ class DependenciesMissing(RuntimeError):
     """MedFusionLib's Python packages are not installed (raised by :func:`require`)."""
 
 
-def require(requirements=REQUIREMENTS) -> None:
+def require(requirements=None) -> None:
     """Raise :class:`DependenciesMissing`, saying how to install them, if required packages are
     missing: for the Python console and scripts, where nothing may ask the user."""
     missing = missing_requirements(include_optional=False, requirements=requirements)
