@@ -96,6 +96,45 @@ def test_every_widget_the_code_uses_exists_in_the_ui(ui):
     assert not missing, f"MedFusion.py uses widgets the .ui lacks: {sorted(missing)}"
 
 
+def test_every_library_name_the_widget_uses_exists(module_tree):
+    """``self.logic.X``, ``dependencies.X``, ``compare.X`` and ``job.X`` in MedFusion.py name real
+    attributes (Slicer cannot run here, so a typo would only show in Slicer)."""
+    from MedFusionSlicer import compare
+    from MedFusionSlicer.logic import FusionLogic, FusionNodes, RegistrationSummary
+    from MedFusionSlicer.worker import FusionJob, WorkerProcess
+
+    module_methods = {
+        node.name
+        for cls in module_tree.body if isinstance(cls, ast.ClassDef) and cls.name == "MedFusionLogic"
+        for node in cls.body if isinstance(node, ast.FunctionDef)
+    }  # fmt: skip
+    used: dict[str, set[str]] = {}
+    for node in ast.walk(module_tree):
+        if isinstance(node, ast.Attribute):
+            owner = ast.unparse(node.value)
+            used.setdefault(owner, set()).add(node.attr)
+    logic = {name for name in used.get("self.logic", set()) if name not in module_methods}
+    assert logic and all(hasattr(FusionLogic, name) for name in logic), logic
+    assert all(hasattr(dependencies, name) for name in used["dependencies"]), used["dependencies"]
+    assert all(hasattr(compare, name) for name in used["compare"]), used["compare"]
+    job_names = used.get("job", set()) | used.get("self._job", set())
+    job_instance = FusionJob("/nonexistent", {}, WorkerProcess(command=["true"]))
+    assert all(hasattr(job_instance, name) for name in job_names), job_names
+    nodes = FusionNodes(fusedNode=None)
+    assert all(hasattr(nodes, name) for name in used.get("nodes", set()) | used.get("self._result", set()))
+    assert all(hasattr(RegistrationSummary(), name) for name in used.get("nodes.registration", set()))
+
+
+def test_module_texts_are_translatable(module_tree):
+    """Slicer 5.10's template: title, help and acknowledgement through ``_()``, the category through
+    ``translate("qSlicerAbstractCoreModule", ...)``."""
+    module = next(node for node in module_tree.body if isinstance(node, ast.ClassDef) and node.name == "MedFusion")
+    source = ast.unparse(module)
+    assert 'self.parent.title = _(' in source
+    assert "self.parent.categories = [translate('qSlicerAbstractCoreModule', 'Registration')]" in source
+    assert "self.parent.acknowledgementText = _(" in source and "+ _(" in source[source.find("helpText"):][:80]
+
+
 def test_parameter_node_fields_and_ui_bindings_match(ui, module_tree):
     wrapper = next(node for node in module_tree.body if isinstance(node, ast.ClassDef) and node.name == "MedFusionParameterNode")
     fields = {statement.target.id for statement in wrapper.body if isinstance(statement, ast.AnnAssign)}
