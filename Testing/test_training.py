@@ -17,21 +17,12 @@ from safetensors.torch import load_file
 
 from MedFusionLib.cli import main as medfusion_main
 from MedFusionLib.core.errors import InputError, UnknownModelError
-from MedFusionLib.models import create_model
+from MedFusionLib.models import architecture_config, create_model
 from MedFusionLib.models.pretrained import WEIGHTS_DIR, sha256_of
-from MedFusionLib.training.trainer import (
-    CHECKPOINT_BEST,
-    CHECKPOINT_LAST,
-    TrainingConfig,
-    TrainingDivergedError,
-    TrainingObjective,
-    default_config,
-    epoch_indices,
-    export_weights,
-    load_config,
-    lr_lambda,
-    train,
-)
+from MedFusionLib.training.checkpoints import CHECKPOINT_BEST, CHECKPOINT_LAST, TrainState, load_checkpoint
+from MedFusionLib.training.config import TrainingConfig, default_config, load_config
+from MedFusionLib.training.export import export_weights
+from MedFusionLib.training.trainer import TrainingDivergedError, TrainingObjective, epoch_indices, lr_lambda, train
 
 TINY_AUGMENTATION = {"crop": 24, "elastic_grid": 3}
 TINY_MODELS = {
@@ -156,12 +147,34 @@ def test_export_writes_weights_the_registry_can_rebuild(tmp_path):
     card = json.loads(card_path.read_text())
     assert card["sha256"] == sha256_of(weights)
     assert card["config"] == config.model_config and card["architecture"] == "EMFusionNet"
+    assert "model_config" not in card["training"]["config"]  # the architecture is stated once, in "config"
     assert card["training"]["command"] == "test" and card["training"]["selected_epoch"] == 1
     rebuilt = create_model("emfusion", pretrained=False, **card["config"])
     rebuilt.load_state_dict(load_file(str(weights)), strict=True)
     a, b = torch.rand(1, 1, 20, 20), torch.rand(1, 1, 20, 20)
     with torch.no_grad():
         assert torch.equal(rebuilt.eval()(a, b), result.model(a, b))
+
+
+def test_cards_store_every_architecture_argument(tmp_path):
+    """A card built from a partial model_config still names every constructor argument, so the
+    weights load even if the class's defaults change later."""
+    config = tiny_config("haf", epochs=1)
+    train(config, synthetic_pairs(), tmp_path / "run", progress=False)
+    _, card_path = export_weights(tmp_path / "run" / CHECKPOINT_BEST, tmp_path / "out")
+    card = json.loads(card_path.read_text())
+    assert card["config"] == {"widths": [4, 8, 8], "pyramid_channels": 4, "decoder_channels": 16}
+    assert card["config"] == architecture_config("haf", **config.model_config)
+
+
+def test_a_checkpoint_holds_the_train_state_and_replaces_the_previous_one(tmp_path):
+    config = tiny_config(epochs=2)
+    train(config, synthetic_pairs(), tmp_path / "run", progress=False)
+    checkpoint = load_checkpoint(tmp_path / "run" / CHECKPOINT_LAST)
+    state = TrainState.from_checkpoint(checkpoint)
+    assert (state.epoch, state.step, state.best_epoch, state.skipped_steps) == (2, 4, 2, 0)
+    assert TrainState.from_checkpoint({**checkpoint, **state.to_checkpoint()}) == state
+    assert sorted(p.name for p in (tmp_path / "run").iterdir() if p.name.startswith(".")) == []  # no staging left
 
 
 def test_schedule_warms_up_then_decays_to_the_floor():
@@ -218,6 +231,17 @@ def test_cli_trains_on_volume_cases_and_exports_a_loadable_model(tmp_path, phant
 
 
 SHIPPED = sorted(path.stem for path in WEIGHTS_DIR.glob("*.json"))
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_architecture_is_stated_once_and_training_reproduces_from_the_defaults(name):
+    """The card's ``config`` is the architecture (the class's defaults); the default training
+    configuration holds none and equals the configuration the card's run used."""
+    card = json.loads((WEIGHTS_DIR / f"{name}.json").read_text())
+    defaults = default_config(name)
+    assert card["config"] == architecture_config(name)
+    assert defaults.model_config == {} and "model_config" not in card["training"]["config"]
+    assert {k: v for k, v in defaults.to_dict().items() if k != "model_config"} == card["training"]["config"]
 
 
 @pytest.mark.parametrize("name", SHIPPED)

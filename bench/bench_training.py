@@ -1,7 +1,7 @@
 """Seconds per training step of each learned model: fp32 against bf16 autocast, by thread count.
 
 Each row times one optimiser step (augmentation, forward, loss, backward, AdamW) of the model's
-shipped default configuration (``MedFusionLib/configs/<model>.json``: crop, batch, widths) on
+shipped default configuration (``MedFusionLib/configs/<model>.json``: crop, batch; the default architecture) on
 random pairs, best of ``--repeats`` after one warm-up step. On a CPU without native bf16
 (AVX2 only) autocast emulates it and is expected to be slower; this table decides.
 
@@ -11,13 +11,14 @@ random pairs, best of ``--repeats`` after one warm-up step. On a CPU without nat
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 
 from MedFusionLib.datasets.augmentation import AugmentationConfig, PairAugmentation
+from MedFusionLib.devtools.timing import best_seconds
 from MedFusionLib.models import create_model
-from MedFusionLib.training.trainer import TrainingObjective, default_config
+from MedFusionLib.training.config import default_config
+from MedFusionLib.training.trainer import TrainingObjective
 
 
 def seconds_per_step(model_name: str, dtype: torch.dtype | None, repeats: int) -> float:
@@ -29,17 +30,16 @@ def seconds_per_step(model_name: str, dtype: torch.dtype | None, repeats: int) -
     augment = PairAugmentation(AugmentationConfig.from_dict(config.augmentation))
     generator = torch.Generator().manual_seed(0)
     batch = torch.rand(config.batch_size, 2, 256, 256)
-    times = []
-    for _ in range(repeats + 1):
-        start = time.perf_counter()
+
+    def step() -> None:
         crops = augment(batch, generator)
         with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
             loss, _ = objective(crops)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        times.append(time.perf_counter() - start)
-    return min(times[1:])
+
+    return best_seconds(step, repeats, warmups=1)
 
 
 def main() -> None:

@@ -20,11 +20,18 @@ from pathlib import Path
 
 import torch
 
-from MedFusionLib.datasets.harvard import HARVARD_TASKS, load_harvard_pairs_array, resolve_tasks
-from MedFusionLib.datasets.volume_slices import find_volume_cases, load_volume_slices
 from MedFusionLib.core.devices import DEVICE_CHOICES
 from MedFusionLib.core.errors import InputError
-from MedFusionLib.training.trainer import CHECKPOINT_BEST, PRECISIONS, export_weights, load_config, train
+from MedFusionLib.datasets.harvard import (
+    HARVARD_TASKS,
+    load_harvard_pairs_array,
+    resolve_tasks,
+)
+from MedFusionLib.datasets.volume_slices import find_volume_cases, load_volume_slices
+from MedFusionLib.training.checkpoints import CHECKPOINT_BEST
+from MedFusionLib.training.config import PRECISIONS, load_config
+from MedFusionLib.training.export import export_weights
+from MedFusionLib.training.trainer import train
 
 TRAINABLE = ("emfusion", "haf", "densefuse")
 VALIDATION_EVERY_NTH_CASE = 5

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 
 from MedFusionLib.core.choices import DEVICE_CHOICES
@@ -40,6 +43,23 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
             )
         return torch.device("cuda", index)
     raise DeviceUnavailableError(f"unknown device {device!r}; choose one of {', '.join(DEVICE_CHOICES)} (or cuda:N)")
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """torch's intra-op thread count set to ``threads`` (``None``: left as it is) and restored after.
+
+    The count is process-wide, so library code sets it only for the work it does.
+    """
+    if threads is None:
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def describe_device(device: torch.device) -> str:

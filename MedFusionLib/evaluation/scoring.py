@@ -71,10 +71,16 @@ class ModelMethod(FusionMethod):
         self._warmed_up = False
 
     def fuse(self, images: PairImages) -> np.ndarray:
+        return self.fuse_levels(images.source_a, images.source_b, images.pair.pair_id)
+
+    def fuse_levels(self, source_a: np.ndarray, source_b: np.ndarray, label: str) -> np.ndarray:
+        """Fuse two ``(H, W)`` images of 8-bit levels (any real dtype, values in [0, 255]) into
+        ``(H, W)`` float64 levels, as :meth:`fuse` scores them; ``label`` names the pair in errors."""
+
         def as_tensor(levels: np.ndarray) -> torch.Tensor:
             return torch.from_numpy((levels / 255.0).astype(np.float32))[None, None].to(self.device)
 
-        a, b = as_tensor(images.source_a), as_tensor(images.source_b)
+        a, b = as_tensor(source_a), as_tensor(source_b)
         with torch.inference_mode():
             if not self._warmed_up:
                 self.model(a, b)
@@ -88,7 +94,7 @@ class ModelMethod(FusionMethod):
             self.seconds_per_pair.append(time.perf_counter() - started)
         values = fused[0, 0].float().cpu().numpy()
         if not np.all(np.isfinite(values)):
-            raise InputError(f"model {self.name!r} produced NaN or infinite values on {images.pair.pair_id}.")
+            raise InputError(f"model {self.name!r} produced NaN or infinite values on {label}.")
         return metrics.to_eight_bit(values)
 
 

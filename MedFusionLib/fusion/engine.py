@@ -24,18 +24,17 @@ whole-slice loop (README, "Performance"):
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import nullcontext
 
 import numpy as np
 import torch
 
-from MedFusionLib.core.devices import resolve_device
+from MedFusionLib.core.devices import resolve_device, torch_threads
 from MedFusionLib.core.errors import FusionCancelled, InputError
 from MedFusionLib.core.precision import autocast_dtype, precision_name
 from MedFusionLib.models.base import FusionNet
@@ -143,7 +142,7 @@ class SliceFuser:
         todo = [i for i, box in enumerate(boxes) if box is not None]
         if progress:
             progress(0, len(todo))
-        with _torch_threads(self.threads):
+        with torch_threads(self.threads):
             if self.parallel_slices > 1:
                 self._fuse_side_by_side(a, b, boxes, todo, out, progress, cancel)
             else:
@@ -194,7 +193,7 @@ class SliceFuser:
                 progress(done, len(todo))
 
         pool = ThreadPoolExecutor(workers, thread_name_prefix="medfusion-slice")
-        with _torch_threads(max(1, torch.get_num_threads() // workers)):  # each slice its share
+        with torch_threads(max(1, torch.get_num_threads() // workers)):  # each slice its share
             try:
                 for index in todo:
                     if cancel is not None and cancel():
@@ -273,20 +272,6 @@ class SliceFuser:
         else:
             return False
         return True
-
-
-@contextlib.contextmanager
-def _torch_threads(threads: int | None) -> Iterator[None]:
-    """torch's intra-op thread count set to ``threads`` (``None``: left as it is) and restored after."""
-    if threads is None:
-        yield
-        return
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _store(out: np.ndarray, fused: np.ndarray, indices: list[int], boxes: Sequence[Box | None], union: Box) -> None:

@@ -7,6 +7,15 @@ Importing this package imports each architecture module so that it registers its
 
 from MedFusionLib.models import baselines, densefuse, emfusion, haf  # noqa: F401  (registration side effect)
 from MedFusionLib.models.base import FusionNet
-from MedFusionLib.models.registry import ModelSpec, create_model, list_models, model_spec, parameter_count
+from MedFusionLib.models.registry import (
+    ModelSpec,
+    architecture_config,
+    create_model,
+    list_models,
+    model_spec,
+    parameter_count,
+)
 
-__all__ = ["FusionNet", "ModelSpec", "create_model", "list_models", "model_spec", "parameter_count"]
+__all__ = [
+    "FusionNet", "ModelSpec", "architecture_config", "create_model", "list_models", "model_spec", "parameter_count",
+]

@@ -9,6 +9,7 @@ weights records the arguments they were built with. Learned models need trained 
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Callable
 
@@ -86,6 +87,19 @@ def create_model(
     else:
         model = spec.builder(**config)
     return model.to(device).eval()
+
+
+def architecture_config(name: str, **config) -> dict:
+    """Every constructor argument of model ``name``: its class's defaults updated by ``config``.
+
+    What a model card stores beside the weights, so that they load whatever later defaults are.
+    Tuples become lists (as JSON keeps them). Unknown arguments raise ``TypeError`` as the
+    constructor would.
+    """
+    signature = inspect.signature(model_spec(name).builder)
+    bound = signature.bind(**config)
+    bound.apply_defaults()
+    return {key: list(value) if isinstance(value, tuple) else value for key, value in bound.arguments.items()}
 
 
 def parameter_count(model: torch.nn.Module) -> int:
