@@ -599,10 +599,13 @@ class MedFusionLogic(ScriptedLoadableModuleLogic, FusionLogic):
 
     @staticmethod
     def installDependencies() -> list[str]:
-        """Install the missing Python packages now, without a dialog (calling it is the consent);
-        returns what was done."""
+        """Install the missing Python packages now, without any dialog (calling it is the consent;
+        pip's output goes to the console); returns what was done."""
         missing = dependencies.missing_requirements()
-        return dependencies.install(missing, dependencies.slicer_pip_install, dependencies.slicer_torch_index()) if missing else []
+        if not missing:
+            return []
+        pip = dependencies.process_pip_install(python_executable(slicer_home=slicer.app.slicerHome))
+        return dependencies.install(missing, pip, dependencies.slicer_torch_index())
 
 
 #

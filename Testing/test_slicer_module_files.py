@@ -354,6 +354,22 @@ def test_slicer_pip_install_uses_slicer_util_pip_install(monkeypatch):
     assert "interactive" not in source.replace("no ``interactive`` argument", "")
 
 
+def test_console_and_headless_installs_run_pip_as_a_process_without_dialogs(tmp_path, capsys):
+    """The console's installDependencies() and MedFusionBatch.py --install-dependencies run pip as a
+    plain process (no Slicer dialog that would wait forever headless); a failure raises with pip's
+    output and the install plan reports it. Real pip, offline: nothing is downloaded."""
+    pip = dependencies.process_pip_install(sys.executable)
+    absent = dependencies.Requirement("medfusion-no-such-package", "1.0", False, "testing")
+    with pytest.raises(subprocess.CalledProcessError) as error:
+        dependencies.install([absent], lambda arguments: pip([*arguments, "--no-index", "--find-links", str(tmp_path)]))
+    assert "medfusion-no-such-package" in (error.value.stderr or "") + (error.value.stdout or "")
+    pip(["--no-index", "--find-links", str(tmp_path), "pip"])  # already satisfied: succeeds, prints pip's lines
+    assert "already satisfied" in capsys.readouterr().out.lower()
+    source = (MODULE / "Resources" / "Scripts" / "MedFusionBatch.py").read_text()
+    assert "process_pip_install(headless_python())" in source and "slicer_pip_install" not in source
+    assert "process_pip_install(python_executable(" in MODULE_SCRIPT.read_text()
+
+
 def test_require_says_how_to_install_from_the_console():
     absent = dependencies.Requirement("medfusion-no-such-package", "2.0", False, "")
     with pytest.raises(dependencies.DependenciesMissing) as error:

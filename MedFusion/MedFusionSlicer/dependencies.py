@@ -209,6 +209,26 @@ def slicer_pip_install(arguments: list[str]) -> None:
     slicer.util.pip_install(arguments)
 
 
+def process_pip_install(python: str) -> Callable[[list[str]], None]:
+    """A ``pip_install(arguments)`` that runs ``python -m pip install ...`` as a plain process, its
+    output on standard output: for the Python console and headless Slicer, where nothing may open
+    a dialog (on Slicer 5.12 and later ``slicer.util.pip_install`` shows a progress dialog, and an
+    error dialog that would wait forever under ``--no-main-window``). Raises
+    ``subprocess.CalledProcessError`` (with pip's output) when pip fails.
+    """
+    import subprocess
+
+    def pip_install(arguments: list[str]) -> None:
+        command = [python, "-m", "pip", "install", *arguments]
+        result = subprocess.run(command, capture_output=True, text=True, check=False)
+        if result.stdout:
+            print(result.stdout, end="", flush=True)
+        if result.returncode != 0:
+            raise subprocess.CalledProcessError(result.returncode, command, result.stdout, result.stderr)
+
+    return pip_install
+
+
 def torch_index_for(backends: list[str]) -> str | None:
     """The PyTorch wheel index for the best of ``backends`` (e.g. ``["cpu", "cu121", "cu126"]`` ->
     ``.../whl/cu126``; only ``cpu`` -> ``.../whl/cpu``); ``None`` for an empty list."""

@@ -69,6 +69,14 @@ def script_arguments(argv: list[str]) -> list[str]:
     return argv[1:] if argv and argv[0] == "--" else argv
 
 
+def headless_python() -> str:
+    """The Python to run pip with: Slicer's ``PythonSlicer`` inside Slicer, else this interpreter."""
+    from MedFusionSlicer.worker import python_executable
+
+    app = getattr(sys.modules.get("slicer"), "app", None)
+    return python_executable(slicer_home=app.slicerHome) if app is not None else sys.executable
+
+
 def ensure_dependencies(install_allowed: bool) -> bool:
     missing = dependencies.missing_requirements(include_optional=False)
     if not missing:
@@ -79,9 +87,9 @@ def ensure_dependencies(install_allowed: bool) -> bool:
         return False
     print(f"installing {names} ...", flush=True)
     try:
-        for line in dependencies.install(
-            missing, dependencies.slicer_pip_install, dependencies.slicer_torch_index()
-        ):
+        # pip as a plain process: slicer.util.pip_install may open dialogs, which would wait forever here.
+        pip = dependencies.process_pip_install(headless_python())
+        for line in dependencies.install(missing, pip, dependencies.slicer_torch_index()):
             print(line, flush=True)
     except Exception as error:  # noqa: BLE001  (network, proxy or build failure: say how to install by hand)
         print(f"installing failed ({error}).\n{dependencies.offline_instructions(missing)}", file=sys.stderr)
