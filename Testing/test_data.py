@@ -9,11 +9,11 @@ import pytest
 import SimpleITK as sitk
 import torch
 
+from MedFusionLib.core.errors import InputError
 from MedFusionLib.datasets.augmentation import AugmentationConfig, PairAugmentation
 from MedFusionLib.datasets.harvard import load_harvard_pairs_array, resolve_tasks
 from MedFusionLib.datasets.pairs import PairDataset
 from MedFusionLib.datasets.volume_slices import find_volume_cases, load_volume_slices
-from MedFusionLib.core.errors import InputError
 
 
 def _blobs(count: int = 4, size: int = 64, seed: int = 0) -> torch.Tensor:

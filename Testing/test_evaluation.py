@@ -15,14 +15,14 @@ import pytest
 import SimpleITK as sitk
 from PIL import Image
 
-from MedFusionLib.evaluation import metrics, report
-from MedFusionLib.datasets import harvard
-from MedFusionLib.evaluation import scoring as evaluation
 from MedFusionLib.cli import main
 from MedFusionLib.core.errors import InputError, WeightsNotAvailableError
+from MedFusionLib.datasets import harvard
+from MedFusionLib.evaluation import metrics, report
+from MedFusionLib.evaluation import scoring as evaluation
 from MedFusionLib.imaging.colour import rgb_to_ycbcr, ycbcr_to_rgb
-from MedFusionLib.models import create_model, list_models, model_spec
 from MedFusionLib.imaging.phantom import make_head_phantom
+from MedFusionLib.models import create_model, list_models, model_spec
 
 SIZE = 64
 
@@ -247,7 +247,8 @@ def test_cli_evaluate_scores_a_fused_directory_and_rejects_unknown_models(harvar
     for pair in harvard.load_harvard_pairs(harvard_like, ["CT-MRI"], "val"):
         Image.fromarray(_synthetic_mri(7)).save(fused / pair.task / f"{pair.pair_id}.png")
     out = tmp_path / "out"
-    assert main(["evaluate", "--data", str(harvard_like), "--task", "CT-MRI", "--fused", f"theirs={fused}", "--out", str(out), "--quiet"]) == 0
+    assert main(["evaluate", "--data", str(harvard_like), "--task", "CT-MRI", "--fused", f"theirs={fused}", "--out",
+                 str(out), "--quiet"]) == 0
     with open(out / "scores.csv", newline="") as handle:
         methods = {row["method"] for row in csv.DictReader(handle)}
     assert methods == {"theirs", *evaluation.REFERENCE_METHODS}
@@ -317,7 +318,8 @@ def test_cli_evaluate_volume_mode(phantom_sources, tmp_path):
     for name, image in (("fused", fused), ("mr", mr), ("ct", ct)):
         sitk.WriteImage(image, str(paths[name]))
     out, page = tmp_path / "volume", tmp_path / "volume.html"
-    argv = ["evaluate", "--fused-volume", str(paths["fused"]), "--source-a", str(paths["mr"]), "--source-b", str(paths["ct"])]
+    argv = ["evaluate", "--fused-volume", str(paths["fused"]), "--source-a", str(paths["mr"]), "--source-b",
+            str(paths["ct"])]
     assert main([*argv, "--out", str(out), "--report", str(page), "--quiet"]) == 0
     with open(out / "volume_scores.csv", newline="") as handle:
         values = dict(csv.reader(handle))

@@ -11,7 +11,9 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from MedFusionLib.fusion import pipeline
+from MedFusionLib.cli import main
+from MedFusionLib.core.errors import InputError
+from MedFusionLib.core.precision import ACCURACY_BUDGET, autocast_dtype, cpu_has_native_bf16
 from MedFusionLib.devtools.benchmark import (
     BenchmarkPair,
     FusionRow,
@@ -20,15 +22,13 @@ from MedFusionLib.devtools.benchmark import (
     markdown_report,
     naive_fuse,
 )
-from MedFusionLib.cli import main
-from MedFusionLib.core.errors import InputError
+from MedFusionLib.fusion import pipeline
 from MedFusionLib.fusion.engine import SliceFuser
+from MedFusionLib.fusion.pipeline import fuse_arrays
+from MedFusionLib.imaging.normalization import normalize_intensity, slice_boxes
 from MedFusionLib.models import FusionNet, create_model
 from MedFusionLib.models.haf import HAFNet
 from MedFusionLib.models.optimize import fold_batch_norms, prepare_for_inference
-from MedFusionLib.fusion.pipeline import fuse_arrays
-from MedFusionLib.core.precision import ACCURACY_BUDGET, cpu_has_native_bf16, autocast_dtype
-from MedFusionLib.imaging.normalization import normalize_intensity, slice_boxes
 
 LEARNED = ["emfusion", "haf", "densefuse"]
 
@@ -53,7 +53,8 @@ def test_cropped_inference_equals_a_whole_slice_pass(name, normalized_pair):
     the unmodified network gives on whole slices, within fp32 rounding."""
     a, b = (stack[10:16] for stack in normalized_pair)
     height, width = a.shape[1:]
-    boxes = [(0, 9, 0, width), (5, 30, 7, 22), (13, 14, 31, 32), None, (height - 11, height, width - 5, width), (3, height - 2, 1, width - 3)]
+    boxes = [(0, 9, 0, width), (5, 30, 7, 22), (13, 14, 31, 32), None, (height - 11, height, width - 5, width),
+             (3, height - 2, 1, width - 3)]
     fuser = SliceFuser(create_model(name), device="cpu")
     fused = fuser.fuse_stack(a, b, boxes, out=np.full(a.shape, -1.0, np.float32))
     expected = _whole_slices(create_model(name), a, b)
@@ -62,7 +63,8 @@ def test_cropped_inference_equals_a_whole_slice_pass(name, normalized_pair):
             assert (fused[index] == -1.0).all()  # untouched
             continue
         top, bottom, left, right = box
-        np.testing.assert_allclose(fused[index, top:bottom, left:right], expected[index, top:bottom, left:right], atol=1e-5, rtol=0)
+        np.testing.assert_allclose(fused[index, top:bottom, left:right], expected[index, top:bottom, left:right],
+                                   atol=1e-5, rtol=0)
         outside = np.ones((height, width), bool)
         outside[top:bottom, left:right] = False
         assert (fused[index][outside] == -1.0).all()
@@ -136,7 +138,8 @@ def test_folding_batch_norms_keeps_the_function_and_the_callers_module():
     with torch.no_grad():
         expected = model(a, b)
         prepared = prepare_for_inference(model, torch.device("cpu"), channels_last=True)
-        folded = prepared(a.contiguous(memory_format=torch.channels_last), b.contiguous(memory_format=torch.channels_last))
+        folded = prepared(a.contiguous(memory_format=torch.channels_last),
+                          b.contiguous(memory_format=torch.channels_last))
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in prepared.modules())
     assert prepared.gate_pairs is not None and model.gate_pairs is None  # HAF's gates merged in the copy
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())  # the original is intact
@@ -233,7 +236,8 @@ def test_naive_reference_is_the_same_fused_volume_as_the_pipeline(phantom_pair):
 
 
 def test_registration_rows_and_markdown(phantom_pair):
-    rows, load_seconds = benchmark_registration(_small_pair(phantom_pair), ["rigid"], ["simpleitk"], report=lambda _: None)
+    rows, load_seconds = benchmark_registration(_small_pair(phantom_pair), ["rigid"], ["simpleitk"],
+                                                report=lambda _: None)
     assert load_seconds is None and len(rows) == 1
     assert rows[0].error == "" and rows[0].metric_after < rows[0].metric_before and rows[0].seconds > 0
     report = {

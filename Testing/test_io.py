@@ -15,9 +15,9 @@ from PIL import Image
 
 from MedFusionLib.core.errors import InputError, OutputExistsError
 from MedFusionLib.core.files import atomic_output, atomic_output_directory
+from MedFusionLib.imaging.colour import rgb_to_ycbcr, ycbcr_to_rgb
 from MedFusionLib.io import read_image, write_image
 from MedFusionLib.io.dicom import list_dicom_series, write_dicom_series
-from MedFusionLib.imaging.colour import rgb_to_ycbcr, ycbcr_to_rgb
 
 SPACING = (0.8, 1.1, 2.5)
 ORIGIN = (12.5, -40.25, 33.0)

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from MedFusionLib.evaluation import metrics
 from MedFusionLib.core.errors import InputError
+from MedFusionLib.evaluation import metrics
 
 
 def synthetic_pair(size: int = 96, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

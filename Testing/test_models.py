@@ -9,9 +9,15 @@ import torch
 from safetensors.torch import save_file
 
 from MedFusionLib.core.errors import UnknownModelError, WeightsIntegrityError, WeightsNotAvailableError
-from MedFusionLib.models import FusionNet, create_model, list_models, model_spec, parameter_count
-from MedFusionLib.models import pretrained
-from MedFusionLib.models.blocks import AttentionGate, ConvBlock, DepthwiseSeparableConv, FeaturePyramid, crop_to, pad_to_multiple
+from MedFusionLib.models import FusionNet, create_model, list_models, model_spec, parameter_count, pretrained
+from MedFusionLib.models.blocks import (
+    AttentionGate,
+    ConvBlock,
+    DepthwiseSeparableConv,
+    FeaturePyramid,
+    crop_to,
+    pad_to_multiple,
+)
 
 LEARNED = ["emfusion", "haf", "densefuse"]
 BASELINES = ["average", "maximum", "laplacian"]

@@ -60,7 +60,8 @@ def large_volume_run(model: str) -> dict:
         folder = Path(scratch)
         started = time.perf_counter()
         ct, mr = make_large_pair(folder)
-        print(f"made two {'×'.join(map(str, LARGE_SIZE))} int16 volumes in {time.perf_counter() - started:.0f} s", flush=True)
+        print(f"made two {'×'.join(map(str, LARGE_SIZE))} int16 volumes in {time.perf_counter() - started:.0f} s",
+              flush=True)
         command = [sys.executable, "-m", "MedFusionLib", "fuse", str(ct), str(mr), "-o", str(folder / "fused.nii.gz"),
                    "--model", model, "--reference-window", "brain", "--progress", "none"]
         started = time.perf_counter()
@@ -85,7 +86,8 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None, help="with --large: also write the figures as JSON")
     args, benchmark_options = parser.parse_known_args()
     if not args.large:
-        raise SystemExit(medfusion_main(["benchmark", *benchmark_options] + (["--json", str(args.json)] if args.json else [])))
+        raise SystemExit(medfusion_main(["benchmark", *benchmark_options] + (["--json",
+                                                                              str(args.json)] if args.json else [])))
     if benchmark_options:
         parser.error(f"--large takes only --large-model and --json, not {' '.join(benchmark_options)}")
     result = large_volume_run(args.large_model)

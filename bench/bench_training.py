@@ -58,7 +58,8 @@ def main() -> None:
             torch.set_num_threads(threads)
             fp32 = seconds_per_step(name, None, args.repeats)
             bf16 = seconds_per_step(name, torch.bfloat16, args.repeats)
-            print(f"| {name} | {crop}² x {config.batch_size} | {threads} | {fp32:.2f} | {bf16:.2f} | {bf16 / fp32:.1f} |")
+            ratio = bf16 / fp32
+            print(f"| {name} | {crop}² x {config.batch_size} | {threads} | {fp32:.2f} | {bf16:.2f} | {ratio:.1f} |")
 
 
 if __name__ == "__main__":

@@ -6,11 +6,11 @@ import argparse
 import json
 from pathlib import Path
 
-from MedFusionLib.devtools.benchmark import DEFAULT_MODELS, DEFAULT_SIZE, markdown_report, run_benchmark
 from MedFusionLib.core.devices import DEVICE_CHOICES
 from MedFusionLib.core.files import atomic_output
-from MedFusionLib.models import list_models
 from MedFusionLib.core.precision import PRECISION_CHOICES
+from MedFusionLib.devtools.benchmark import DEFAULT_MODELS, DEFAULT_SIZE, markdown_report, run_benchmark
+from MedFusionLib.models import list_models
 
 
 def parse_size(text: str) -> tuple[int, int, int]:
@@ -52,16 +52,19 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--precisions", default="",
                         type=lambda text: parse_names(text, PRECISION_CHOICES, "precision"),
                         help="also time the product path in these precisions (e.g. bf16 on a CPU, fp16 on CUDA)")
-    parser.add_argument("--batch-size", type=int, default=None, help="product path's slices per pass (default: the device's)")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="product path's slices per pass (default: the device's)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's, one per core)")
     parser.add_argument("--compile", action="store_true", help="also time the product path under torch.compile")
     parser.add_argument("--registration", default="rigid,affine",
-                        type=lambda text: [] if text == "none" else parse_names(text, ("rigid", "affine", "bspline"), "preset"),
+                        type=lambda text: [] if text == "none" else parse_names(text, ("rigid", "affine", "bspline"),
+                                                                                "preset"),
                         help="registration presets to time, or none (default rigid,affine)")
     parser.add_argument("--backends", default=None,
                         type=lambda text: parse_names(text, ("elastix", "simpleitk"), "backend"),
                         help="registration backends (default: every installed one)")
-    parser.add_argument("--repeats", type=int, default=1, help="time each fusion row this often, keep the fastest (default 1)")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="time each fusion row this often, keep the fastest (default 1)")
     parser.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write every figure as JSON")
     return parser
 

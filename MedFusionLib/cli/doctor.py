@@ -10,9 +10,9 @@ import platform
 import torch
 
 from MedFusionLib import __version__
+from MedFusionLib.core.precision import cpu_has_native_bf16
 from MedFusionLib.models import list_models, model_spec
 from MedFusionLib.models.pretrained import weights_status
-from MedFusionLib.core.precision import cpu_has_native_bf16
 
 _PACKAGES = ("torch", "SimpleITK", "numpy", "nibabel", "pydicom", "safetensors", "tqdm", "Pillow", "itk-elastix")
 
@@ -40,12 +40,14 @@ def run(args: argparse.Namespace) -> int:
     print("compute:")
     print(f"  torch build  {'CUDA ' + torch.version.cuda if torch.version.cuda else 'CPU only'}")
     print(f"  CPU threads  {torch.get_num_threads()} (CPU capability {torch.backends.cpu.get_cpu_capability()})")
-    native = "yes: --precision bf16 is fast here" if cpu_has_native_bf16() else "no: fp32 (bf16 would be emulated, slow)"
+    native = ("yes: --precision bf16 is fast here" if cpu_has_native_bf16()
+              else "no: fp32 (bf16 would be emulated, slow)")
     print(f"  native bf16  {native}")
     if torch.cuda.is_available():
         for index in range(torch.cuda.device_count()):
             properties = torch.cuda.get_device_properties(index)
-            print(f"  cuda:{index}       {properties.name}, {properties.total_memory / 2**30:.1f} GiB, compute {properties.major}.{properties.minor}")
+            print(f"  cuda:{index}       {properties.name}, {properties.total_memory / 2**30:.1f} GiB, "
+                  f"compute {properties.major}.{properties.minor}")
     else:
         reason = "CPU-only torch build" if torch.version.cuda is None else "no GPU visible to this CUDA build"
         print(f"  CUDA         not available ({reason}); fusion runs on the CPU")

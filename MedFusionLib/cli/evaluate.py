@@ -22,13 +22,12 @@ from tqdm import tqdm
 
 from MedFusionLib.core.devices import DEVICE_CHOICES, describe_device, resolve_device
 from MedFusionLib.core.errors import InputError
-from MedFusionLib.core.geometry import SLICING_AXES, slicing_array_axis
 from MedFusionLib.core.files import atomic_output, atomic_output_directory, refuse_existing_outputs
+from MedFusionLib.core.geometry import SLICING_AXES, slicing_array_axis
 from MedFusionLib.datasets.harvard import HARVARD_TASKS
-from MedFusionLib.io import read_image
 from MedFusionLib.evaluation.metrics import METRICS
+from MedFusionLib.io import read_image
 from MedFusionLib.models import list_models
-
 
 
 def _comma_list(text: str) -> list[str]:
@@ -47,7 +46,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     harvard = parser.add_argument_group("Harvard pairs")
     harvard.add_argument("--data", type=Path, help="the Harvard folder with pairs.csv (e.g. ../shared/data/harvard)")
-    harvard.add_argument("--task", choices=(*HARVARD_TASKS, "all"), default="all", help="task to evaluate (default all)")
+    harvard.add_argument("--task", choices=(*HARVARD_TASKS, "all"), default="all",
+                         help="task to evaluate (default all)")
     harvard.add_argument("--split", choices=("train", "val"), default="val", help="split to evaluate (default val)")
     harvard.add_argument(
         "--models",
@@ -73,7 +73,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     parser.add_argument("--device", choices=DEVICE_CHOICES, default="auto", help="compute device for the models")
     parser.add_argument("--out", type=Path, default=Path("evaluation"), help="output directory (default ./evaluation)")
-    parser.add_argument("--report", type=Path, default=None, metavar="HTML", help="also write a self-contained HTML report")
+    parser.add_argument("--report", type=Path, default=None, metavar="HTML",
+                        help="also write a self-contained HTML report")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out directory and --report")
     parser.add_argument("--quiet", action="store_true", help="no progress bar, no table on stdout")
     return parser
@@ -104,8 +105,8 @@ def _write_report(args: argparse.Namespace, page: str) -> None:
 
 
 def _run_harvard(args: argparse.Namespace) -> int:
-    from MedFusionLib.evaluation import report
     from MedFusionLib.datasets.harvard import load_harvard_pairs, resolve_tasks
+    from MedFusionLib.evaluation import report
     from MedFusionLib.evaluation.scoring import FusedDirectoryMethod, build_model_methods, evaluate_pairs
 
     tasks = resolve_tasks(args.task)

@@ -47,8 +47,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--model", required=True, choices=TRAINABLE, help="architecture to train")
     parser.add_argument("--data", required=True, type=Path,
                         help="Harvard folder with pairs.csv, or a folder of co-registered volume case folders")
-    parser.add_argument("--task", choices=(*HARVARD_TASKS, "all"), default="all", help="Harvard task(s) to train on (default all)")
-    parser.add_argument("--modalities", default="t1,t2", help="volume data: the two file stems used as A,B (default t1,t2)")
+    parser.add_argument("--task", choices=(*HARVARD_TASKS, "all"), default="all",
+                        help="Harvard task(s) to train on (default all)")
+    parser.add_argument("--modalities", default="t1,t2",
+                        help="volume data: the two file stems used as A,B (default t1,t2)")
     parser.add_argument("--out", required=True, type=Path, help="run folder (checkpoints, logs, exported weights)")
     parser.add_argument("--config", type=Path, default=None, help="JSON file overriding the default configuration")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
@@ -73,7 +75,8 @@ def load_training_data(args) -> tuple[torch.Tensor, torch.Tensor, list[str], dic
     cases = find_volume_cases(args.data, modalities)
     if len(cases) < 2:
         raise InputError(f"{args.data}: volume training needs at least two cases (one is held out for validation)")
-    held_out = [i for i in range(len(cases)) if i % VALIDATION_EVERY_NTH_CASE == VALIDATION_EVERY_NTH_CASE - 1] or [len(cases) - 1]
+    every = VALIDATION_EVERY_NTH_CASE
+    held_out = [i for i in range(len(cases)) if i % every == every - 1] or [len(cases) - 1]
     train_cases = [c for i, c in enumerate(cases) if i not in held_out]
     val_cases = [cases[i] for i in held_out]
     train_pairs = torch.cat([load_volume_slices(a, b) for a, b in train_cases])

@@ -42,7 +42,7 @@ class AugmentationConfig:
     foreground_crops: bool = True
 
     @classmethod
-    def from_dict(cls, values: dict) -> "AugmentationConfig":
+    def from_dict(cls, values: dict) -> AugmentationConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
@@ -89,7 +89,8 @@ class PairAugmentation:
             uniform = torch.rand(size_b, 2, generator=generator)
             low_x, high_x = min(half, width / 2), max(width - half, width / 2)
             low_y, high_y = min(half, height / 2), max(height - half, height / 2)
-            centres = torch.stack([low_x + uniform[:, 0] * (high_x - low_x), low_y + uniform[:, 1] * (high_y - low_y)], 1)
+            centres = torch.stack([low_x + uniform[:, 0] * (high_x - low_x), low_y + uniform[:, 1] * (high_y - low_y)],
+                                  1)
         return centres
 
     def _sampling_grid(self, batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

@@ -150,5 +150,7 @@ def load_harvard_pairs_array(data_dir: str | Path, tasks: Sequence[str], split: 
         pair_tasks.append(pair.task)
     shapes = {array.shape for array in stacked}
     if len(shapes) != 1:
-        raise InputError(f"Harvard pairs in {data_dir} differ in size ({sorted(shapes)}); all must be one size to batch.")
+        raise InputError(
+            f"Harvard pairs in {data_dir} differ in size ({sorted(shapes)}); all must be one size to batch."
+        )
     return torch.from_numpy(np.stack(stacked)), pair_tasks

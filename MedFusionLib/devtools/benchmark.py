@@ -28,6 +28,7 @@ import os
 import platform
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -37,12 +38,12 @@ import torch
 
 from MedFusionLib.core.devices import resolve_device
 from MedFusionLib.core.errors import InputError
+from MedFusionLib.core.precision import ACCURACY_BUDGET, PRECISION_CHOICES, cpu_has_native_bf16
 from MedFusionLib.devtools.shared_data import shared_data_dir
 from MedFusionLib.fusion.engine import SliceFuser
-from MedFusionLib.models import create_model
 from MedFusionLib.fusion.pipeline import FOREGROUND_MARGIN, FOREGROUND_THRESHOLD, fuse_arrays, intensity_scaling
-from MedFusionLib.core.precision import ACCURACY_BUDGET, PRECISION_CHOICES, cpu_has_native_bf16
 from MedFusionLib.imaging.normalization import normalize_intensity, slice_boxes
+from MedFusionLib.models import create_model
 
 DEFAULT_MODELS = ("emfusion", "haf", "densefuse", "laplacian")
 DEFAULT_SIZE = (240, 240, 155)
@@ -97,7 +98,9 @@ def find_shared_case(case: str = DEFAULT_CASE) -> Path | None:
     return None
 
 
-def load_benchmark_pair(data: Path | None, size: tuple[int, int, int] = DEFAULT_SIZE, modalities=("t1", "t2")) -> BenchmarkPair:
+def load_benchmark_pair(
+    data: Path | None, size: tuple[int, int, int] = DEFAULT_SIZE, modalities=("t1", "t2")
+) -> BenchmarkPair:
     """``data``: a case folder holding ``<modality>.nii.gz`` files; ``None``: the shared BraTS case
     when present, otherwise the analytic head phantom at ``size`` (x, y, z) with 1 mm voxels."""
     if data is None:
@@ -112,7 +115,8 @@ def load_benchmark_pair(data: Path | None, size: tuple[int, int, int] = DEFAULT_
         if not path.is_file():
             raise InputError(f"{path} not found: --data must be a folder holding {', '.join(p.name for p in paths)}")
     reference, moving = (sitk.ReadImage(str(path)) for path in paths)
-    return BenchmarkPair(reference, moving, f"{Path(data).name} {'/'.join(modalities)} {'×'.join(map(str, reference.GetSize()))}")
+    return BenchmarkPair(reference, moving,
+                         f"{Path(data).name} {'/'.join(modalities)} {'×'.join(map(str, reference.GetSize()))}")
 
 
 def machine_description(device: torch.device) -> dict:
@@ -153,7 +157,7 @@ class PeakMemory:
     def __init__(self, device: torch.device | None = None) -> None:
         self.device = device if device is not None and device.type == "cuda" else None
 
-    def __enter__(self) -> "PeakMemory":
+    def __enter__(self) -> PeakMemory:
         if self.device is not None:
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -264,15 +268,18 @@ def benchmark_fusion(
 
     for name in models:
         reference_model = create_model(name, device=torch_device)
-        naive_fuse(reference_model, a[slices // 2 : slices // 2 + 1], b[slices // 2 : slices // 2 + 1], torch_device)  # warm-up
-        naive, naive_seconds, peak = _timed(lambda: naive_fuse(reference_model, a, b, torch_device), torch_device, repeats)
+        naive_fuse(reference_model, a[slices // 2 : slices // 2 + 1], b[slices // 2 : slices // 2 + 1],
+                   torch_device)  # warm-up
+        naive, naive_seconds, peak = _timed(lambda: naive_fuse(reference_model, a, b, torch_device), torch_device,
+                                            repeats)
         add_row(name, "naive", "fp32", 1, naive_seconds, peak, 0.0, slices, naive_seconds, None)
 
         variants = [("auto", False)] + [(p, False) for p in (precisions or []) if p != "auto"]
         if compile:
             variants.append(("auto", True))
         for precision, compiled in variants:
-            fuser = SliceFuser(create_model(name), device=torch_device, batch_size=batch_size, precision=precision, compile=compiled)
+            fuser = SliceFuser(create_model(name), device=torch_device, batch_size=batch_size, precision=precision,
+                               compile=compiled)
             compile_seconds = 0.0
             if compiled:  # the first calls compile; time them apart
                 started = time.perf_counter()
@@ -295,11 +302,10 @@ def benchmark_registration(
     """Time :func:`~MedFusionLib.registration.register` of the moving volume, displaced by a fixed
     rigid motion (10°, 8 mm), back onto the reference, per preset and backend. Returns the rows
     and the seconds itk-elastix took to load (``None`` when elastix is not among ``backends``)."""
-    from MedFusionLib.registration import register
     from MedFusionLib.devtools.registration_accuracy import warp_with_known_transform
-    from MedFusionLib.registration.elastix_backend import load_itk_elastix
-
     from MedFusionLib.imaging.phantom import rigid_motion
+    from MedFusionLib.registration import register
+    from MedFusionLib.registration.elastix_backend import load_itk_elastix
 
     centre = pair.reference.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2 for s in pair.reference.GetSize()])
     motion = rigid_motion((10.0, -6.0, 4.0), (8.0, -5.0, 6.0))
@@ -329,17 +335,22 @@ def benchmark_registration(
 
 
 FUSION_HEADER = (
-    "| model | path | precision | batch | s / volume | ms / slice | Mvoxel/s | speed-up | peak MiB | max abs diff | slices fused |\n"
+    "| model | path | precision | batch | s / volume | ms / slice | Mvoxel/s | speed-up | peak MiB | max abs diff "
+    "| slices fused |\n"
     "|---|---|---|---|---|---|---|---|---|---|---|"
 )
-REGISTRATION_HEADER = "| preset | backend | seconds | MI before | MI after | peak MiB | error |\n|---|---|---|---|---|---|---|"
+REGISTRATION_HEADER = (
+    "| preset | backend | seconds | MI before | MI after | peak MiB | error |\n"
+    "|---|---|---|---|---|---|---|"
+)
 
 
 def format_fusion_row(row: FusionRow) -> str:
     mark = "" if row.within_budget is None else (" ✓" if row.within_budget else " ✗")
     return (
-        f"| {row.model} | {row.path} | {row.precision} | {row.batch_size} | {row.seconds:.2f} | {row.ms_per_slice:.1f} | "
-        f"{row.voxels_per_second / 1e6:.2f} | {row.speedup:.2f}× | {row.peak_mib:.0f} | {row.max_abs_diff:.1e}{mark} | {row.fused_slices} |"
+        f"| {row.model} | {row.path} | {row.precision} | {row.batch_size} | {row.seconds:.2f} "
+        f"| {row.ms_per_slice:.1f} | {row.voxels_per_second / 1e6:.2f} | {row.speedup:.2f}× | {row.peak_mib:.0f} "
+        f"| {row.max_abs_diff:.1e}{mark} | {row.fused_slices} |"
     )
 
 
@@ -354,7 +365,8 @@ def markdown_report(report: dict) -> str:
     """The whole benchmark as Markdown: machine, input, fusion table, registration table."""
     machine = report["machine"]
     lines = [
-        f"Machine: {machine['cpu']} ({', '.join(machine['cpu_features']) or 'no AVX2'}), {machine['cores_available']} cores available, "
+        f"Machine: {machine['cpu']} ({', '.join(machine['cpu_features']) or 'no AVX2'}), "
+        f"{machine['cores_available']} cores available, "
         f"torch {machine['torch']} with {machine['torch_threads']} threads, device {machine['device']}"
         + (f" ({machine['gpu']})" if "gpu" in machine else ""),
         f"Input: {report['input']}; each fusion row the fastest of {report.get('repeats', 1)} run(s)",
@@ -367,14 +379,15 @@ def markdown_report(report: dict) -> str:
     ]
     if report.get("registration"):
         load = report.get("elastix_load_seconds")
-        lines += ["", REGISTRATION_HEADER, *(format_registration_row(RegistrationRow(**row)) for row in report["registration"])]
+        lines += ["", REGISTRATION_HEADER,
+                  *(format_registration_row(RegistrationRow(**row)) for row in report["registration"])]
         if load is not None:
             lines.append(f"\nitk-elastix library load (once per process, not in the rows): {load:.1f} s")
     return "\n".join(lines)
 
 
 def run_benchmark(
-    models: list[str] = list(DEFAULT_MODELS),
+    models: Sequence[str] = DEFAULT_MODELS,
     data: Path | None = None,
     size: tuple[int, int, int] = DEFAULT_SIZE,
     device: str = "auto",
@@ -395,14 +408,15 @@ def run_benchmark(
     torch_device = resolve_device(device)
     result = {"machine": machine_description(torch_device), "input": pair.source, "fusion": [], "registration": []}
     report(f"input: {pair.source}\n\n{FUSION_HEADER}")
-    rows = benchmark_fusion(pair, models, device, precisions, batch_size, compile, repeats, report=report)
+    rows = benchmark_fusion(pair, list(models), device, precisions, batch_size, compile, repeats, report=report)
     result["repeats"] = repeats
     result["fusion"] = [asdict(row) for row in rows]
     if presets:
         from MedFusionLib.registration import available_backends
 
         report(f"\n{REGISTRATION_HEADER}")
-        registration_rows, load_seconds = benchmark_registration(pair, presets, backends or available_backends(), report=report)
+        registration_rows, load_seconds = benchmark_registration(pair, presets, backends or available_backends(),
+                                                                 report=report)
         result["registration"] = [asdict(row) for row in registration_rows]
         result["elastix_load_seconds"] = load_seconds
     return result

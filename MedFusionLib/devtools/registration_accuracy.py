@@ -15,7 +15,8 @@ from MedFusionLib.registration.transforms import affine_parts
 
 
 def random_rigid(
-    rng: np.random.Generator, centre: tuple[float, float, float], max_rotation_deg: float = 15.0, max_translation_mm: float = 20.0
+    rng: np.random.Generator, centre: tuple[float, float,
+                                            float], max_rotation_deg: float = 15.0, max_translation_mm: float = 20.0
 ) -> sitk.Euler3DTransform:
     """A rigid motion about ``centre`` (mm): each rotation angle uniform in ±``max_rotation_deg``
     and each translation component uniform in ±``max_translation_mm``."""
@@ -36,7 +37,8 @@ def smooth_deformation(
     extent = [size * spacing for size, spacing in zip(image.GetSize(), image.GetSpacing())]
     mesh = [max(1, round(length / control_spacing_mm)) for length in extent]
     transform = sitk.BSplineTransformInitializer(image, mesh, order=3)
-    transform.SetParameters(tuple(rng.uniform(-max_displacement_mm, max_displacement_mm, transform.GetNumberOfParameters())))
+    transform.SetParameters(tuple(rng.uniform(-max_displacement_mm, max_displacement_mm,
+                                              transform.GetNumberOfParameters())))
     return transform
 
 
@@ -55,7 +57,8 @@ def warp_with_known_transform(image: sitk.Image, truth: sitk.Transform) -> sitk.
             truth, sitk.sitkVectorFloat64, image.GetSize(), image.GetOrigin(), image.GetSpacing(), image.GetDirection()
         )
         inverse = sitk.DisplacementFieldTransform(
-            sitk.InvertDisplacementField(field, maximumNumberOfIterations=50, maxErrorToleranceThreshold=0.01, meanErrorToleranceThreshold=1e-4)
+            sitk.InvertDisplacementField(field, maximumNumberOfIterations=50, maxErrorToleranceThreshold=0.01,
+                                         meanErrorToleranceThreshold=1e-4)
         )
     background = float(np.min(sitk.GetArrayViewFromImage(image)))
     return sitk.Resample(image, image, inverse, sitk.sitkLinear, background, image.GetPixelID())
@@ -69,7 +72,8 @@ def target_registration_errors(
 
     def displacement(transform: sitk.Transform) -> np.ndarray:
         field = sitk.TransformToDisplacementField(
-            transform, sitk.sitkVectorFloat64, reference.GetSize(), reference.GetOrigin(), reference.GetSpacing(), reference.GetDirection()
+            transform, sitk.sitkVectorFloat64, reference.GetSize(), reference.GetOrigin(), reference.GetSpacing(),
+            reference.GetDirection(),
         )
         return sitk.GetArrayViewFromImage(field)[mask]
 

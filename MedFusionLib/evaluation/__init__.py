@@ -1,1 +1,2 @@
-"""Quality measured the way the field measures it: metrics, scoring of methods on pairs and volumes, reports, figures."""
+"""Quality measured the way the field measures it: metrics, scoring of methods on pairs and volumes,
+reports, figures."""

@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
@@ -108,7 +108,10 @@ def foreground_slices(*volumes: np.ndarray) -> np.ndarray:
     ``BACKGROUND_PERCENTILE``-th percentile) by ``FOREGROUND_LEVELS_ABOVE_BACKGROUND`` in at least one volume.
     """
     bright_fraction = np.stack(
-        [(v > np.percentile(v, BACKGROUND_PERCENTILE) + FOREGROUND_LEVELS_ABOVE_BACKGROUND).mean(axis=(1, 2)) for v in volumes]
+        [
+            (v > np.percentile(v, BACKGROUND_PERCENTILE) + FOREGROUND_LEVELS_ABOVE_BACKGROUND).mean(axis=(1, 2))
+            for v in volumes
+        ]
     )
     return np.flatnonzero((bright_fraction >= FOREGROUND_FRACTION).any(axis=0))
 

@@ -276,7 +276,8 @@ def flicker_figure(volume: VolumeEvaluation, title: str = "Inter-slice consisten
     figure = Image.new("RGB", (chart.width + tiles_width + 10, max(chart.height, TILE + 24) + 50), "white")
     draw = ImageDraw.Draw(figure)
     draw.text((8, 6), title, fill="black", font=_font(16))
-    text = f"flicker ratio (fused / pixelwise max): median {volume.median_flicker:.2f}, worst {volume.worst_flicker:.2f}"
+    text = (f"flicker ratio (fused / pixelwise max): median {volume.median_flicker:.2f}, "
+            f"worst {volume.worst_flicker:.2f}")
     draw.text((8, 28), text, fill="black", font=_font(12))
     figure.paste(chart, (0, 50))
     x = chart.width + 10

@@ -14,22 +14,21 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import SimpleITK as sitk
 import torch
 
-from MedFusionLib.datasets.harvard import HarvardPair, PairImages, load_pair_images, luminance_eight_bit
-from MedFusionLib.evaluation import metrics
 from MedFusionLib.core.devices import resolve_device
 from MedFusionLib.core.errors import InputError, WeightsNotAvailableError
+from MedFusionLib.datasets.harvard import HarvardPair, PairImages, load_pair_images, luminance_eight_bit
+from MedFusionLib.evaluation import metrics
+from MedFusionLib.imaging.normalization import normalize_intensity
 from MedFusionLib.io import read_image
 from MedFusionLib.models import create_model
-from MedFusionLib.imaging.normalization import normalize_intensity
-
 
 # Reference "methods" scored beside the real ones: passing one source through unchanged. They
 # are not fusion, and show which metrics reward a single source (see the report).

@@ -206,7 +206,8 @@ class SliceFuser:
             finally:
                 pool.shutdown(wait=True, cancel_futures=True)
 
-    def _fuse_one_slice(self, a: np.ndarray, b: np.ndarray, boxes: Sequence[Box | None], index: int, out: np.ndarray) -> None:
+    def _fuse_one_slice(self, a: np.ndarray, b: np.ndarray, boxes: Sequence[Box | None], index: int,
+                        out: np.ndarray) -> None:
         with torch.inference_mode():  # thread-local, so entered in the worker
             _store(out, self._fuse_batch(a, b, [index], boxes[index]), [index], boxes, boxes[index])
 
@@ -234,7 +235,9 @@ class SliceFuser:
         batch_a = self._to_device(a[indices, rows, columns])
         batch_b = self._to_device(b[indices, rows, columns])
         autocast = (
-            torch.autocast(self.device.type, dtype=self.autocast_dtype) if self.autocast_dtype is not None else nullcontext()
+            torch.autocast(self.device.type, dtype=self.autocast_dtype)
+            if self.autocast_dtype is not None
+            else nullcontext()
         )
         with autocast:
             fused = self.model(batch_a, batch_b)
@@ -281,7 +284,8 @@ def _store(out: np.ndarray, fused: np.ndarray, indices: list[int], boxes: Sequen
     """
     for fused_slice, index in zip(fused, indices):
         top, bottom, left, right = boxes[index]
-        out[index, top:bottom, left:right] = fused_slice[top - union[0] : bottom - union[0], left - union[2] : right - union[2]]
+        out[index, top:bottom, left:right] = fused_slice[top - union[0] : bottom - union[0],
+                                                         left - union[2] : right - union[2]]
 
 
 def _union(boxes: list[Box]) -> Box:

@@ -10,7 +10,6 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from MedFusionLib.models.base import FusionNet
 from MedFusionLib.models.registry import register_model

@@ -58,8 +58,10 @@ class AttentionGate(nn.Module):
 
     def __init__(self, gate_channels: int, feature_channels: int, inter_channels: int) -> None:
         super().__init__()
-        self.w_g = nn.Sequential(nn.Conv2d(gate_channels, inter_channels, 1, bias=False), nn.BatchNorm2d(inter_channels))
-        self.w_x = nn.Sequential(nn.Conv2d(feature_channels, inter_channels, 1, bias=False), nn.BatchNorm2d(inter_channels))
+        self.w_g = nn.Sequential(nn.Conv2d(gate_channels, inter_channels, 1, bias=False),
+                                 nn.BatchNorm2d(inter_channels))
+        self.w_x = nn.Sequential(nn.Conv2d(feature_channels, inter_channels, 1, bias=False),
+                                 nn.BatchNorm2d(inter_channels))
         self.psi = nn.Sequential(nn.Conv2d(inter_channels, 1, 1), nn.Sigmoid())
 
     def forward(self, g: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -126,7 +128,8 @@ class FeaturePyramid(nn.Module):
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
         merged = self.lateral[-1](features[-1])
         for lateral, feature in zip(reversed(self.lateral[:-1]), reversed(features[:-1])):
-            merged = lateral(feature) + F.interpolate(merged, size=feature.shape[-2:], mode="bilinear", align_corners=False)
+            merged = lateral(feature) + F.interpolate(merged, size=feature.shape[-2:], mode="bilinear",
+                                                      align_corners=False)
         return merged
 
 

@@ -75,8 +75,10 @@ class DenseFuseNet(FusionNet):
             return features_a + features_b
         # Activity = channel-wise L1 norm, smoothed over a 3×3 window so that single noisy
         # pixels do not flip the choice; weights are the activities' shares (soft selection).
-        activity_a = F.avg_pool2d(features_a.abs().sum(1, keepdim=True), 3, stride=1, padding=1, count_include_pad=False)
-        activity_b = F.avg_pool2d(features_b.abs().sum(1, keepdim=True), 3, stride=1, padding=1, count_include_pad=False)
+        activity_a = F.avg_pool2d(features_a.abs().sum(1, keepdim=True), 3, stride=1, padding=1,
+                                  count_include_pad=False)
+        activity_b = F.avg_pool2d(features_b.abs().sum(1, keepdim=True), 3, stride=1, padding=1,
+                                  count_include_pad=False)
         weight_a = activity_a / (activity_a + activity_b + 1e-7)
         return weight_a * features_a + (1.0 - weight_a) * features_b
 

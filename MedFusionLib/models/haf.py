@@ -15,8 +15,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from MedFusionLib.models.blocks import AttentionGate, CrossAttentionGatePair, DepthwiseSeparableConv, FeaturePyramid, crop_to, pad_to_multiple
 from MedFusionLib.models.base import FusionNet
+from MedFusionLib.models.blocks import (
+    AttentionGate,
+    CrossAttentionGatePair,
+    DepthwiseSeparableConv,
+    FeaturePyramid,
+    crop_to,
+    pad_to_multiple,
+)
 from MedFusionLib.models.registry import register_model
 
 

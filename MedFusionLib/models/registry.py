@@ -10,13 +10,13 @@ weights records the arguments they were built with. Learned models need trained 
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
-from MedFusionLib.models.base import FusionNet
 
 from MedFusionLib.core.errors import UnknownModelError
+from MedFusionLib.models.base import FusionNet
 
 
 @dataclass(frozen=True)

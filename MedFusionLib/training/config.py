@@ -72,7 +72,9 @@ class TrainingConfig:
     def validate(self) -> None:
         spec = model_spec(self.model)  # raises UnknownModelError listing the names
         if not spec.learned:
-            raise InputError(f"model {self.model!r} has nothing to train; choose a learned model (emfusion, haf, densefuse)")
+            raise InputError(
+                f"model {self.model!r} has nothing to train; choose a learned model (emfusion, haf, densefuse)"
+            )
         if self.objective not in OBJECTIVES:
             raise InputError(f"objective must be one of {OBJECTIVES}, not {self.objective!r}")
         if self.precision not in PRECISIONS:

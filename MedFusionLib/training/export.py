@@ -14,7 +14,8 @@ from MedFusionLib.training.checkpoints import CHECKPOINT_LAST, load_checkpoint
 from MedFusionLib.training.config import TrainingConfig
 
 
-def export_weights(checkpoint_path: str | Path, out_dir: str | Path, extra_card: dict | None = None) -> tuple[Path, Path]:
+def export_weights(checkpoint_path: str | Path, out_dir: str | Path, extra_card: dict | None = None) -> tuple[Path,
+                                                                                                              Path]:
     """Write ``<model>.safetensors`` and its model card ``<model>.json`` from a checkpoint.
 
     The card holds ``sha256`` and ``config`` (every constructor argument of the architecture, what

@@ -56,7 +56,9 @@ def ssim_map(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0) -> torch
     if x.shape != y.shape or x.dim() != 4:
         raise InputError(f"SSIM needs two (B, C, H, W) tensors of one shape, got {tuple(x.shape)} and {tuple(y.shape)}")
     if min(x.shape[-2:]) < SSIM_WINDOW:
-        raise InputError(f"SSIM needs images of at least {SSIM_WINDOW} x {SSIM_WINDOW} pixels, got {tuple(x.shape[-2:])}")
+        raise InputError(
+            f"SSIM needs images of at least {SSIM_WINDOW} x {SSIM_WINDOW} pixels, got {tuple(x.shape[-2:])}"
+        )
     x, y = x.float(), y.float()
     window = _gaussian_window(SSIM_WINDOW, SSIM_SIGMA, x.dtype, x.device)
     mu_x, mu_y = _separable_filter(x, window), _separable_filter(y, window)
@@ -149,7 +151,7 @@ class FusionLossWeights:
     source_bias: float = 0.0
 
     @classmethod
-    def from_dict(cls, values: dict) -> "FusionLossWeights":
+    def from_dict(cls, values: dict) -> FusionLossWeights:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
@@ -171,7 +173,8 @@ class FusionLoss(nn.Module):
         super().__init__()
         self.weights = weights or FusionLossWeights()
 
-    def forward(self, fused: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward(self, fused: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, dict[str,
+                                                                                                         torch.Tensor]]:
         w = self.weights
         fused = fused.float()
         weight_a, weight_b = saliency_weights(

@@ -175,7 +175,8 @@ class Trainer:
         per_rank = math.ceil(self.samples_per_epoch / self.distributed.world_size)
         self.steps_per_epoch = max(1, per_rank // config.batch_size)
         total_steps = self.steps_per_epoch * config.epochs
-        optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+        optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.learning_rate,
+                                      weight_decay=config.weight_decay)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config.warmup_steps, total_steps,
                                                                            config.min_lr_ratio))
         self.amp_dtype = autocast_dtype(config.precision, device)
