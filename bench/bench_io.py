@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import shutil
 import tempfile
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -36,27 +37,25 @@ def main() -> None:
     rows = []
     try:
         for dtype in (np.int16, np.float32):
-            image = brats_sized_volume(dtype)
+            image, kind = brats_sized_volume(dtype), np.dtype(dtype).name
+            # (row, plain SimpleITK call, MedFusionLib.io call), timed in this order: reads follow writes.
+            operations = []
             for extension in (".nii.gz", ".nrrd"):
                 plain, ours = work / f"plain{extension}", work / f"ours{extension}"
-                baseline = best_seconds(lambda: sitk.WriteImage(image, str(plain), True), repeats)
-                atomic = best_seconds(
-                    lambda: write_image(image, ours, overwrite=True), repeats
-                )
-                rows.append((f"write {extension} {np.dtype(dtype).name}", baseline, atomic))
-                baseline = best_seconds(lambda: sitk.ReadImage(str(plain)), repeats)
-                checked = best_seconds(lambda: read_image(ours), repeats)
-                rows.append((f"read {extension} {np.dtype(dtype).name}", baseline, checked))
-            series = work / "series"
-            nifti = work / "ours.nii.gz"
-            baseline = best_seconds(lambda: sitk.WriteImage(image, str(nifti), True), repeats)
-            dicom = best_seconds(
-                lambda: write_dicom_series(image, series, overwrite=True), repeats
-            )
-            rows.append((f"write DICOM series {np.dtype(dtype).name} (vs .nii.gz)", baseline, dicom))
-            baseline = best_seconds(lambda: sitk.ReadImage(str(nifti)), repeats)
-            dicom = best_seconds(lambda: read_image(series), repeats)
-            rows.append((f"read DICOM series {np.dtype(dtype).name} (vs .nii.gz)", baseline, dicom))
+                operations += [
+                    (f"write {extension} {kind}", partial(sitk.WriteImage, image, str(plain), True),
+                     partial(write_image, image, ours, overwrite=True)),
+                    (f"read {extension} {kind}", partial(sitk.ReadImage, str(plain)), partial(read_image, ours)),
+                ]
+            nifti, series = work / "ours.nii.gz", work / "series"
+            operations += [
+                (f"write DICOM series {kind} (vs .nii.gz)", partial(sitk.WriteImage, image, str(nifti), True),
+                 partial(write_dicom_series, image, series, overwrite=True)),
+                (f"read DICOM series {kind} (vs .nii.gz)", partial(sitk.ReadImage, str(nifti)),
+                 partial(read_image, series)),
+            ]
+            rows += [(row, best_seconds(baseline, repeats), best_seconds(ours, repeats))
+                     for row, baseline, ours in operations]
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -9,12 +9,13 @@ are drawn per source.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
 
 from MedFusionLib.core.errors import InputError
+from MedFusionLib.core.settings import reject_unknown_settings
 from MedFusionLib.datasets.pairs import ANATOMY_THRESHOLD
 
 
@@ -43,10 +44,7 @@ class AugmentationConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> AugmentationConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise InputError(f"unknown augmentation setting(s) {unknown}; known: {sorted(known)}")
+        reject_unknown_settings(cls, values, "augmentation")
         config = cls(**values)
         config.gamma = tuple(config.gamma)
         if config.crop < 16:

@@ -8,11 +8,12 @@ architecture: a model is built from its class's defaults (the shipped architectu
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from MedFusionLib.core.errors import InputError
 from MedFusionLib.core.precision import PRECISION_CHOICES
+from MedFusionLib.core.settings import reject_unknown_settings
 from MedFusionLib.datasets.augmentation import AugmentationConfig
 from MedFusionLib.models import model_spec
 from MedFusionLib.training.losses import FusionLossWeights
@@ -59,10 +60,7 @@ class TrainingConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> TrainingConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise InputError(f"unknown training setting(s) {unknown}; known: {sorted(known)}")
+        reject_unknown_settings(cls, values, "training")
         if "model" not in values:
             raise InputError("a training config needs 'model' (emfusion, haf or densefuse)")
         config = cls(**values)

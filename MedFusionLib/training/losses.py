@@ -19,13 +19,14 @@ soft tissue (MRI) with ``source_bias``.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from MedFusionLib.core.errors import InputError
+from MedFusionLib.core.settings import reject_unknown_settings
 
 SSIM_WINDOW = 11
 SSIM_SIGMA = 1.5
@@ -152,10 +153,7 @@ class FusionLossWeights:
 
     @classmethod
     def from_dict(cls, values: dict) -> FusionLossWeights:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise InputError(f"unknown fusion loss setting(s) {unknown}; known: {sorted(known)}")
+        reject_unknown_settings(cls, values, "fusion loss")
         return cls(**values)
 
     def to_dict(self) -> dict:
