@@ -53,6 +53,9 @@ REFUSAL = refusal_reason(sys.version_info, running_slicer_version(slicer))
 if REFUSAL is None:
     from typing import Annotated
 
+    from slicer import vtkMRMLScalarVolumeNode
+    from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
+
     from MedFusionSlicer import compare, dependencies
     from MedFusionSlicer.choices import (
         AXIS_CHOICES,
@@ -65,8 +68,6 @@ if REFUSAL is None:
     )
     from MedFusionSlicer.logic import FusionLogic, RegistrationSummary, apply_state
     from MedFusionSlicer.worker import Finished, Message, Notice, Progress, overall_fraction, python_executable
-    from slicer import vtkMRMLScalarVolumeNode
-    from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 else:
     logging.getLogger("MedFusion").error(REFUSAL)
     # Stand-ins so that the class statements below still execute; the module only shows REFUSAL.
@@ -261,15 +262,21 @@ class MedFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """Follow edits of the selected volumes themselves (new voxels, a parent transform), which
         change whether Apply can run without changing the parameter node."""
         for node in self._observedInputs:
-            for event in (vtk.vtkCommand.ModifiedEvent, slicer.vtkMRMLVolumeNode.ImageDataModifiedEvent,
-                          slicer.vtkMRMLTransformableNode.TransformModifiedEvent):
+            for event in (
+                vtk.vtkCommand.ModifiedEvent,
+                slicer.vtkMRMLVolumeNode.ImageDataModifiedEvent,
+                slicer.vtkMRMLTransformableNode.TransformModifiedEvent,
+            ):
                 self.removeObserver(node, event, self.onInputModified)
         nodes = []
         if self._parameterNode is not None:
             nodes = [node for node in (self._parameterNode.referenceVolume, self._parameterNode.movingVolume) if node]
         for node in nodes:
-            for event in (vtk.vtkCommand.ModifiedEvent, slicer.vtkMRMLVolumeNode.ImageDataModifiedEvent,
-                          slicer.vtkMRMLTransformableNode.TransformModifiedEvent):
+            for event in (
+                vtk.vtkCommand.ModifiedEvent,
+                slicer.vtkMRMLVolumeNode.ImageDataModifiedEvent,
+                slicer.vtkMRMLTransformableNode.TransformModifiedEvent,
+            ):
                 self.addObserver(node, event, self.onInputModified)
         self._observedInputs = nodes
 
@@ -294,7 +301,11 @@ class MedFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.deviceInfoLabel.text = _("Starting the MedFusion worker ...")
         else:
             for choice in choices:
-                label = choice.name + (_(" (default)") if choice.default else "") + (f" - {choice.note}" if choice.note else "")
+                label = (
+                    choice.name
+                    + (_(" (default)") if choice.default else "")
+                    + (f" - {choice.note}" if choice.note else "")
+                )
                 combo.addItem(label, choice.name)
                 index = combo.count - 1
                 combo.setItemData(index, choice.description, qt.Qt.ToolTipRole)
@@ -358,8 +369,12 @@ class MedFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return True
         lines = "\n".join(f"  {r.specifier}: {r.purpose}{_(' (optional)') if r.optional else ''}" for r in missing)
         if not slicer.util.confirmOkCancelDisplay(
-            _("MedFusion needs these Python packages, which will be installed into Slicer's Python "
-              "(Slicer's own packages such as SimpleITK and numpy are never changed):") + f"\n\n{lines}\n\n" + _("Install them now?"),
+            _(
+                "MedFusion needs these Python packages, which will be installed into Slicer's Python "
+                "(Slicer's own packages such as SimpleITK and numpy are never changed):"
+            )
+            + f"\n\n{lines}\n\n"
+            + _("Install them now?"),
             windowTitle=_("MedFusion: install dependencies"),
         ):
             if required:
@@ -372,17 +387,24 @@ class MedFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         slicer.app.processEvents()
         try:
             with slicer.util.WaitCursor():
-                for line in dependencies.install(missing, dependencies.slicer_pip_install, dependencies.slicer_torch_index()):
+                for line in dependencies.install(
+                    missing, dependencies.slicer_pip_install, dependencies.slicer_torch_index()
+                ):
                     logger.info(f"{line}")
         except Exception as error:  # noqa: BLE001  (no network, a proxy, a failed build: say how to do it by hand)
             logger.error(f"installing dependencies failed: {error}")
-            slicer.util.errorDisplay(dependencies.offline_instructions(missing), windowTitle=_("MedFusion: installation failed"))
+            slicer.util.errorDisplay(
+                dependencies.offline_instructions(missing), windowTitle=_("MedFusion: installation failed")
+            )
             return False
         finally:
             self._installing = False
             self.updateApplyButton()
         if dependencies.needs_restart(missing) and slicer.util.confirmYesNoDisplay(
-            _("A package that was upgraded is already in use; Slicer must restart to load the new version. Restart now?"),
+            _(
+                "A package that was upgraded is already in use; Slicer must restart to load the new version. "
+                "Restart now?"
+            ),
             windowTitle=_("MedFusion: restart Slicer"),
         ):
             slicer.util.restart()
@@ -392,8 +414,13 @@ class MedFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def currentOptions(self):
         parameters = self._parameterNode
-        return make_options(model=parameters.model or None, registration=parameters.registration,
-                            backend=parameters.backend, device=parameters.device, axis=parameters.axis)
+        return make_options(
+            model=parameters.model or None,
+            registration=parameters.registration,
+            backend=parameters.backend,
+            device=parameters.device,
+            axis=parameters.axis,
+        )
 
     def repairTorch(self) -> bool:
         """The worker could not use torch (a broken or mismatched install): offer to reinstall it.
@@ -412,12 +439,14 @@ class MedFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.updateApplyButton()
         try:
             with slicer.util.WaitCursor():
-                for line in dependencies.install(torch, dependencies.slicer_pip_install, dependencies.slicer_torch_index(),
-                                                 repair=True):  # fmt: skip
+                index = dependencies.slicer_torch_index()
+                for line in dependencies.install(torch, dependencies.slicer_pip_install, index, repair=True):
                     logger.info(line)
         except Exception as error:  # noqa: BLE001  (pip failed: say how to do it by hand)
             logger.error(f"reinstalling torch failed: {error}")
-            slicer.util.errorDisplay(dependencies.offline_instructions(torch), windowTitle=_("MedFusion: installation failed"))
+            slicer.util.errorDisplay(
+                dependencies.offline_instructions(torch), windowTitle=_("MedFusion: installation failed")
+            )
             return False
         finally:
             self._installing = False
@@ -447,8 +476,12 @@ class MedFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._job.cancel()
 
     def setRunning(self, running: bool) -> None:
-        for section in (self.ui.inputsCollapsibleButton, self.ui.registrationCollapsibleButton,
-                        self.ui.fusionCollapsibleButton, self.ui.outputsCollapsibleButton):
+        for section in (
+            self.ui.inputsCollapsibleButton,
+            self.ui.registrationCollapsibleButton,
+            self.ui.fusionCollapsibleButton,
+            self.ui.outputsCollapsibleButton,
+        ):
             section.enabled = not running
         self.ui.cancelButton.enabled = running
         if running:
@@ -474,7 +507,8 @@ class MedFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.ui.progressBar.value = round(100 * overall_fraction(event, self._job.registering))
                 self.ui.statusLabel.text = (
                     _("Registering ({preset}) ...").format(preset=self._job.options.get("registration"))
-                    if event.stage == "register" else _("Fusing: {done} of {total} slices").format(done=event.done, total=event.total)
+                    if event.stage == "register"
+                    else _("Fusing: {done} of {total} slices").format(done=event.done, total=event.total)
                 )
             elif isinstance(event, Notice) and event.name == "registration":
                 summary = RegistrationSummary.from_report(event.data)
@@ -506,7 +540,9 @@ class MedFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.ui.statusLabel.text = _("Cancelled; the scene is unchanged.")
             else:
                 self.ui.statusLabel.text = _("Failed; the scene is unchanged.")
-                slicer.util.errorDisplay(_("MedFusion failed: ") + event.error, detailedText="\n".join(job.output_lines))
+                slicer.util.errorDisplay(
+                    _("MedFusion failed: ") + event.error, detailedText="\n".join(job.output_lines)
+                )
         finally:
             if job.keep_files:
                 logger.info(f"temporary files kept in {job.folder}")
@@ -517,11 +553,17 @@ class MedFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """The fused volume in the slice views, the reference over it at the chosen opacity; the
         registration check section gets the registered volume and the checkerboard."""
         self._result = nodes
-        slicer.util.setSliceViewerLayers(background=nodes.fusedNode, foreground=nodes.referenceNode,
-                                         foregroundOpacity=self.ui.referenceOpacitySliderWidget.value, fit=True)
+        slicer.util.setSliceViewerLayers(
+            background=nodes.fusedNode,
+            foreground=nodes.referenceNode,
+            foregroundOpacity=self.ui.referenceOpacitySliderWidget.value,
+            fit=True,
+        )
         hasRegistration = nodes.registeredNode is not None
         self.ui.compareCollapsibleButton.enabled = hasRegistration
-        self.ui.registrationSummaryLabel.text = nodes.registration.text() if nodes.registration else _("No registration in this run.")
+        self.ui.registrationSummaryLabel.text = (
+            nodes.registration.text() if nodes.registration else _("No registration in this run.")
+        )
         if not hasRegistration:
             self.ui.flickerCheckBox.checked = False
 
@@ -667,7 +709,9 @@ class MedFusionTest(ScriptedLoadableModuleTest):
         nodes.fusedNode.GetIJKToRASMatrix(fused_matrix)
         for row in range(4):
             for column in range(4):
-                self.assertAlmostEqual(reference_matrix.GetElement(row, column), fused_matrix.GetElement(row, column), places=6)
+                self.assertAlmostEqual(
+                    reference_matrix.GetElement(row, column), fused_matrix.GetElement(row, column), places=6
+                )
         self.assertIsNotNone(nodes.registeredNode)
         self.assertIsNotNone(nodes.transformNode)
         self.assertIsNotNone(nodes.checkerboardNode)
@@ -682,8 +726,15 @@ class MedFusionTest(ScriptedLoadableModuleTest):
         ct, mr = self._demoNodes()
         logic = MedFusionLogic()
         direct = logic.process(ct, mr, registration="rigid", backend="simpleitk", device="cpu", model="laplacian")
-        job = logic.startJob(ct, mr, registration="rigid", backend="simpleitk", device="cpu", model="laplacian",
-                             pythonExecutable=python_executable(slicer_home=slicer.app.slicerHome))
+        job = logic.startJob(
+            ct,
+            mr,
+            registration="rigid",
+            backend="simpleitk",
+            device="cpu",
+            model="laplacian",
+            pythonExecutable=python_executable(slicer_home=slicer.app.slicerHome),
+        )
         try:
             job.wait(timeout=600)
             self.assertEqual(job.state, "succeeded", job.error)

@@ -22,7 +22,12 @@ SCRIPT = REPO_ROOT / "MedFusion" / "Resources" / "Scripts" / "MedFusionBatch.py"
 def run_script(*arguments: str, cwd: Path) -> subprocess.CompletedProcess:
     # "--" as Slicer passes it after --python-script SCRIPT.
     return subprocess.run(
-        [sys.executable, str(SCRIPT), "--", *arguments], cwd=cwd, capture_output=True, text=True, timeout=300, check=False
+        [sys.executable, str(SCRIPT), "--", *arguments],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
 
 
@@ -38,8 +43,21 @@ def phantom_files(tmp_path_factory, phantom_pair) -> Path:
 def test_one_pair_gives_the_same_volume_as_the_medfusion_command(phantom_files):
     """Slicer's reader, the module's logic and our writer change nothing: the headless result equals
     `medfusion fuse` on the same files, voxel for voxel, on the reference's grid."""
-    result = run_script("--reference", "ct.nii.gz", "--moving", "mr.nii.gz", "--output", "slicer.nii.gz",
-                        "--registration", "none", "--model", "laplacian", "--device", "cpu", cwd=phantom_files)
+    result = run_script(
+        "--reference",
+        "ct.nii.gz",
+        "--moving",
+        "mr.nii.gz",
+        "--output",
+        "slicer.nii.gz",
+        "--registration",
+        "none",
+        "--model",
+        "laplacian",
+        "--device",
+        "cpu",
+        cwd=phantom_files,
+    )
     assert result.returncode == 0, result.stderr
     assert "fuse" in result.stdout and "1 of 1 cases fused" in result.stdout
     command = subprocess.run(
@@ -48,7 +66,10 @@ def test_one_pair_gives_the_same_volume_as_the_medfusion_command(phantom_files):
         cwd=phantom_files, capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
     assert command.returncode == 0, command.stderr
-    headless, cli = sitk.ReadImage(str(phantom_files / "slicer.nii.gz")), sitk.ReadImage(str(phantom_files / "cli.nii.gz"))
+    headless, cli = (
+        sitk.ReadImage(str(phantom_files / "slicer.nii.gz")),
+        sitk.ReadImage(str(phantom_files / "cli.nii.gz")),
+    )
     reference = sitk.ReadImage(str(phantom_files / "ct.nii.gz"))
     np.testing.assert_array_equal(sitk.GetArrayFromImage(headless), sitk.GetArrayFromImage(cli))
     for image in (headless, cli):
@@ -65,8 +86,19 @@ def test_case_list_goes_on_after_a_bad_case_and_exits_non_zero(phantom_files, tm
         f"{phantom_files / 'ct.nii.gz'},{phantom_files / 'missing.nii.gz'},bad.nrrd\n"
         f"{phantom_files / 'ct.nii.gz'},{phantom_files / 'mr.nii.gz'},good.nrrd\n"
     )
-    result = run_script("--cases", str(cases), "--output-dir", "out", "--registration", "none",
-                        "--model", "average", "--device", "cpu", cwd=tmp_path)
+    result = run_script(
+        "--cases",
+        str(cases),
+        "--output-dir",
+        "out",
+        "--registration",
+        "none",
+        "--model",
+        "average",
+        "--device",
+        "cpu",
+        cwd=tmp_path,
+    )
     assert result.returncode == 1
     assert "case 1 failed" in result.stderr and "missing.nii.gz not found" in result.stderr
     assert "1 of 2 cases fused" in result.stdout
@@ -76,8 +108,17 @@ def test_case_list_goes_on_after_a_bad_case_and_exits_non_zero(phantom_files, tm
 def test_existing_output_is_kept_without_overwrite(phantom_files, tmp_path):
     output = tmp_path / "fused.nrrd"
     output.write_bytes(b"keep me")
-    result = run_script("--reference", str(phantom_files / "ct.nii.gz"), "--moving", str(phantom_files / "mr.nii.gz"),
-                        "--output", str(output), "--registration", "none", cwd=tmp_path)
+    result = run_script(
+        "--reference",
+        str(phantom_files / "ct.nii.gz"),
+        "--moving",
+        str(phantom_files / "mr.nii.gz"),
+        "--output",
+        str(output),
+        "--registration",
+        "none",
+        cwd=tmp_path,
+    )
     assert result.returncode == 1 and "already exists; pass --overwrite" in result.stderr
     assert output.read_bytes() == b"keep me"
 
@@ -93,9 +134,12 @@ def test_registered_pair_prints_the_registration_and_writes_the_checkerboard(tmp
                                 moving_spacing=(3.0, 3.0, 4.0), seed=1)  # fmt: skip
     sitk.WriteImage(phantom.ct, str(tmp_path / "ct.nrrd"))
     sitk.WriteImage(phantom.mr, str(tmp_path / "mr.nrrd"))
-    result = run_script("--reference", "ct.nrrd", "--moving", "mr.nrrd", "--output", "fused.nrrd", "--registration", "rigid",
-                        "--backend", "simpleitk", "--model", "average", "--device", "cpu",
-                        "--save-registered", "registered.nrrd", "--save-checkerboard", "board.nrrd", cwd=tmp_path)  # fmt: skip
+    result = run_script(
+        *("--reference", "ct.nrrd", "--moving", "mr.nrrd", "--output", "fused.nrrd"),
+        *("--registration", "rigid", "--backend", "simpleitk", "--model", "average", "--device", "cpu"),
+        *("--save-registered", "registered.nrrd", "--save-checkerboard", "board.nrrd"),
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     assert "rigid registration (simpleitk" in result.stdout and "metric" in result.stdout
     for name in ("fused.nrrd", "registered.nrrd", "board.nrrd"):
@@ -122,8 +166,19 @@ def test_unusable_arguments_exit_2_without_a_dialog(arguments, message, tmp_path
 def test_brats_t1_t2_fused_headless_on_the_reference_grid(shared_data, tmp_path):
     """Real data: the BraTS T1 (reference) and T2, two .nii.gz files, fused headless."""
     case = shared_data / "brats" / "BraTS-MET-example"
-    result = run_script("--reference", str(case / "t1.nii.gz"), "--moving", str(case / "t2.nii.gz"),
-                        "--output", "t1_t2_fused.nii.gz", "--registration", "none", "--device", "cpu", cwd=tmp_path)
+    result = run_script(
+        "--reference",
+        str(case / "t1.nii.gz"),
+        "--moving",
+        str(case / "t2.nii.gz"),
+        "--output",
+        "t1_t2_fused.nii.gz",
+        "--registration",
+        "none",
+        "--device",
+        "cpu",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     fused, reference = sitk.ReadImage(str(tmp_path / "t1_t2_fused.nii.gz")), sitk.ReadImage(str(case / "t1.nii.gz"))
     assert fused.GetSize() == reference.GetSize()

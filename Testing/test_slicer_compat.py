@@ -77,13 +77,17 @@ def test_old_slicer_gets_one_message_and_no_traceback(tmp_path):
         sys.modules["slicer.ScriptedLoadableModule"] = stand_in
         sys.modules["slicer.i18n"] = None  # Slicer 4.x has none: the fallback must work
         messages = []
-        logging.getLogger("MedFusion").addHandler(type("H", (logging.Handler,), {{"emit": lambda self, r: messages.append(r.getMessage())}})())
+        class Collect(logging.Handler):
+            def emit(self, record):
+                messages.append(record.getMessage())
+        logging.getLogger("MedFusion").addHandler(Collect())
         spec = importlib.util.spec_from_file_location("MedFusion", {str(MODULE / "MedFusion.py")!r})
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         for name in ("MedFusion", "MedFusionWidget", "MedFusionLogic", "MedFusionTest", "MedFusionParameterNode"):
             assert hasattr(module, name), name
-        loaded = sorted(m for m in sys.modules if m.startswith(("MedFusionLib", "MedFusionSlicer.logic", "MedFusionSlicer.worker", "torch")))
+        prefixes = ("MedFusionLib", "MedFusionSlicer.logic", "MedFusionSlicer.worker", "torch")
+        loaded = sorted(m for m in sys.modules if m.startswith(prefixes))
         at_load = list(messages)
         result = unittest.TextTestRunner(stream=open("/dev/null", "w")).run(
             unittest.defaultTestLoader.loadTestsFromTestCase(module.MedFusionTest))
@@ -142,7 +146,8 @@ def test_supported_slicer_loads_the_module_without_torch_and_resolves_the_parame
         assert hints["referenceVolume"] is slicer.vtkMRMLScalarVolumeNode
         assert hints["fade"].__metadata__[0] == ("WithinRange", 0.0, 1.0)
         from MedFusionSlicer import dependencies
-        dependencies.REQUIREMENTS = (*dependencies.REQUIREMENTS, dependencies.Requirement("medfusion-absent", "1", False, ""))
+        absent = dependencies.Requirement("medfusion-absent", "1", False, "")
+        dependencies.REQUIREMENTS = (*dependencies.REQUIREMENTS, absent)
         result = unittest.TextTestRunner(stream=open("/dev/null", "w")).run(
             unittest.defaultTestLoader.loadTestsFromTestCase(module.MedFusionTest))
         assert result.testsRun == 2 and len(result.skipped) == 2 and not result.errors and not result.failures, result
@@ -173,7 +178,6 @@ def test_startup_imports_neither_torch_nor_simpleitk():
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('qt', 'ctk', 'torch', 'SimpleITK', 'itk') "
         "or m == 'slicer.ScriptedLoadableModule'); print(bad)"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"

@@ -16,16 +16,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "MedFusion"))
 import slicer
 import vtk
 from conftest import SMALL_SIZE, SMALL_SPACING, oblique
-from MedFusionSlicer import dependencies
-from MedFusionSlicer.compare import checkerboard_image, flicker, set_foreground_opacity, show_pair
-from MedFusionSlicer.logic import FusionLogic, RegistrationSummary, apply_state
-from MedFusionSlicer.volumes import add_volume_node_from_image, image_from_volume_node, load_transform_node
-from MedFusionSlicer.worker import Finished, Notice, Progress
 
 from MedFusionLib.core.errors import FusionCancelled, InputError
 from MedFusionLib.fusion.options import FusionOptions, OptionsError
 from MedFusionLib.fusion.pipeline import fuse_volumes
 from MedFusionLib.imaging.phantom import DEMO_MISALIGNMENT, make_head_phantom
+from MedFusionSlicer import dependencies
+from MedFusionSlicer.compare import checkerboard_image, flicker, set_foreground_opacity, show_pair
+from MedFusionSlicer.logic import FusionLogic, RegistrationSummary, apply_state
+from MedFusionSlicer.volumes import add_volume_node_from_image, image_from_volume_node, load_transform_node
+from MedFusionSlicer.worker import Finished, Notice, Progress
 
 
 @pytest.fixture()
@@ -77,15 +77,24 @@ def test_process_equals_the_library_and_lies_on_the_reference_grid(scene_pair):
     """The logic adds nothing of its own: its output is fuse_volumes' output, on the reference's grid."""
     scene, ct, mr = scene_pair
     stages = []
-    nodes = FusionLogic().process(ct, mr, registration="none", model="laplacian", device="cpu",
-                                  progress=lambda stage, done, total: stages.append((stage, done, total)))
+    nodes = FusionLogic().process(
+        ct,
+        mr,
+        registration="none",
+        model="laplacian",
+        device="cpu",
+        progress=lambda stage, done, total: stages.append((stage, done, total)),
+    )
     assert nodes.fusedNode.GetScene() is scene and nodes.fusedNode.GetName() == "CT + MR fused (laplacian)"
     assert nodes.registeredNode is None and nodes.transformNode is None and nodes.checkerboardNode is None
     assert nodes.registration is None and nodes.device == "cpu"
     assert nodes.options == FusionOptions(registration="none", model="laplacian", device="cpu")
     np.testing.assert_allclose(_ijk_to_ras(nodes.fusedNode), _ijk_to_ras(ct), atol=1e-9)
-    expected = fuse_volumes(image_from_volume_node(ct), image_from_volume_node(mr),
-                            FusionOptions(registration="none", model="laplacian", device="cpu"))
+    expected = fuse_volumes(
+        image_from_volume_node(ct),
+        image_from_volume_node(mr),
+        FusionOptions(registration="none", model="laplacian", device="cpu"),
+    )
     np.testing.assert_array_equal(slicer.util.arrayFromVolume(nodes.fusedNode), sitk.GetArrayFromImage(expected.fused))
     assert stages[-1][0] == "fuse" and stages[-1][1] == stages[-1][2] > 0
     assert nodes.fusedNode.GetDisplayNode() is not None
@@ -112,8 +121,9 @@ def test_process_registers_and_reports_the_registration(misaligned_phantom):
     ct = add_volume_node_from_image(scene, phantom.ct, "CT")
     mr = add_volume_node_from_image(scene, phantom.mr, "MR")
     messages = []
-    nodes = FusionLogic().process(ct, mr, registration="rigid", backend="simpleitk", model="average", device="cpu",
-                                  log=messages.append)
+    nodes = FusionLogic().process(
+        ct, mr, registration="rigid", backend="simpleitk", model="average", device="cpu", log=messages.append
+    )
     assert nodes.registeredNode.GetName() == "MR registered"
     np.testing.assert_allclose(_ijk_to_ras(nodes.registeredNode), _ijk_to_ras(ct), atol=1e-9)
     np.testing.assert_allclose(_ijk_to_ras(nodes.checkerboardNode), _ijk_to_ras(ct), atol=1e-9)
@@ -150,7 +160,9 @@ def test_console_without_packages_says_how_to_install(scene_pair, monkeypatch):
     absent = dependencies.Requirement("medfusion-no-such-package", "1.0", False, "testing")
     monkeypatch.setattr(dependencies, "REQUIREMENTS", (*dependencies.REQUIREMENTS, absent))
     before = _node_ids(scene)
-    with pytest.raises(dependencies.DependenciesMissing, match=r"medfusion-no-such-package>=1\.0.*installDependencies\(\)"):
+    with pytest.raises(
+        dependencies.DependenciesMissing, match=r"medfusion-no-such-package>=1\.0.*installDependencies\(\)"
+    ):
         FusionLogic().process(ct, mr, registration="none", model="average")
     assert _node_ids(scene) == before
 
@@ -224,7 +236,9 @@ def test_checkerboard_alternates_the_two_scaled_volumes():
     assert values[0, 0, 4] != values[0, 0, 3] and values[0, 0, 5] >= values[0, 0, 4]
     same_square_ref = values[0, 0, 0:4]
     assert np.all(np.diff(same_square_ref) >= 0) and np.all(np.diff(a[0, 0, 0:4]) > 0)
-    assert values[0, 0, 4] == pytest.approx((b[0, 0, 4] - np.percentile(b, 1)) / (np.percentile(b, 99) - np.percentile(b, 1)), abs=1e-5)
+    assert values[0, 0, 4] == pytest.approx(
+        (b[0, 0, 4] - np.percentile(b, 1)) / (np.percentile(b, 99) - np.percentile(b, 1)), abs=1e-5
+    )
     with pytest.raises(ValueError, match="not on the reference grid"):
         checkerboard_image(reference, sitk.Image(8, 8, 8, sitk.sitkFloat32))
 
@@ -250,12 +264,17 @@ def test_view_settings_change_only_the_views_showing_medfusions_nodes():
 
 
 def test_registration_summary_from_events_with_and_without_confidence():
-    plain = RegistrationSummary.from_report({"preset": "rigid", "backend": "elastix", "metric_before": -0.3,
-                                             "metric_after": -0.62, "seconds": 2.4})
+    plain = RegistrationSummary.from_report(
+        {"preset": "rigid", "backend": "elastix", "metric_before": -0.3, "metric_after": -0.62, "seconds": 2.4}
+    )
     assert plain.doubtful is None and plain.text() == "rigid registration (elastix, 2.4 s): metric -0.300 -> -0.620"
-    doubtful = RegistrationSummary.from_report({"preset": "rigid", "confidence": {"doubtful": True, "summary": "MI barely improved"}})
+    doubtful = RegistrationSummary.from_report(
+        {"preset": "rigid", "confidence": {"doubtful": True, "summary": "MI barely improved"}}
+    )
     assert doubtful.doubtful is True and "DOUBTFUL: MI barely improved" in doubtful.text()
-    confident = RegistrationSummary.from_report({"preset": "affine", "confidence": {"doubtful": False, "summary": "good overlap"}})
+    confident = RegistrationSummary.from_report(
+        {"preset": "affine", "confidence": {"doubtful": False, "summary": "good overlap"}}
+    )
     assert confident.text().endswith("; good overlap") and "DOUBTFUL" not in confident.text()
     assert RegistrationSummary.from_report(None) is None and RegistrationSummary.from_report({}) is None
 
@@ -280,7 +299,9 @@ def test_input_problem_explains_why_apply_is_disabled(scene_pair, phantom_pair, 
     bspline = sitk.BSplineTransformInitializer(sitk.Image(8, 8, 8, sitk.sitkFloat32), [2, 2, 2])
     sitk.WriteTransform(bspline, str(tmp_path / "warp.h5"))
     mr.SetAndObserveTransformNodeID(load_transform_node(scene, tmp_path / "warp.h5", "warp").GetID())
-    assert "non-linear transform 'warp'" in problem(ct, mr, None, "rigid") and "harden" in problem(ct, mr, None, "rigid")
+    assert "non-linear transform 'warp'" in problem(ct, mr, None, "rigid") and "harden" in problem(
+        ct, mr, None, "rigid"
+    )
     labels = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "labels")
     assert "label map" in problem(labels, ct, None, "rigid")
 
@@ -290,7 +311,10 @@ def test_apply_is_disabled_while_installing_or_running():
     enabled, tooltip = apply_state(None, running=False, installing=True)
     assert not enabled and "Installing" in tooltip
     assert apply_state(None, running=True, installing=False) == (False, "A fusion is running; Cancel stops it.")
-    assert apply_state("Select the moving volume.", running=False, installing=False) == (False, "Select the moving volume.")
+    assert apply_state("Select the moving volume.", running=False, installing=False) == (
+        False,
+        "Select the moving volume.",
+    )
 
 
 def test_default_inputs_skip_label_maps_and_medfusion_results(phantom_pair):
@@ -314,7 +338,9 @@ def test_demo_volumes_are_the_demo_phantom_and_need_registration():
     assert slicer.util.arrayFromVolume(ct).shape == (28, 40, 32)
     assert FusionLogic.inputProblem(ct, mr, None, "none") is not None  # the MR lies on its own grid
     assert FusionLogic.inputProblem(ct, mr, None, "rigid") is None
-    assert slicer.util.arrayFromVolume(ct).min() < -900 < 500 < slicer.util.arrayFromVolume(ct).max()  # CT in HU: air and bone
+    assert (
+        slicer.util.arrayFromVolume(ct).min() < -900 < 500 < slicer.util.arrayFromVolume(ct).max()
+    )  # CT in HU: air and bone
     assert FusionLogic.defaultInputs(scene) == (ct, mr)
 
 
@@ -339,9 +365,14 @@ def test_worker_job_matches_in_process_result_and_reports_progress(scene_pair, l
     finally:
         job.cleanup()
     assert not job.folder.exists()
-    direct = fuse_volumes(image_from_volume_node(ct), image_from_volume_node(mr),
-                          FusionOptions(registration="none", model="laplacian", device="cpu"))
-    np.testing.assert_array_equal(slicer.util.arrayFromVolume(via_worker.fusedNode), sitk.GetArrayFromImage(direct.fused))
+    direct = fuse_volumes(
+        image_from_volume_node(ct),
+        image_from_volume_node(mr),
+        FusionOptions(registration="none", model="laplacian", device="cpu"),
+    )
+    np.testing.assert_array_equal(
+        slicer.util.arrayFromVolume(via_worker.fusedNode), sitk.GetArrayFromImage(direct.fused)
+    )
     np.testing.assert_allclose(_ijk_to_ras(via_worker.fusedNode), _ijk_to_ras(ct), atol=1e-6)
     assert via_worker.device == "cpu" and via_worker.seconds is not None
 
@@ -353,7 +384,9 @@ def test_worker_job_with_registration_imports_all_results(misaligned_phantom, lo
     scene = slicer.vtkMRMLScene()
     ct = add_volume_node_from_image(scene, phantom.ct, "CT")
     mr = add_volume_node_from_image(scene, phantom.mr, "MR")
-    job = logic.startJob(ct, mr, registration="rigid", backend="simpleitk", model="average", device="cpu", keepFiles=True)
+    job = logic.startJob(
+        ct, mr, registration="rigid", backend="simpleitk", model="average", device="cpu", keepFiles=True
+    )
     try:
         events = job.wait(timeout=300)
         assert job.state == "succeeded", job.error

@@ -46,15 +46,24 @@ def test_ui_is_a_qt_designer_form_for_a_mrml_widget(ui):
     used = set(_widgets(ui).values())
     assert {name for name in used if not name.startswith("Q")} <= declared
     # Every MRML node selector gets the scene from the form.
-    connected = {c.findtext("receiver") for c in ui.iter("connection") if c.findtext("signal") == "mrmlSceneChanged(vtkMRMLScene*)"}
+    connected = {
+        c.findtext("receiver")
+        for c in ui.iter("connection")
+        if c.findtext("signal") == "mrmlSceneChanged(vtkMRMLScene*)"
+    }
     assert connected == {name for name, cls in _widgets(ui).items() if cls == "qMRMLNodeComboBox"}
     assert {c.findtext("sender") for c in ui.iter("connection")} == {"MedFusion"}
 
 
 def test_ui_has_the_sections_and_controls_of_the_panel(ui):
     widgets = _widgets(ui)
-    for section in ("inputsCollapsibleButton", "registrationCollapsibleButton", "fusionCollapsibleButton",
-                    "outputsCollapsibleButton", "compareCollapsibleButton"):
+    for section in (
+        "inputsCollapsibleButton",
+        "registrationCollapsibleButton",
+        "fusionCollapsibleButton",
+        "outputsCollapsibleButton",
+        "compareCollapsibleButton",
+    ):
         assert widgets[section] == "ctkCollapsibleButton"
     output = next(w for w in ui.iter("widget") if w.get("name") == "outputVolumeSelector")
     properties = {p.get("name"): p for p in output.iter("property")}
@@ -77,7 +86,9 @@ def test_ui_has_the_sections_and_controls_of_the_panel(ui):
 
 def test_widget_signal_handlers_exist(module_tree):
     """Every slot the widget connects (``x.connect("signal", self.onY)``) is a method of the widget."""
-    widget = next(node for node in module_tree.body if isinstance(node, ast.ClassDef) and node.name == "MedFusionWidget")
+    widget = next(
+        node for node in module_tree.body if isinstance(node, ast.ClassDef) and node.name == "MedFusionWidget"
+    )
     methods = {node.name for node in widget.body if isinstance(node, ast.FunctionDef)}
     slots = set()
     for node in ast.walk(widget):
@@ -86,7 +97,14 @@ def test_widget_signal_handlers_exist(module_tree):
             if isinstance(target, ast.Attribute) and isinstance(target.value, ast.Name) and target.value.id == "self":
                 slots.add(target.attr)
     assert slots and slots <= methods, slots - methods
-    assert {"onApplyButton", "onCancelButton", "onLoadDemo", "onFadeChanged", "onFlickerToggled", "onShowCheckerboard"} <= slots
+    assert {
+        "onApplyButton",
+        "onCancelButton",
+        "onLoadDemo",
+        "onFadeChanged",
+        "onFlickerToggled",
+        "onShowCheckerboard",
+    } <= slots
 
 
 def test_every_widget_the_code_uses_exists_in_the_ui(ui):
@@ -130,13 +148,15 @@ def test_module_texts_are_translatable(module_tree):
     ``translate("qSlicerAbstractCoreModule", ...)``."""
     module = next(node for node in module_tree.body if isinstance(node, ast.ClassDef) and node.name == "MedFusion")
     source = ast.unparse(module)
-    assert 'self.parent.title = _(' in source
+    assert "self.parent.title = _(" in source
     assert "self.parent.categories = [translate('qSlicerAbstractCoreModule', 'Registration')]" in source
-    assert "self.parent.acknowledgementText = _(" in source and "+ _(" in source[source.find("helpText"):][:80]
+    assert "self.parent.acknowledgementText = _(" in source and "+ _(" in source[source.find("helpText") :][:80]
 
 
 def test_parameter_node_fields_and_ui_bindings_match(ui, module_tree):
-    wrapper = next(node for node in module_tree.body if isinstance(node, ast.ClassDef) and node.name == "MedFusionParameterNode")
+    wrapper = next(
+        node for node in module_tree.body if isinstance(node, ast.ClassDef) and node.name == "MedFusionParameterNode"
+    )
     fields = {statement.target.id for statement in wrapper.body if isinstance(statement, ast.AnnAssign)}
     bound = {}
     for widget in ui.iter("widget"):
@@ -150,15 +170,20 @@ def test_parameter_node_fields_and_ui_bindings_match(ui, module_tree):
 
 
 def test_module_file_follows_the_scripted_module_layout(module_tree):
-    classes = {node.name: [ast.unparse(base) for base in node.bases] for node in module_tree.body if isinstance(node, ast.ClassDef)}
+    classes = {
+        node.name: [ast.unparse(base) for base in node.bases]
+        for node in module_tree.body
+        if isinstance(node, ast.ClassDef)
+    }
     assert classes["MedFusion"] == ["ScriptedLoadableModule"]
     assert "ScriptedLoadableModuleWidget" in classes["MedFusionWidget"]
     assert classes["MedFusionLogic"] == ["ScriptedLoadableModuleLogic", "FusionLogic"]
     assert classes["MedFusionTest"] == ["ScriptedLoadableModuleTest"]
     top_imports = {alias.name for node in module_tree.body if isinstance(node, ast.Import) for alias in node.names}
     top_imports |= {node.module for node in module_tree.body if isinstance(node, ast.ImportFrom)}
-    assert not any(name == "torch" or name.startswith("MedFusionLib") for name in top_imports), \
+    assert not any(name == "torch" or name.startswith("MedFusionLib") for name in top_imports), (
         "MedFusion.py must load in a Slicer without torch"
+    )
 
 
 def test_choices_are_the_librarys_fusion_options():
@@ -187,7 +212,12 @@ def test_headless_script_defaults_are_the_librarys():
     args = MedFusionBatch.build_parser().parse_args(["--reference", "a", "--moving", "b", "--output", "c"])
     defaults = FusionOptions()
     assert (args.registration, args.backend, args.model, args.device, args.axis) == (
-        defaults.registration, defaults.backend, defaults.model, defaults.device, defaults.axis)
+        defaults.registration,
+        defaults.backend,
+        defaults.model,
+        defaults.device,
+        defaults.axis,
+    )
 
 
 def _cmake_list(text: str, variable: str) -> list[str]:
@@ -200,9 +230,13 @@ def test_module_cmake_lists_every_file_to_install():
     scripts, resources = _cmake_list(cmake, "MODULE_PYTHON_SCRIPTS"), _cmake_list(cmake, "MODULE_PYTHON_RESOURCES")
     for listed in scripts + resources:
         assert (MODULE / listed).is_file(), f"CMake lists {listed}, which does not exist"
-    module_code = {path.relative_to(MODULE).as_posix() for path in MODULE.rglob("*.py") if "Resources" not in path.parts}
+    module_code = {
+        path.relative_to(MODULE).as_posix() for path in MODULE.rglob("*.py") if "Resources" not in path.parts
+    }
     assert module_code == set(scripts)
-    assert {p.relative_to(MODULE).as_posix() for p in (MODULE / "Resources").rglob("*") if p.is_file()} == set(resources)
+    assert {p.relative_to(MODULE).as_posix() for p in (MODULE / "Resources").rglob("*") if p.is_file()} == set(
+        resources
+    )
     assert "slicerMacroBuildScriptedModule(" in cmake and "WITH_GENERIC_TESTS" in cmake
     assert "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)" in cmake
     top = (REPO_ROOT / "CMakeLists.txt").read_text()
@@ -284,7 +318,7 @@ def _recording_pip(calls, fail_for=()):
     def pip_install(arguments):
         constraints = Path(arguments[arguments.index("-c") + 1]).read_text().split()
         packages = [a for a in arguments[: arguments.index("-c")]]
-        calls.append((packages, constraints, arguments[arguments.index("-c") + 2:]))
+        calls.append((packages, constraints, arguments[arguments.index("-c") + 2 :]))
         if any(p.startswith(fail_for) for p in packages) if fail_for else False:
             raise subprocess.CalledProcessError(1, "pip install")
 
@@ -298,7 +332,12 @@ def test_install_pins_what_slicer_ships_and_installs_only_torch_from_its_index()
     missing = [r for r in dependencies.REQUIREMENTS if r.distribution in ("torch", "nibabel")]
     done = dependencies.install(missing, _recording_pip(calls), "https://download.pytorch.org/whl/cu126")
     assert [packages for packages, _, _ in calls] == [["torch>=2.2"], ["nibabel>=5.0"]]
-    assert calls[0][2] == ["--index-url", "https://download.pytorch.org/whl/cu126", "--extra-index-url", "https://pypi.org/simple"]
+    assert calls[0][2] == [
+        "--index-url",
+        "https://download.pytorch.org/whl/cu126",
+        "--extra-index-url",
+        "https://pypi.org/simple",
+    ]
     assert calls[1][2] == []
     for _, constraints, _ in calls:
         assert f"numpy=={dependencies.installed_version('numpy')}" in constraints
@@ -330,7 +369,7 @@ def test_repair_reinstalls_torch_alone_without_its_dependencies():
     calls = []
     torch = [r for r in dependencies.REQUIREMENTS if r.distribution == "torch"]
     dependencies.install(torch, _recording_pip(calls), "https://download.pytorch.org/whl/cpu", repair=True)
-    (packages, _, rest), = calls
+    ((packages, _, rest),) = calls
     assert packages == ["torch>=2.2"] and rest[-2:] == ["--force-reinstall", "--no-deps"]
 
 
@@ -347,7 +386,9 @@ def test_slicer_pip_install_uses_slicer_util_pip_install(monkeypatch):
     import slicer.util
 
     received = []
-    monkeypatch.setattr(slicer.util, "pip_install", lambda requirements, **keywords: received.append((requirements, keywords)))
+    monkeypatch.setattr(
+        slicer.util, "pip_install", lambda requirements, **keywords: received.append((requirements, keywords))
+    )
     dependencies.slicer_pip_install(["nibabel>=5.0", "-c", "/tmp/c.txt"])
     assert received == [(["nibabel>=5.0", "-c", "/tmp/c.txt"], {})]
     source = (MODULE / "MedFusionSlicer" / "dependencies.py").read_text()
@@ -375,7 +416,9 @@ def test_require_says_how_to_install_from_the_console():
     with pytest.raises(dependencies.DependenciesMissing) as error:
         dependencies.require((absent,))
     assert "medfusion-no-such-package>=2.0" in str(error.value)
-    assert "MedFusion.MedFusionLogic().installDependencies()" in str(error.value) and "--install-dependencies" in str(error.value)
+    assert "MedFusion.MedFusionLogic().installDependencies()" in str(error.value) and "--install-dependencies" in str(
+        error.value
+    )
     dependencies.require(())  # nothing missing: no error
 
 

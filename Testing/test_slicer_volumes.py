@@ -14,6 +14,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "MedFusion"))
 
 import slicer
 import vtk
+
+from MedFusionLib.core.errors import InputError
 from MedFusionSlicer.volumes import (
     add_volume_node_from_image,
     image_from_volume_node,
@@ -21,10 +23,10 @@ from MedFusionSlicer.volumes import (
     load_volume_node,
 )
 
-from MedFusionLib.core.errors import InputError
 
-
-def _image(size=(7, 5, 4), spacing=(0.7, 1.3, 2.9), origin=(-12.5, 40.25, 7.0), angles=(0.3, -0.5, 1.1), dtype=np.int16):
+def _image(
+    size=(7, 5, 4), spacing=(0.7, 1.3, 2.9), origin=(-12.5, 40.25, 7.0), angles=(0.3, -0.5, 1.1), dtype=np.int16
+):
     """An oblique, anisotropic image with a non-zero origin and distinct voxel values."""
     values = np.arange(np.prod(size), dtype=dtype).reshape(size[::-1])
     image = sitk.GetImageFromArray(values)
@@ -97,7 +99,9 @@ def test_linear_parent_transform_is_applied_to_the_geometry():
     world = image_from_volume_node(node)
     ras_local = np.array(image.TransformIndexToPhysicalPoint((2, 3, 1))) * [-1, -1, 1]
     ras_world = np.array([-ras_local[1] + 10, ras_local[0], ras_local[2]])
-    np.testing.assert_allclose(np.array(world.TransformIndexToPhysicalPoint((2, 3, 1))) * [-1, -1, 1], ras_world, atol=1e-9)
+    np.testing.assert_allclose(
+        np.array(world.TransformIndexToPhysicalPoint((2, 3, 1))) * [-1, -1, 1], ras_world, atol=1e-9
+    )
 
 
 def test_non_linear_parent_transform_and_shear_are_refused(tmp_path):

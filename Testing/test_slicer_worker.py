@@ -14,9 +14,14 @@ from pathlib import Path
 import pytest
 import SimpleITK as sitk
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "MedFusion"))
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT / "MedFusion"))
 
 from conftest import SMALL_SIZE, SMALL_SPACING
+
+from MedFusionLib.fusion.options import FusionOptions
+from MedFusionLib.imaging.phantom import make_head_phantom
+from MedFusionLib.io import write_image
 from MedFusionSlicer.worker import (
     FusionJob,
     Message,
@@ -31,10 +36,6 @@ from MedFusionSlicer.worker import (
     tree_kill_command,
     worker_environment,
 )
-
-from MedFusionLib.fusion.options import FusionOptions
-from MedFusionLib.imaging.phantom import make_head_phantom
-from MedFusionLib.io import write_image
 
 
 def _alive(pid: int) -> bool:
@@ -149,7 +150,9 @@ def test_a_failed_job_leaves_the_worker_serving(worker, job_folder_factory):
     job.start()
     job.wait(timeout=180)
     assert job.state == "failed" and "moving.nrrd" in job.error and "Traceback" not in job.error
-    good = FusionJob(job_folder_factory(), FusionOptions(model="average", registration="none", device="cpu").to_dict(), worker)
+    good = FusionJob(
+        job_folder_factory(), FusionOptions(model="average", registration="none", device="cpu").to_dict(), worker
+    )
     good.start()
     good.wait(timeout=180)
     assert good.state == "succeeded", good.error
@@ -158,12 +161,16 @@ def test_a_failed_job_leaves_the_worker_serving(worker, job_folder_factory):
 def test_after_cancel_the_next_job_starts_a_fresh_worker(job_folder_factory):
     process = WorkerProcess(cpu_only=True, idle_timeout=120)
     try:
-        job = FusionJob(job_folder_factory(), FusionOptions(model="average", registration="none", device="cpu").to_dict(), process)
+        job = FusionJob(
+            job_folder_factory(), FusionOptions(model="average", registration="none", device="cpu").to_dict(), process
+        )
         job.start()
         first_pid = process.process.pid
         job.cancel()
         assert not process.alive
-        again = FusionJob(job_folder_factory(), FusionOptions(model="average", registration="none", device="cpu").to_dict(), process)
+        again = FusionJob(
+            job_folder_factory(), FusionOptions(model="average", registration="none", device="cpu").to_dict(), process
+        )
         again.start()
         again.wait(timeout=180)
         assert again.state == "succeeded", again.error
@@ -200,15 +207,19 @@ def test_a_job_sent_as_the_worker_times_out_is_sent_again(tmp_path, job_folder_f
         "if not os.path.exists(marker):\n"
         "    open(marker, 'w').close()\n"
         "    sys.stdin.readline()  # the job arrives ...\n"
-        "    print('{\"event\": \"idle-exit\", \"seconds\": 1}', flush=True)  # ... as it times out\n"
+        '    print(\'{"event": "idle-exit", "seconds": 1}\', flush=True)  # ... as it times out\n'
         "    sys.exit(0)\n"
         "os.execv(sys.executable, [sys.executable, '-m', 'MedFusionSlicer.server', '--idle-timeout', '60'])\n"
     )
-    environment = worker_environment(dict(os.environ), cpu_only=True, search_path=[str(Path(__file__).resolve().parents[1] / "MedFusion")])
+    environment = worker_environment(
+        dict(os.environ), cpu_only=True, search_path=[str(Path(__file__).resolve().parents[1] / "MedFusion")]
+    )
     process = WorkerProcess(command=[sys.executable, str(script)], environment=environment)
     process.start()
     first = process.process.pid
-    job = FusionJob(job_folder_factory(), FusionOptions(model="average", registration="none", device="cpu").to_dict(), process)
+    job = FusionJob(
+        job_folder_factory(), FusionOptions(model="average", registration="none", device="cpu").to_dict(), process
+    )
     try:
         job.start()
         job.wait(timeout=180)
@@ -223,13 +234,21 @@ def test_a_broken_torch_is_reported_not_fatal(tmp_path, job_folder_factory):
     answers: its ready event says why (the panel's device line), and a job fails with the reason."""
     (tmp_path / "torch").mkdir()
     (tmp_path / "torch" / "__init__.py").write_text("raise RuntimeError('this torch build is broken')\n")
-    search_path = [str(tmp_path), str(Path(__file__).resolve().parents[1] / "MedFusion"), str(Path(__file__).resolve().parents[1])]
-    process = WorkerProcess(cpu_only=True, environment=worker_environment(dict(os.environ), cpu_only=True, search_path=search_path))
+    search_path = [
+        str(tmp_path),
+        str(Path(__file__).resolve().parents[1] / "MedFusion"),
+        str(Path(__file__).resolve().parents[1]),
+    ]
+    process = WorkerProcess(
+        cpu_only=True, environment=worker_environment(dict(os.environ), cpu_only=True, search_path=search_path)
+    )
     try:
         process.start()
         ready = _wait_for(process, "ready")
         assert ready["models"] == [] and "torch cannot be used" in ready["device"] and "broken" in ready["device"]
-        job = FusionJob(job_folder_factory(), FusionOptions(model="average", registration="none", device="cpu").to_dict(), process)
+        job = FusionJob(
+            job_folder_factory(), FusionOptions(model="average", registration="none", device="cpu").to_dict(), process
+        )
         job.start()
         job.wait(timeout=120)
         assert job.state == "failed" and "broken" in job.error
@@ -262,9 +281,11 @@ def test_worker_environment_is_utf8_unbuffered_and_finds_medfusion():
     # The real search path lets a fresh interpreter import the server module from anywhere.
     from MedFusionSlicer.worker import own_search_path
 
-    result = subprocess.run([sys.executable, "-c", "import MedFusionSlicer.server, MedFusionLib; print('ok')"],
-                            env=worker_environment(dict(os.environ, PYTHONPATH=""), cpu_only=True, search_path=own_search_path()),
-                            cwd="/", capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
+    environment = worker_environment(dict(os.environ, PYTHONPATH=""), cpu_only=True, search_path=own_search_path())
+    result = subprocess.run(
+        [sys.executable, "-c", "import MedFusionSlicer.server, MedFusionLib; print('ok')"],
+        env=environment, cwd="/", capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
     assert result.stdout.strip() == "ok", result.stderr
 
 
@@ -279,7 +300,9 @@ def test_python_launcher_is_found_on_path_then_in_install_and_build_trees(tmp_pa
         tmp_path / "python-install" / "bin" / "PythonSlicer"
     )
     (build / "bin" / "PythonSlicer.exe").write_text("")
-    assert python_executable(which=lambda name: None, slicer_home=str(build), windows=True) == str(build / "bin" / "PythonSlicer.exe")
+    assert python_executable(which=lambda name: None, slicer_home=str(build), windows=True) == str(
+        build / "bin" / "PythonSlicer.exe"
+    )
     with pytest.raises(FileNotFoundError, match="PythonSlicer"):
         python_executable(which=lambda name: None, slicer_home=str(tmp_path / "other" / "nowhere"))
 
@@ -288,7 +311,7 @@ def test_server_answers_an_unknown_request_and_shuts_down_on_request():
     process = subprocess.Popen(
         [sys.executable, "-m", "MedFusionSlicer.server", "--idle-timeout", "60"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env=worker_environment(dict(os.environ), cpu_only=True, search_path=[str(Path(__file__).resolve().parents[1] / "MedFusion")]),
+        env=worker_environment(dict(os.environ), cpu_only=True, search_path=[str(REPO_ROOT / "MedFusion")]),
     )  # fmt: skip
     try:
         process.stdin.write(json.dumps({"op": "explode", "id": 7}) + "\n" + json.dumps({"op": "shutdown"}) + "\n")

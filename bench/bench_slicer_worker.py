@@ -51,7 +51,11 @@ def file_costs(image, folder: Path) -> list[tuple[str, int, float, float]]:
     from MedFusionLib.io import read_image, write_image
 
     rows = []
-    for label, name, compress in (("NRRD raw", "x.nrrd", False), ("NRRD gzip", "y.nrrd", True), ("NIfTI gzip", "z.nii.gz", True)):
+    for label, name, compress in (
+        ("NRRD raw", "x.nrrd", False),
+        ("NRRD gzip", "y.nrrd", True),
+        ("NIfTI gzip", "z.nii.gz", True),
+    ):
         path = folder / name
         started = time.perf_counter()
         write_image(image, path, overwrite=True, compress=compress)
@@ -66,7 +70,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--case", type=Path, default=DEFAULT_CASE, help="folder with t1.nii.gz and t2.nii.gz")
     parser.add_argument("--registration", default="rigid")
-    parser.add_argument("--backend", default="elastix", help="registration backend (elastix: the one with the start-up cost)")
+    parser.add_argument(
+        "--backend", default="elastix", help="registration backend (elastix: the one with the start-up cost)"
+    )
     parser.add_argument("--runs", type=int, default=3, help="Applies on the same worker (the first starts it)")
     parser.add_argument("--model", default="emfusion")
     parser.add_argument("--device", default="cpu")
@@ -74,6 +80,7 @@ def main() -> int:
     args = parser.parse_args()
 
     import slicer
+
     from MedFusionSlicer.choices import make_options
     from MedFusionSlicer.logic import FusionLogic
     from MedFusionSlicer.volumes import image_from_volume_node, load_volume_node

@@ -34,7 +34,9 @@ def _display_scaled(values: np.ndarray) -> np.ndarray:
     return np.clip((values - low) / (high - low), 0.0, 1.0)
 
 
-def checkerboard_image(reference: sitk.Image, registered: sitk.Image, squares: int = CHECKERBOARD_SQUARES) -> sitk.Image:
+def checkerboard_image(
+    reference: sitk.Image, registered: sitk.Image, squares: int = CHECKERBOARD_SQUARES
+) -> sitk.Image:
     """A float32 volume on the reference grid whose squares alternate between the reference and
     the registered moving volume, each scaled to [0, 1] between its 1st and 99th percentile.
 
@@ -44,7 +46,9 @@ def checkerboard_image(reference: sitk.Image, registered: sitk.Image, squares: i
     import SimpleITK as sitk
 
     if reference.GetSize() != registered.GetSize():
-        raise ValueError(f"the registered volume {registered.GetSize()} is not on the reference grid {reference.GetSize()}")
+        raise ValueError(
+            f"the registered volume {registered.GetSize()} is not on the reference grid {reference.GetSize()}"
+        )
     a = _display_scaled(sitk.GetArrayViewFromImage(reference))
     b = _display_scaled(sitk.GetArrayViewFromImage(registered))
     edge = max(1, int(np.ceil(max(a.shape) / squares)))

@@ -61,7 +61,9 @@ def forget_modules(prefixes=OWN_PACKAGES, modules=None):
     the MedFusionSlicer and MedFusionLib code that was loaded at start-up.
     """
     table = sys.modules if modules is None else modules
-    names = [name for name in list(table) if any(name == prefix or name.startswith(prefix + ".") for prefix in prefixes)]
+    names = [
+        name for name in list(table) if any(name == prefix or name.startswith(prefix + ".") for prefix in prefixes)
+    ]
     for name in names:
         del table[name]
     return names

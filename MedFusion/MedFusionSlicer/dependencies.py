@@ -178,8 +178,10 @@ def install(
         torch = next((requirement for requirement in required if requirement.distribution == "torch"), None)
         if torch is not None and torch_index_url:
             # torch alone from the PyTorch index (its CUDA build); its own dependencies from PyPI.
-            pip_install(pip_arguments([torch], constraints) + ["--index-url", torch_index_url,
-                                                                "--extra-index-url", "https://pypi.org/simple"])
+            pip_install(
+                pip_arguments([torch], constraints)
+                + ["--index-url", torch_index_url, "--extra-index-url", "https://pypi.org/simple"]
+            )
             done.append(f"installed {torch.specifier} from {torch_index_url}")
             required.remove(torch)
         if required:
@@ -189,8 +191,10 @@ def install(
             try:
                 pip_install(pip_arguments([requirement], constraints))
             except Exception as error:  # noqa: BLE001  (optional: say so and go on without it)
-                done.append(f"could not install the optional {requirement.specifier} ({error}); "
-                            f"going on without it: {requirement.purpose}")
+                done.append(
+                    f"could not install the optional {requirement.specifier} ({error}); "
+                    f"going on without it: {requirement.purpose}"
+                )
             else:
                 done.append(f"installed the optional {requirement.specifier} with pip")
     return done

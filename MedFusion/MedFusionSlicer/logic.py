@@ -95,12 +95,18 @@ class RegistrationSummary:
     def text(self) -> str:
         """One line, e.g. "rigid registration (elastix, 2.4 s): metric -0.31 -> -0.62; confident: ..."."""
         what = " ".join(part for part in (self.preset, "registration") if part)
-        details = ", ".join(part for part in (self.backend, f"{self.seconds:.1f} s" if self.seconds is not None else "") if part)
+        details = ", ".join(
+            part for part in (self.backend, f"{self.seconds:.1f} s" if self.seconds is not None else "") if part
+        )
         line = what + (f" ({details})" if details else "")
         if self.metric_before is not None and self.metric_after is not None:
             line += f": metric {self.metric_before:.3f} -> {self.metric_after:.3f}"
         if self.doubtful is True:
-            line += "; DOUBTFUL" + (f": {self.confidence}" if self.confidence else "") + " - check it in the views (Compare)"
+            line += (
+                "; DOUBTFUL"
+                + (f": {self.confidence}" if self.confidence else "")
+                + " - check it in the views (Compare)"
+            )
         elif self.confidence:
             line += f"; {self.confidence}"
         return line
@@ -302,14 +308,29 @@ class FusionLogic:
         moving = image_from_volume_node(movingNode)
         with _forwarding_library_messages(say):
             result = fuse(reference, moving, options.to_dict(), progress, cancel)
-        summary = RegistrationSummary.from_report(registration_report(result.registration)) if result.registration else None
+        summary = (
+            RegistrationSummary.from_report(registration_report(result.registration)) if result.registration else None
+        )
         if summary is not None:
             say(summary.text())
         say(f"fused on {result.device} in {result.seconds:.1f} s")
         transform = result.registration.transform if result.registration is not None else None
-        nodes = self._storeResults(scene, referenceNode, movingNode, outputNode, options, result.fused,
-                                   result.registered_moving if transform is not None else None, transform)
-        nodes.registration, nodes.device, nodes.seconds, nodes.messages = summary, result.device, result.seconds, messages
+        nodes = self._storeResults(
+            scene,
+            referenceNode,
+            movingNode,
+            outputNode,
+            options,
+            result.fused,
+            result.registered_moving if transform is not None else None,
+            transform,
+        )
+        nodes.registration, nodes.device, nodes.seconds, nodes.messages = (
+            summary,
+            result.device,
+            result.seconds,
+            messages,
+        )
         return nodes
 
     # --- running on the warm worker ---------------------------------------------------------
@@ -381,7 +402,9 @@ class FusionLogic:
         try:
             write_image(reference, folder / REFERENCE_FILE, compress=False)
             write_image(moving, folder / MOVING_FILE, compress=False)
-            job = FusionJob(folder, options.to_dict(), self.worker(options.device == "cpu", pythonExecutable), keep_files=keepFiles)
+            job = FusionJob(
+                folder, options.to_dict(), self.worker(options.device == "cpu", pythonExecutable), keep_files=keepFiles
+            )
             job.context = {"reference": referenceNode, "moving": movingNode, "output": outputNode, "options": options}
             job.start()
         except BaseException:
@@ -410,7 +433,9 @@ class FusionLogic:
         fused = read_image(job.fused_path)  # read everything before touching the scene
         registered = read_image(job.registered_path) if job.registered_path.is_file() else None
         transform = job.transform_path if job.transform_path.is_file() else None
-        nodes = self._storeResults(scene, referenceNode, movingNode, outputNode, context.get("options"), fused, registered, transform)
+        nodes = self._storeResults(
+            scene, referenceNode, movingNode, outputNode, context.get("options"), fused, registered, transform
+        )
         nodes.registration = RegistrationSummary.from_report(job.registration)
         nodes.device = str(job.report.get("device", job.options.get("device", "")))
         nodes.seconds = job.report.get("seconds")
@@ -465,7 +490,9 @@ class FusionLogic:
         if model is not None:
             node.SetAttribute(MODEL_ATTRIBUTE, model)
 
-    def _storeResults(self, scene, referenceNode, movingNode, outputNode, options, fused, registered, transform) -> FusionNodes:
+    def _storeResults(
+        self, scene, referenceNode, movingNode, outputNode, options, fused, registered, transform
+    ) -> FusionNodes:
         """Put a run's images into the scene following the output policy (module docstring).
 
         ``transform``: a ``sitk.Transform`` or the path of an ITK transform file, or ``None``.
@@ -505,11 +532,17 @@ class FusionLogic:
                         path = Path(folder) / "transform.h5"
                         sitk.WriteTransform(transform, str(path))
                     existing = self.resultNode(scene, "transform", referenceNode, movingNode)
-                    nodes.transformNode = load_transform_node(scene, path, f"{moving_name} to {reference_name}", into=existing)
+                    nodes.transformNode = load_transform_node(
+                        scene, path, f"{moving_name} to {reference_name}", into=existing
+                    )
                     self._mark(nodes.transformNode, "transform", referenceNode, movingNode)
             nodes.registeredNode = store_volume(registered, "registered", f"{moving_name} registered")
-            nodes.checkerboardNode = store_volume(board, "checkerboard", f"{reference_name} / {moving_name} checkerboard")
-        nodes.fusedNode = store_volume(fused, "fused", f"{reference_name} + {moving_name} fused ({model})", outputNode, model)
+            nodes.checkerboardNode = store_volume(
+                board, "checkerboard", f"{reference_name} / {moving_name} checkerboard"
+            )
+        nodes.fusedNode = store_volume(
+            fused, "fused", f"{reference_name} + {moving_name} fused ({model})", outputNode, model
+        )
         return nodes
 
     @staticmethod
@@ -519,7 +552,9 @@ class FusionLogic:
         if referenceNode is None or movingNode is None:
             raise InputError("select both a reference volume and a moving volume")
         if referenceNode is movingNode:
-            raise InputError(f"the reference and moving volumes are the same node ('{referenceNode.GetName()}'); select two volumes")
+            raise InputError(
+                f"the reference and moving volumes are the same node ('{referenceNode.GetName()}'); select two volumes"
+            )
         scene = referenceNode.GetScene()
         if scene is None or movingNode.GetScene() is not scene:
             raise InputError("the reference and moving volumes must both be in the scene")

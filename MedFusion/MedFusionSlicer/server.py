@@ -75,13 +75,24 @@ def model_choices() -> list[dict]:
     from MedFusionLib.models import list_models, model_spec
     from MedFusionLib.models.pretrained import weights_status
 
-    notes = {"ok": "", "missing": "no trained weights shipped yet", "corrupt": "weights file damaged; reinstall MedFusion"}
+    notes = {
+        "ok": "",
+        "missing": "no trained weights shipped yet",
+        "corrupt": "weights file damaged; reinstall MedFusion",
+    }
     choices = []
     for name in list_models():
         spec = model_spec(name)
         status = weights_status(name) if spec.learned else "ok"
-        choices.append({"name": name, "description": spec.description, "default": name == DEFAULT_MODEL,
-                        "usable": status == "ok", "note": notes.get(status, status)})
+        choices.append(
+            {
+                "name": name,
+                "description": spec.description,
+                "default": name == DEFAULT_MODEL,
+                "usable": status == "ok",
+                "note": notes.get(status, status),
+            }
+        )
     return choices
 
 
@@ -100,8 +111,10 @@ def registration_report(registration) -> dict:
         elif isinstance(confidence, dict):
             report["confidence"] = dict(confidence)
         else:
-            report["confidence"] = {"doubtful": bool(getattr(confidence, "doubtful", False)),
-                                    "summary": str(getattr(confidence, "summary", confidence))}
+            report["confidence"] = {
+                "doubtful": bool(getattr(confidence, "doubtful", False)),
+                "summary": str(getattr(confidence, "summary", confidence)),
+            }
     return report
 
 
@@ -132,8 +145,17 @@ def run_fuse(job: dict) -> None:
         write_image(result.registered_moving, folder / REGISTERED_FILE, overwrite=True, compress=False)
         sitk.WriteTransform(result.registration.transform, str(folder / TRANSFORM_FILE))
         emit({"event": "registration", "id": job_id, **registration_report(result.registration)})
-    emit({"event": "fused", "id": job_id, "model": result.model, "device": result.device, "precision": result.precision,
-          "seconds": round(result.seconds, 3), "stage_seconds": {k: round(v, 3) for k, v in result.stage_seconds.items()}})
+    emit(
+        {
+            "event": "fused",
+            "id": job_id,
+            "model": result.model,
+            "device": result.device,
+            "precision": result.precision,
+            "seconds": round(result.seconds, 3),
+            "stage_seconds": {k: round(v, 3) for k, v in result.stage_seconds.items()},
+        }
+    )
 
 
 def warm_up() -> dict | None:
@@ -172,8 +194,15 @@ def serve(idle_timeout: float, stdin=None) -> int:
         ready = {"models": [], "device": f"torch cannot be used: {type(error).__name__}: {error}", "error": str(error)}
     from MedFusionLib import __version__
 
-    emit({"event": "ready", **ready, "medfusionlib": __version__, "python": sys.version.split()[0],
-          "seconds": round(time.perf_counter() - started, 3)})
+    emit(
+        {
+            "event": "ready",
+            **ready,
+            "medfusionlib": __version__,
+            "python": sys.version.split()[0],
+            "seconds": round(time.perf_counter() - started, 3),
+        }
+    )
     if requests.empty():
         try:
             warmed = warm_up()
@@ -217,7 +246,10 @@ def _run_job(request: dict) -> dict:
     except Exception as error:  # noqa: BLE001  (a bug: the traceback goes to the log, the summary to the panel)
         traceback.print_exc(file=sys.stdout)
         sys.stdout.flush()
-        return {"state": "failed", "error": f"internal error ({type(error).__name__}: {error}); details in the Python console"}
+        return {
+            "state": "failed",
+            "error": f"internal error ({type(error).__name__}: {error}); details in the Python console",
+        }
     return {"state": "succeeded"}
 
 

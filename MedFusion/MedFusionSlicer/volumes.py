@@ -156,7 +156,9 @@ def load_volume_node(scene, path: str | Path, name: str | None = None):
     storage_node.SetFileName(str(path))
     storage_node.SetSingleFile(True)  # one file is one volume, never a guessed series of files
     if not storage_node.ReadData(volume_node):
-        raise InputError(f"Slicer could not read {path} as a volume; check that it is an image file (NRRD, NIfTI, MHA, ...)")
+        raise InputError(
+            f"Slicer could not read {path} as a volume; check that it is an image file (NRRD, NIfTI, MHA, ...)"
+        )
     scene.AddNode(volume_node)
     volume_node.CreateDefaultDisplayNodes()
     return volume_node

@@ -143,7 +143,11 @@ def python_executable(which=shutil.which, slicer_home: str | None = None, window
     candidates = []
     if slicer_home:
         home = Path(slicer_home)
-        candidates += [home / "bin" / name, home.parent / "python-install" / "bin" / name, home / "python-install" / "bin" / name]
+        candidates += [
+            home / "bin" / name,
+            home.parent / "python-install" / "bin" / name,
+            home / "python-install" / "bin" / name,
+        ]
     for candidate in candidates:
         if candidate.is_file():
             return str(candidate)
@@ -171,8 +175,12 @@ def kill_process_tree(process: subprocess.Popen) -> None:
     """
     if os.name == "nt":
         if process.poll() is None:
-            subprocess.run(tree_kill_command(process.pid), capture_output=True, check=False,
-                           creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0))
+            subprocess.run(
+                tree_kill_command(process.pid),
+                capture_output=True,
+                check=False,
+                creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0),
+            )
             if process.poll() is None:
                 process.kill()
     else:
@@ -188,7 +196,9 @@ def worker_environment(base: dict[str, str], *, cpu_only: bool, search_path: lis
     MedFusionSlicer this module ships), unbuffered UTF-8 output (``PYTHONUTF8``: Windows' default
     code page would mangle non-ASCII paths in messages), and no GPU at all for a CPU-only worker."""
     environment = dict(base)
-    environment["PYTHONPATH"] = os.pathsep.join([*search_path, *([environment["PYTHONPATH"]] if environment.get("PYTHONPATH") else [])])
+    environment["PYTHONPATH"] = os.pathsep.join(
+        [*search_path, *([environment["PYTHONPATH"]] if environment.get("PYTHONPATH") else [])]
+    )
     environment["PYTHONUNBUFFERED"] = "1"
     environment["PYTHONUTF8"] = "1"
     environment["PYTHONIOENCODING"] = "utf-8"
@@ -344,7 +354,9 @@ class FusionJob:
     (device, seconds). ``keep_files``: :meth:`cleanup` leaves the folder (debugging).
     """
 
-    def __init__(self, folder: str | os.PathLike, options: dict, worker: WorkerProcess, *, keep_files: bool = False) -> None:
+    def __init__(
+        self, folder: str | os.PathLike, options: dict, worker: WorkerProcess, *, keep_files: bool = False
+    ) -> None:
         self.folder = Path(folder)
         self.options = dict(options)
         self.worker = worker
@@ -447,9 +459,8 @@ class FusionJob:
     def _worker_ended(self) -> Finished:
         self.state = "failed"
         detail = error_summary(self.output_lines) if self.output_lines else ""
-        self.error = (
-            f"the MedFusion worker process ended unexpectedly (exit status {self.worker.exit_code})"
-            + (f": {detail}" if detail else "; see the Python console for its output")
+        self.error = f"the MedFusion worker process ended unexpectedly (exit status {self.worker.exit_code})" + (
+            f": {detail}" if detail else "; see the Python console for its output"
         )
         return Finished("failed", self.error)
 

@@ -52,13 +52,19 @@ def build_parser() -> argparse.ArgumentParser:
     # Defaults are FusionOptions' own: the same as the panel, the console and `medfusion fuse`.
     parser.add_argument("--registration", default=DEFAULTS.registration, choices=REGISTRATION_CHOICES)
     parser.add_argument("--backend", default=DEFAULTS.backend, choices=BACKEND_CHOICES)
-    parser.add_argument("--model", default=DEFAULTS.model, help=f"fusion model (default {DEFAULTS.model}; see `medfusion models`)")
+    parser.add_argument(
+        "--model", default=DEFAULTS.model, help=f"fusion model (default {DEFAULTS.model}; see `medfusion models`)"
+    )
     parser.add_argument("--device", default=DEFAULTS.device, choices=DEVICE_CHOICES)
     parser.add_argument("--axis", default=DEFAULTS.axis, choices=AXIS_CHOICES)
     parser.add_argument("--batch-size", type=int, default=None, help="slices per forward pass")
     parser.add_argument("--save-registered", type=Path, help="also write the registered moving volume (one pair only)")
-    parser.add_argument("--save-checkerboard", type=Path,
-                        help="also write the checkerboard of reference and registered volume, to judge the registration (one pair only)")
+    parser.add_argument(
+        "--save-checkerboard",
+        type=Path,
+        help="also write the checkerboard of reference and registered volume, to judge the registration "
+        "(one pair only)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
     parser.add_argument("--install-dependencies", action="store_true", help="install missing Python packages first")
     return parser
@@ -100,11 +106,10 @@ def ensure_dependencies(install_allowed: bool) -> bool:
 def fuse_one(logic, scene, reference: Path, moving: Path, output: Path, args, extra: dict[str, Path | None]) -> None:
     """Load, fuse, write one pair (and the ``extra`` outputs: ``registered``, ``checkerboard``);
     remove its nodes from the scene afterwards."""
-    from MedFusionSlicer.choices import make_options
-    from MedFusionSlicer.volumes import image_from_volume_node, load_volume_node
-
     from MedFusionLib.core.errors import OutputExistsError
     from MedFusionLib.io import write_image
+    from MedFusionSlicer.choices import make_options
+    from MedFusionSlicer.volumes import image_from_volume_node, load_volume_node
 
     for path in (output, *extra.values()):
         if path is not None and path.exists() and not args.overwrite:
@@ -119,11 +124,26 @@ def fuse_one(logic, scene, reference: Path, moving: Path, output: Path, args, ex
         def progress(stage: str, done: int, total: int) -> None:
             print(f"  {stage} {done}/{total}", flush=True)
 
-        options = make_options(registration=args.registration, model=args.model, device=args.device, axis=args.axis,
-                               backend=args.backend, batch_size=args.batch_size)
-        nodes = logic.process(referenceNode, movingNode, options=options, progress=progress,
-                              log=lambda message: print(f"  {message}", flush=True))  # registration summary included
-        added += [node for node in (nodes.fusedNode, nodes.registeredNode, nodes.transformNode, nodes.checkerboardNode) if node]
+        options = make_options(
+            registration=args.registration,
+            model=args.model,
+            device=args.device,
+            axis=args.axis,
+            backend=args.backend,
+            batch_size=args.batch_size,
+        )
+        nodes = logic.process(
+            referenceNode,
+            movingNode,
+            options=options,
+            progress=progress,
+            log=lambda message: print(f"  {message}", flush=True),
+        )  # registration summary included
+        added += [
+            node
+            for node in (nodes.fusedNode, nodes.registeredNode, nodes.transformNode, nodes.checkerboardNode)
+            if node
+        ]
         write_image(image_from_volume_node(nodes.fusedNode), output, overwrite=args.overwrite)
         for role, node in (("registered", nodes.registeredNode), ("checkerboard", nodes.checkerboardNode)):
             if extra.get(role) is not None and node is not None:
@@ -151,10 +171,10 @@ def run(argv: list[str]) -> int:
         return EXIT_USAGE
 
     import slicer  # after checking the arguments: loading the MRML libraries takes seconds
-    from MedFusionSlicer.logic import FusionLogic
 
     from MedFusionLib.core.errors import MedFusionError
     from MedFusionLib.fusion.batch import read_manifest
+    from MedFusionSlicer.logic import FusionLogic
 
     if single:
         cases = [(args.reference, args.moving, args.output)]
