@@ -15,7 +15,9 @@ DEFAULT_MODEL = "emfusion"  # best shipped model on the Harvard val split (see i
 
 # "auto": no registration when both images share a voxel grid (already co-registered, e.g. the
 # BraTS volumes or two series of one scan), rigid otherwise (two scans from two machines).
-REGISTRATION_CHOICES = ("auto", "none", "rigid", "affine", "bspline")
+# "resample": no registration, the moving image resampled onto the reference grid by physical
+# coordinates (hybrid scanners: PET/CT, SPECT/CT, PET/MR share one frame of reference).
+REGISTRATION_CHOICES = ("auto", "none", "resample", "rigid", "affine", "bspline")
 DEFAULT_REGISTRATION = "auto"
 REGISTRATION_PRESETS = ("rigid", "affine", "bspline")
 
@@ -36,3 +38,12 @@ CT_WINDOWS: dict[str, tuple[float, float]] = {
     "bone": (400.0, 1800.0),
     "lung": (-600.0, 1500.0),
 }
+
+# Colour maps for functional (PET/SPECT) fusion, defined in MedFusionLib/imaging/colour.py. The
+# Harvard ones are fitted to the pictures the models were trained on.
+FUNCTIONAL_COLOUR_MAPS = ("harvard-pet", "harvard-spect", "hot", "rainbow")
+DEFAULT_FUNCTIONAL_COLOUR_MAP = "harvard-pet"
+# The functional volume's display range when none is given: 0 to this percentile of its voxels
+# above zero (uptake is a ratio scale: 0 is no tracer). A high percentile, so that a small hot
+# lesion (a few hundred voxels of tens of thousands) reaches the top of the map, not grey matter.
+FUNCTIONAL_RANGE_PERCENTILE = 99.9
