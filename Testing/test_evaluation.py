@@ -18,7 +18,7 @@ from PIL import Image
 from MedFusionLib.cli import main
 from MedFusionLib.core.errors import InputError, WeightsNotAvailableError
 from MedFusionLib.datasets import harvard
-from MedFusionLib.evaluation import metrics, report
+from MedFusionLib.evaluation import figures, metrics, report
 from MedFusionLib.evaluation import scoring as evaluation
 from MedFusionLib.imaging.colour import rgb_to_ycbcr, ycbcr_to_rgb
 from MedFusionLib.imaging.phantom import make_head_phantom
@@ -234,7 +234,7 @@ def test_cli_evaluate_writes_csv_markdown_figures_and_a_self_contained_report(ha
     assert text.count("src='data:image/png;base64,") == 2 and "http" not in text.replace("http-equiv", "")
     assert skipped_model in text and "Metrics are not quality" in text
     figure = Image.open(out / "examples_PET-MRI.png")
-    assert figure.width == report.TILE * 4  # A, B, average, maximum
+    assert figure.width == figures.TILE * 4  # A, B, average, maximum
 
     assert main(argv) == 2  # the output exists: refused, not overwritten
     assert "already exists" in capsys.readouterr().err
@@ -298,7 +298,7 @@ def test_a_striped_slice_shows_up_as_flicker(phantom_sources):
     assert result.flicker_ratio[middle - 1] > 1.5 and result.flicker_ratio[middle] > 1.5
     others = np.delete(result.flicker_ratio, [middle - 1, middle])
     assert np.nanmax(others) <= 1.0 + 1e-9
-    figure = report.flicker_figure(result)
+    figure = figures.flicker_figure(result)
     assert figure.width > 560 and figure.height > 300
 
 

@@ -148,7 +148,7 @@ def _run_harvard(args: argparse.Namespace) -> int:
 
 
 def _run_volume(args: argparse.Namespace) -> int:
-    from MedFusionLib.evaluation import report
+    from MedFusionLib.evaluation import figures, report
     from MedFusionLib.evaluation.scoring import evaluate_volume
 
     if args.source_a is None or args.source_b is None:
@@ -163,7 +163,7 @@ def _run_volume(args: argparse.Namespace) -> int:
         axis=slicing_array_axis(fused, args.axis),
         metric_names=args.metrics,
     )
-    figure = report.flicker_figure(result, f"Inter-slice consistency ({args.axis} slices)")
+    figure = figures.flicker_figure(result, f"Inter-slice consistency ({args.axis} slices)")
     with atomic_output_directory(args.out, overwrite=args.overwrite) as staging:
         with open(staging / "volume_scores.csv", "w", newline="") as handle:
             writer = csv.writer(handle)
