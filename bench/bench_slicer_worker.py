@@ -12,6 +12,9 @@ Apply to the fused volume in the views (the views' redraw excluded).
 * run 2, 3, ...: the next Applies on the same worker;
 * entered: a worker started at module entry and given time to warm up before Apply.
 
+For comparison, "before": each Apply a new ``medfusion fuse`` process, as the panel ran it
+before the warm worker (the same options, the same import into the scene).
+
 Then the temporary files: uncompressed NRRD (what the worker exchanges) against gzip NRRD and
 gzip NIfTI, for the two inputs and the fused output: bytes, write and read seconds.
 
@@ -44,6 +47,34 @@ def apply_once(logic, reference, moving, options) -> tuple[float, object, dict]:
     finally:
         job.cleanup()
     return time.perf_counter() - started, nodes, job.report
+
+
+def apply_per_process(logic, reference, moving, options) -> tuple[float, dict]:
+    """One Apply the way the panel ran it before the warm worker: a new ``python -m MedFusionLib
+    fuse`` process per Apply (raw NRRD inputs, gzip NRRD outputs, its default), then the same
+    import into the scene. Returns seconds and the sizes of the files exchanged."""
+    import subprocess
+
+    from MedFusionLib.io import read_image, write_image
+    from MedFusionSlicer.volumes import image_from_volume_node
+
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="MedFusion-bench-") as name:
+        folder = Path(name)
+        write_image(image_from_volume_node(reference), folder / "reference.nrrd", compress=False)
+        write_image(image_from_volume_node(moving), folder / "moving.nrrd", compress=False)
+        command = [sys.executable, "-m", "MedFusionLib", "fuse", str(folder / "reference.nrrd"),
+                   str(folder / "moving.nrrd"), "-o", str(folder / "fused.nrrd"), *options.to_argv(),
+                   "--progress", "json", "--save-registered", str(folder / "registered.nrrd"),
+                   "--save-transform", str(folder / "transform.h5")]  # fmt: skip
+        result = subprocess.run(command, capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            raise SystemExit(f"medfusion fuse failed: {result.stderr[-2000:]}")
+        fused, registered = read_image(folder / "fused.nrrd"), read_image(folder / "registered.nrrd")
+        logic._storeResults(reference.GetScene(), reference, moving, None, options, fused, registered,
+                            folder / "transform.h5")  # fmt: skip
+        sizes = {path.name: path.stat().st_size for path in folder.iterdir()}
+    return time.perf_counter() - started, sizes
 
 
 def file_costs(image, folder: Path) -> list[tuple[str, int, float, float]]:
@@ -92,6 +123,10 @@ def main() -> int:
     print(f"case {args.case.name}: {reference.GetImageData().GetDimensions()} voxels, options {options.to_argv()}\n")
 
     rows = []
+    before_sizes = {}
+    for run in (1, 2):
+        seconds, before_sizes = apply_per_process(FusionLogic(), reference, moving, options)
+        rows.append((f"before: a new `medfusion fuse` process per Apply, run {run}", seconds, {}))
     logic = FusionLogic()
     try:
         for run in range(1, args.runs + 1):
@@ -116,8 +151,11 @@ def main() -> int:
     print("|---|---|---|---|---|")
     for label, seconds, report in rows:
         stages = report.get("stage_seconds", {})
-        print(f"| {label} | {seconds:.1f} | {stages.get('register', 0):.1f} | {stages.get('fuse', 0):.1f} | "
-              f"{report.get('seconds', 0):.1f} |")  # fmt: skip
+        inside = (f"{stages.get('register', 0):.1f} | {stages.get('fuse', 0):.1f} | {report.get('seconds', 0):.1f}"
+                  if report else "| |")  # fmt: skip
+        print(f"| {label} | {seconds:.1f} | {inside} |")
+    print("\ntemporary files per Apply, before (MiB): "
+          + ", ".join(f"{name} {size / 2**20:.1f}" for name, size in sorted(before_sizes.items())))  # fmt: skip
     if nodes.registration is not None:
         print(f"\nregistration: {nodes.registration.text()}")
 
