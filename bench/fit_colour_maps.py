@@ -37,7 +37,10 @@ def pixels(data: Path, task: str, modality: str, split: str) -> np.ndarray:
         ids = [row["id"] for row in csv.DictReader(handle) if row["task"] == task and row["split"] == split]
     # Every other row and column: neighbouring pixels of these smooth pictures repeat each other.
     return np.concatenate(
-        [np.asarray(Image.open(data / task / modality / f"{name}.png").convert("RGB"))[::2, ::2].reshape(-1, 3) for name in ids]
+        [
+            np.asarray(Image.open(data / task / modality / f"{name}.png").convert("RGB"))[::2, ::2].reshape(-1, 3)
+            for name in ids
+        ]
     ).astype(np.float64)
 
 
@@ -75,7 +78,9 @@ def fit_curve(values: np.ndarray, points: int, iterations: int = 8) -> np.ndarra
     reachable = np.isfinite(along)
     order = along[reachable] / along[reachable].max()
     bins = np.minimum((order * (points - 1)).astype(int), points - 2)
-    polyline = np.vstack([[0.0, 0.0, 0.0]] + [nodes[reachable][bins == k].mean(axis=0) for k in range(points - 1) if (bins == k).any()])
+    polyline = np.vstack(
+        [[0.0, 0.0, 0.0]] + [nodes[reachable][bins == k].mean(axis=0) for k in range(points - 1) if (bins == k).any()]
+    )
     for _ in range(iterations):
         parameter, _distance = project(colours, polyline)
         edges = np.linspace(0.0, 1.0, points)
@@ -89,7 +94,9 @@ def fit_curve(values: np.ndarray, points: int, iterations: int = 8) -> np.ndarra
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data" / "harvard")
+    parser.add_argument(
+        "--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data" / "harvard"
+    )
     parser.add_argument("--points", type=int, default=12, help="control points of each fitted map")
     args = parser.parse_args()
     print("| map | split | pixels (non-black, 1 in 4) | mean distance | 95th pct | 99th pct | fitted now: mean |")

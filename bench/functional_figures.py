@@ -57,8 +57,19 @@ def grid(panels: dict[str, sitk.Image], rows: list[tuple[str, int | None]]) -> I
         for column, (label, image) in enumerate(panels.items()):
             pixels = Image.fromarray(display_slice(image, plane, index)).convert("RGB")
             top = row * (PANEL_SIZE + LABEL)
-            figure.paste(pixels, (column * PANEL_SIZE + (PANEL_SIZE - pixels.width) // 2, top + LABEL + (PANEL_SIZE - pixels.height) // 2))
-            draw.text((column * PANEL_SIZE + 6, top + 5), f"{label} · {plane}" if image.GetDimension() == 3 else label, fill="white", font=font)
+            figure.paste(
+                pixels,
+                (
+                    column * PANEL_SIZE + (PANEL_SIZE - pixels.width) // 2,
+                    top + LABEL + (PANEL_SIZE - pixels.height) // 2,
+                ),
+            )
+            draw.text(
+                (column * PANEL_SIZE + 6, top + 5),
+                f"{label} · {plane}" if image.GetDimension() == 3 else label,
+                fill="white",
+                font=font,
+            )
     return figure
 
 
@@ -89,17 +100,28 @@ def phantom_functional(out: Path, model: str) -> None:
     started = time.perf_counter()
     colour = fuse_volumes(phantom.mr, pet, model=model, registration="resample", functional="harvard-pet", device="cpu")
     seconds = time.perf_counter() - started
-    grey = fuse_volumes(phantom.mr, resample_by_coordinates(phantom.mr, pet), model=model, registration="none", device="cpu")
+    grey = fuse_volumes(
+        phantom.mr, resample_by_coordinates(phantom.mr, pet), model=model, registration="none", device="cpu"
+    )
     bounds = functional_bounds(sitk.GetArrayViewFromImage(pet))
     pet_colour = coloured_volume(resample_by_coordinates(phantom.mr, pet), bounds, "harvard-pet")
-    panels = {"MRI (reference)": phantom.mr, "PET, harvard-pet": pet_colour, f"{model} --functional": colour.fused, f"{model}, grey": grey.fused}
+    panels = {
+        "MRI (reference)": phantom.mr,
+        "PET, harvard-pet": pet_colour,
+        f"{model} --functional": colour.fused,
+        f"{model}, grey": grey.fused,
+    }
     # Axial through the lesion (bright on the MR too), coronal and sagittal through a hot focus the
     # MR does not show: grey fusion makes it look like anatomy, colour fusion does not.
     rows = planes_through(phantom.mr, LESION_MM)[:1] + planes_through(phantom.mr, HOT_SPOTS[0][0])[1:]
-    figure = with_colour_bar(grid(panels, rows), colour_map_table("harvard-pet"), "0", f"{bounds[1]:.1f} (SUV, 99.9th pct)")
+    figure = with_colour_bar(
+        grid(panels, rows), colour_map_table("harvard-pet"), "0", f"{bounds[1]:.1f} (SUV, 99.9th pct)"
+    )
     save_figure(figure, out / "functional-phantom.png", overwrite=True)
-    print(f"\nphantom MR {phantom.mr.GetSize()} + PET {pet.GetSize()} at {pet.GetSpacing()} mm, {model}: "
-          f"{seconds:.1f} s ({colour.fused_slices} slices); moving scaled as: {colour.windows['moving']}")
+    print(
+        f"\nphantom MR {phantom.mr.GetSize()} + PET {pet.GetSize()} at {pet.GetSpacing()} mm, {model}: "
+        f"{seconds:.1f} s ({colour.fused_slices} slices); moving scaled as: {colour.windows['moving']}"
+    )
 
 
 def harvard_round_trip(data: Path, out: Path, model: str, case: str) -> None:
@@ -111,15 +133,27 @@ def harvard_round_trip(data: Path, out: Path, model: str, case: str) -> None:
     uptake_image = sitk.GetImageFromArray(uptake)
     uptake_image.CopyInformation(mri)
     standard = fuse_volumes(mri, picture, model=model, device="cpu")  # the literature's Y fusion of the picture
-    through_map = fuse_volumes(mri, uptake_image, model=model, device="cpu", functional="harvard-pet", functional_range="0,1")
+    through_map = fuse_volumes(
+        mri, uptake_image, model=model, device="cpu", functional="harvard-pet", functional_range="0,1"
+    )
     recoloured = coloured_volume(uptake_image, (0.0, 1.0), "harvard-pet")
-    difference = np.abs(sitk.GetArrayFromImage(standard.fused).astype(int) - sitk.GetArrayFromImage(through_map.fused).astype(int))
+    difference = np.abs(
+        sitk.GetArrayFromImage(standard.fused).astype(int) - sitk.GetArrayFromImage(through_map.fused).astype(int)
+    )
     lit = rgb.sum(axis=-1) > 24
-    print(f"\nHarvard PET-MRI {case} ({model}): picture to map, RGB distance over non-black pixels: mean {distance[lit].mean():.1f}, "
-          f"95th pct {np.percentile(distance[lit], 95):.1f}; fused picture vs fused through the map, |RGB difference|: "
-          f"mean {difference.mean():.2f}, 99th pct {np.percentile(difference, 99):.0f}, max {difference.max()}")
-    panels = {"MRI": mri, "PET picture": picture, "uptake via harvard-pet, recoloured": recoloured,
-              f"{model}, picture (YCbCr)": standard.fused, f"{model} --functional": through_map.fused}
+    print(
+        f"\nHarvard PET-MRI {case} ({model}): picture to map, RGB distance over non-black pixels: "
+        f"mean {distance[lit].mean():.1f}, "
+        f"95th pct {np.percentile(distance[lit], 95):.1f}; fused picture vs fused through the map, |RGB difference|: "
+        f"mean {difference.mean():.2f}, 99th pct {np.percentile(difference, 99):.0f}, max {difference.max()}"
+    )
+    panels = {
+        "MRI": mri,
+        "PET picture": picture,
+        "uptake via harvard-pet, recoloured": recoloured,
+        f"{model}, picture (YCbCr)": standard.fused,
+        f"{model} --functional": through_map.fused,
+    }
     save_figure(grid(panels, [("axial", None)]), out / "functional-harvard.png", overwrite=True)
 
 
@@ -128,7 +162,8 @@ def share_table(name: str, share: np.ndarray, regions: dict[str, np.ndarray]) ->
     print("|---|---|---|---|---|")
     for region, mask in regions.items():
         values = share[mask]
-        print(f"| {region} | {values.size} | {values.mean():.2f} | {np.mean(values < 0.3):.0%} | {np.mean(values > 0.7):.0%} |")
+        below, above = np.mean(values < 0.3), np.mean(values > 0.7)
+        print(f"| {region} | {values.size} | {values.mean():.2f} | {below:.0%} | {above:.0%} |")
 
 
 def source_maps(data: Path, out: Path, model: str) -> None:
@@ -142,27 +177,53 @@ def source_maps(data: Path, out: Path, model: str) -> None:
     a, b = sitk.GetArrayFromImage(t1).astype(np.float32), sitk.GetArrayFromImage(t2).astype(np.float32)
     brain = (a > 0) | (b > 0)
     t1_high, t2_high = np.percentile(a[brain], 75), np.percentile(b[brain], 75)
-    share_table("BraTS T1 (reference) / T2 (moving)", share, {
-        "brain": brain,
-        "T2 bright, T1 not (CSF, oedema)": brain & (b > t2_high) & (a < np.percentile(a[brain], 50)),
-        "T1 bright, T2 not (white matter)": brain & (a > t1_high) & (b < np.percentile(b[brain], 50)),
-        "background": ~brain,
-    })
-    rows.append(({"T1 (reference)": t1, "T2 (moving)": t2, f"{model} fused": result.fused,
-                  "source map": rgb_image(share, t1)}, ("axial", None)))
+    share_table(
+        "BraTS T1 (reference) / T2 (moving)",
+        share,
+        {
+            "brain": brain,
+            "T2 bright, T1 not (CSF, oedema)": brain & (b > t2_high) & (a < np.percentile(a[brain], 50)),
+            "T1 bright, T2 not (white matter)": brain & (a > t1_high) & (b < np.percentile(b[brain], 50)),
+            "background": ~brain,
+        },
+    )
+    rows.append(
+        (
+            {
+                "T1 (reference)": t1,
+                "T2 (moving)": t2,
+                f"{model} fused": result.fused,
+                "source map": rgb_image(share, t1),
+            },
+            ("axial", None),
+        )
+    )
 
     phantom = make_head_phantom(seed=3)
     result = fuse_volumes(phantom.ct, phantom.mr, model=model, device="cpu", source_map=True)
     share = sitk.GetArrayFromImage(result.source_map)
     ct, mr = sitk.GetArrayFromImage(phantom.ct), sitk.GetArrayFromImage(phantom.mr)
-    share_table(f"phantom CT (reference) / MR (moving), CT scaled as {result.windows['reference']}", share, {
-        "skull (CT > 600 HU)": ct > 600,
-        "ventricles and CSF (MR > 800, CT < 20 HU)": (mr > 800) & (ct < 20) & (ct > -100),
-        "white matter (CT 20-32 HU, MR 300-460)": (ct > 20) & (ct < 32) & (mr > 300) & (mr < 460),
-        "air": ct < -900,
-    })
-    rows.append(({"CT (reference)": phantom.ct, "MR (moving)": phantom.mr, f"{model} fused": result.fused,
-                  "source map": rgb_image(share, phantom.ct)}, ("axial", planes_through(phantom.ct, LESION_MM)[0][1])))
+    share_table(
+        f"phantom CT (reference) / MR (moving), CT scaled as {result.windows['reference']}",
+        share,
+        {
+            "skull (CT > 600 HU)": ct > 600,
+            "ventricles and CSF (MR > 800, CT < 20 HU)": (mr > 800) & (ct < 20) & (ct > -100),
+            "white matter (CT 20-32 HU, MR 300-460)": (ct > 20) & (ct < 32) & (mr > 300) & (mr < 460),
+            "air": ct < -900,
+        },
+    )
+    rows.append(
+        (
+            {
+                "CT (reference)": phantom.ct,
+                "MR (moving)": phantom.mr,
+                f"{model} fused": result.fused,
+                "source map": rgb_image(share, phantom.ct),
+            },
+            ("axial", planes_through(phantom.ct, LESION_MM)[0][1]),
+        )
+    )
     figures = [grid(panels, [row]) for panels, row in rows]
     stacked = Image.new("RGB", (max(f.width for f in figures), sum(f.height for f in figures)), "black")
     top = 0

@@ -19,7 +19,7 @@ these; nothing here reads or writes files.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import SimpleITK as sitk
@@ -65,7 +65,9 @@ def functional_luminance(bounds: tuple[float, float], colour_map: str) -> Scalin
     return lambda slab: colour_map_luminance(scale_to_bounds(slab, bounds), colour_map)
 
 
-def colourise(fused_luminance: np.ndarray, functional: np.ndarray, bounds: tuple[float, float], colour_map: str) -> np.ndarray:
+def colourise(
+    fused_luminance: np.ndarray, functional: np.ndarray, bounds: tuple[float, float], colour_map: str
+) -> np.ndarray:
     """Put the fused luminance together with the functional colour: the RGB fusion result.
 
     Args:
@@ -86,7 +88,9 @@ def colourise(fused_luminance: np.ndarray, functional: np.ndarray, bounds: tuple
     out_stack = out.reshape(fused_stack.shape + (3,))
     step = max(1, _SLAB_VOXELS // max(1, fused_stack[0].size))
     for start in range(0, len(fused_stack), step):
-        ycbcr = rgb_to_ycbcr(apply_colour_map(scale_to_bounds(functional_stack[start : start + step], bounds), colour_map))
+        ycbcr = rgb_to_ycbcr(
+            apply_colour_map(scale_to_bounds(functional_stack[start : start + step], bounds), colour_map)
+        )
         ycbcr[..., 0] = fused_stack[start : start + step] * np.float32(255.0)
         out_stack[start : start + step] = np.clip(np.rint(ycbcr_to_rgb(ycbcr)), 0, 255).astype(np.uint8)
     return out
@@ -130,8 +134,10 @@ def _extent(image: sitk.Image) -> str:
     """The physical bounding box of an image's voxel centres, as text (mm, LPS)."""
     size = image.GetSize()
     corners = np.array(
-        [image.TransformContinuousIndexToPhysicalPoint([corner[d] * (size[d] - 1) for d in range(len(size))])
-         for corner in np.ndindex(*(2,) * len(size))]
+        [
+            image.TransformContinuousIndexToPhysicalPoint([corner[d] * (size[d] - 1) for d in range(len(size))])
+            for corner in np.ndindex(*(2,) * len(size))
+        ]
     )
     low, high = corners.min(axis=0), corners.max(axis=0)
     return "spans " + " × ".join(f"[{a:.0f}, {b:.0f}]" for a, b in zip(low, high)) + " mm"

@@ -26,7 +26,7 @@ functional fusion it is computed on the luminance the model fused (the MRI again
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -76,7 +76,10 @@ def source_share(
         float32 of the inputs' shape, in [0, 1]: 0 = from ``a``, 1 = from ``b``, 0.5 = either or both.
     """
     if not (np.shape(a) == np.shape(b) == np.shape(fused)) or np.ndim(a) not in (2, 3):
-        raise ValueError(f"expected three (N, H, W) or (H, W) arrays of one shape, got {np.shape(a)}, {np.shape(b)}, {np.shape(fused)}")
+        raise ValueError(
+            "expected three (N, H, W) or (H, W) arrays of one shape, "
+            f"got {np.shape(a)}, {np.shape(b)}, {np.shape(fused)}"
+        )
     shape = np.shape(a)
 
     def stack(values: np.ndarray) -> torch.Tensor:

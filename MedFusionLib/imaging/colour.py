@@ -129,7 +129,9 @@ def colour_map_luminance(values: np.ndarray, name: str) -> np.ndarray:
     return (rgb @ np.asarray([_KR, _KG, _KB], dtype=np.float32)) / np.float32(255.0)
 
 
-def scalar_from_colour(rgb: np.ndarray, name: str, entries: int = 256, chunk: int = 1 << 16) -> tuple[np.ndarray, np.ndarray]:
+def scalar_from_colour(
+    rgb: np.ndarray, name: str, entries: int = 256, chunk: int = 1 << 16
+) -> tuple[np.ndarray, np.ndarray]:
     """Invert a colour map: for each RGB colour, the value in [0, 1] whose map colour is nearest.
 
     Recovers the uptake scale of a pseudo-colour picture (e.g. a Harvard PET picture through

@@ -21,14 +21,32 @@ from MedFusionLib.imaging.phantom import _ANATOMY, _inside, _physical_points
 # Tissue -> uptake (SUV-like units): FDG PET and a perfusion SPECT. Brain grey matter takes up
 # about 2.5-3 times what white matter does; bone, CSF and the ventricles almost nothing.
 _UPTAKE = {
-    "pet": {"air": 0.0, "scalp": 1.0, "skull": 0.4, "csf": 0.3, "grey": 8.0, "white": 3.0, "ventricle": 0.3, "lesion": 14.0},
-    "spect": {"air": 0.0, "scalp": 1.5, "skull": 0.6, "csf": 0.4, "grey": 5.0, "white": 2.0, "ventricle": 0.4, "lesion": 8.0},
+    "pet": {
+        "air": 0.0,
+        "scalp": 1.0,
+        "skull": 0.4,
+        "csf": 0.3,
+        "grey": 8.0,
+        "white": 3.0,
+        "ventricle": 0.3,
+        "lesion": 14.0,
+    },
+    "spect": {
+        "air": 0.0,
+        "scalp": 1.5,
+        "skull": 0.6,
+        "csf": 0.4,
+        "grey": 5.0,
+        "white": 2.0,
+        "ventricle": 0.4,
+        "lesion": 8.0,
+    },
 }
 # Hot foci added on top (centre in mm, LPS; FWHM in mm; peak added, in the uptake's units):
 # inside the brain, away from the lesion, in different slices of all three planes.
 HOT_SPOTS = (
-    ((-30.0, 28.0, -6.0), 14.0, 9.0),
-    ((12.0, -44.0, 30.0), 10.0, 7.0),
+    ((-30.0, 28.0, -6.0), 14.0, 12.0),
+    ((12.0, -44.0, 30.0), 10.0, 10.0),
 )
 # Point-spread function (FWHM, mm) of the scanner: PET resolves better than SPECT.
 _FWHM_MM = {"pet": 6.0, "spect": 10.0}
@@ -59,7 +77,7 @@ def make_functional_phantom(
         seed: noise seed.
 
     Returns:
-        float32 image, uptake in SUV-like units (0 in air, about 8 in PET grey matter, 14-17 at
+        float32 image, uptake in SUV-like units (0 in air, about 8 in PET grey matter, 14-20 at
         the hot spots before blurring), identity direction, LPS.
     """
     if kind not in _UPTAKE:
