@@ -9,7 +9,9 @@ Slicer session pays that once, not at every Apply.
 * :class:`WorkerProcess` is one ``PythonSlicer -m MedFusionSlicer.server`` process
   (:mod:`.server`). It receives jobs as JSON lines on its standard input and answers with JSON
   lines (and plain text) on its standard output; a reader thread queues those lines, and the GUI
-  drains the queue from a timer on the main thread. Its idle timeout ends it after
+  drains the queue from a timer on the main thread. (``PythonSlicer`` is CTK's app launcher; it
+  starts ``python-real`` with its own standard input forwarded, so the job lines reach Python,
+  and in the launcher's process group, so one kill of the group ends both.) Its idle timeout ends it after
   :data:`DEFAULT_IDLE_TIMEOUT_S` without a job, and it ends when its standard input closes
   (Slicer quit or crashed), so it never outlives Slicer.
 * :class:`FusionJob` is one fusion on that worker: two input volumes in a folder, uncompressed
