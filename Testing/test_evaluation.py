@@ -341,3 +341,17 @@ def test_real_harvard_val_split_sizes_and_one_scored_pair(shared_data):
     # Averaging halves each source's contrast: it cannot keep more edge information than a source.
     assert 0 < scores["average"]["Qabf"][0] < metrics.QABF_MAX
     assert scores[evaluation.REFERENCE_A]["VIF"][0] > 1.0  # VIF(A -> A) = 1, plus B's share
+
+
+def test_comma_separated_names_are_checked_against_their_choices():
+    import argparse
+
+    from MedFusionLib.cli.arguments import comma_separated
+
+    parse = comma_separated("metric", ["EN", "SD"])
+    assert parse(" EN, SD ,") == ["EN", "SD"]
+    with pytest.raises(argparse.ArgumentTypeError, match="unknown metric MI; choose from EN, SD"):
+        parse("EN,MI")
+    with pytest.raises(argparse.ArgumentTypeError, match="at least one metric"):
+        parse(" , ")
+    assert comma_separated("model")("anything,else") == ["anything", "else"]  # checked later by the registry

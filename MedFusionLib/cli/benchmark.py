@@ -6,9 +6,9 @@ import argparse
 import json
 from pathlib import Path
 
-from MedFusionLib.core.devices import DEVICE_CHOICES
+from MedFusionLib.cli.arguments import comma_separated
+from MedFusionLib.core.choices import BACKEND_CHOICES, DEVICE_CHOICES, PRECISION_CHOICES, REGISTRATION_PRESETS
 from MedFusionLib.core.files import atomic_output
-from MedFusionLib.core.precision import PRECISION_CHOICES
 from MedFusionLib.devtools.benchmark import DEFAULT_MODELS, DEFAULT_SIZE, markdown_report, run_benchmark
 from MedFusionLib.models import list_models
 
@@ -24,15 +24,8 @@ def parse_size(text: str) -> tuple[int, int, int]:
     return size
 
 
-def parse_names(text: str, choices: tuple[str, ...] | list[str], what: str) -> list[str]:
-    names = [name.strip() for name in text.split(",") if name.strip()]
-    unknown = [name for name in names if name not in choices]
-    if unknown:
-        raise argparse.ArgumentTypeError(f"unknown {what} {', '.join(unknown)}; choose from {', '.join(choices)}")
-    return names
-
-
 def add_parser(subparsers) -> argparse.ArgumentParser:
+    presets = comma_separated("preset", REGISTRATION_PRESETS)
     parser = subparsers.add_parser(
         "benchmark",
         help="time fusion (naive loop vs product path) and registration on this machine",
@@ -43,25 +36,23 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "this checkout has ../shared/data, else --data, else a phantom of --size.",
     )
     parser.add_argument("--models", default=",".join(DEFAULT_MODELS),
-                        type=lambda text: parse_names(text, list_models(), "model"),
+                        type=comma_separated("model", list_models()),
                         help=f"comma-separated models (default {','.join(DEFAULT_MODELS)})")
     parser.add_argument("--data", type=Path, default=None, help="a case folder with t1.nii.gz and t2.nii.gz")
     parser.add_argument("--size", type=parse_size, default=DEFAULT_SIZE, metavar="XxYxZ",
                         help="phantom size when no data is found (default 240x240x155)")
     parser.add_argument("--device", choices=DEVICE_CHOICES, default="auto", help="compute device (default auto)")
-    parser.add_argument("--precisions", default="",
-                        type=lambda text: parse_names(text, PRECISION_CHOICES, "precision"),
+    parser.add_argument("--precisions", default=[], type=comma_separated("precision", PRECISION_CHOICES),
                         help="also time the product path in these precisions (e.g. bf16 on a CPU, fp16 on CUDA)")
     parser.add_argument("--batch-size", type=int, default=None,
                         help="product path's slices per pass (default: the device's)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's, one per core)")
     parser.add_argument("--compile", action="store_true", help="also time the product path under torch.compile")
     parser.add_argument("--registration", default="rigid,affine",
-                        type=lambda text: [] if text == "none" else parse_names(text, ("rigid", "affine", "bspline"),
-                                                                                "preset"),
+                        type=lambda text: [] if text == "none" else presets(text),
                         help="registration presets to time, or none (default rigid,affine)")
     parser.add_argument("--backends", default=None,
-                        type=lambda text: parse_names(text, ("elastix", "simpleitk"), "backend"),
+                        type=comma_separated("backend", [name for name in BACKEND_CHOICES if name != "auto"]),
                         help="registration backends (default: every installed one)")
     parser.add_argument("--repeats", type=int, default=1,
                         help="time each fusion row this often, keep the fastest (default 1)")

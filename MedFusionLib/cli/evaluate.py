@@ -20,6 +20,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from MedFusionLib.cli.arguments import comma_separated
 from MedFusionLib.core.devices import DEVICE_CHOICES, describe_device, resolve_device
 from MedFusionLib.core.errors import InputError
 from MedFusionLib.core.files import atomic_output, atomic_output_directory, refuse_existing_outputs
@@ -28,13 +29,6 @@ from MedFusionLib.datasets.harvard import HARVARD_TASKS
 from MedFusionLib.evaluation.metrics import METRICS
 from MedFusionLib.io import read_image
 from MedFusionLib.models import list_models
-
-
-def _comma_list(text: str) -> list[str]:
-    items = [item.strip() for item in text.split(",") if item.strip()]
-    if not items:
-        raise argparse.ArgumentTypeError("give at least one name, separated by commas")
-    return items
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -51,7 +45,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     harvard.add_argument("--split", choices=("train", "val"), default="val", help="split to evaluate (default val)")
     harvard.add_argument(
         "--models",
-        type=_comma_list,
+        type=comma_separated("model"),
         default=None,
         help="comma-separated registry models (default: all; learned models without weights are skipped)",
     )
@@ -69,7 +63,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     volume.add_argument("--source-b", type=Path, help="source B on the fused volume's grid")
     volume.add_argument("--axis", choices=SLICING_AXES, default="axial", help="plane that was fused slice by slice")
     parser.add_argument(
-        "--metrics", type=_comma_list, default=None, help=f"comma-separated subset of {','.join(METRICS)}"
+        "--metrics", type=comma_separated("metric", list(METRICS)), default=None,
+        help=f"comma-separated subset of {','.join(METRICS)}",
     )
     parser.add_argument("--device", choices=DEVICE_CHOICES, default="auto", help="compute device for the models")
     parser.add_argument("--out", type=Path, default=Path("evaluation"), help="output directory (default ./evaluation)")
