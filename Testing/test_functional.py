@@ -294,3 +294,53 @@ def test_harvard_pet_pair_fused_through_the_map_matches_the_picture_fusion(share
         assert through_map.fused.GetSize() == mri.GetSize()
         difference = np.abs(standard - sitk.GetArrayFromImage(through_map.fused).astype(int))
         assert difference.mean() < 1.0 and np.percentile(difference, 99) < 16, model
+
+
+# -- the hard cases: real HU, oblique grids, a reference stored turned 180°, another session ------
+
+
+def test_pet_ct_in_raw_hu_with_padding_and_table_through_resample():
+    """A hybrid PET/CT: int16 HU with -2048 padding and a table, PET on its own oblique 4 mm grid."""
+    from MedFusionLib.imaging.phantom import make_clinical_pair, rigid_motion
+
+    pair = make_clinical_pair(size=(64, 64, 48), spacing=(3.75, 3.75, 3.75))
+    oblique = rigid_motion((20.0, -10.0, 30.0), (0.0, 0.0, 0.0)).GetMatrix()
+    pet = make_functional_phantom("pet", direction=oblique, seed=4)
+    result = fuse_volumes(pair.ct, pet, registration="resample", functional="harvard-pet", model="emfusion", device="cpu")
+    for point in (LESION_MM, HOT_SPOTS[0][0]):
+        red, green, blue = value_at(result.fused, point).astype(int)
+        assert red > green + 80 and red >= blue, (point, red, green, blue)
+    # Outside the reconstruction circle (padding) and on the table there is no uptake: no colour.
+    corner = np.asarray(result.fused[0, 0, 24]).astype(int)
+    assert np.ptp(corner) <= 1
+    table = value_at(result.fused, (0.0, 108.0, 0.0)).astype(int)
+    assert np.ptp(table) <= 1
+
+
+def test_reference_stored_turned_180_degrees_keeps_uptake_on_its_anatomy(pet, phantom_pair):
+    """The same physical space stored with a direction matrix turned 180° about the head-foot axis:
+    resampling by coordinates must put the hot lesion where it is, not mirrored."""
+    mr = phantom_pair.mr
+    turned = sitk.Image(mr.GetSize(), mr.GetPixelID())
+    turned.SetSpacing(mr.GetSpacing())
+    direction = np.diag([-1.0, -1.0, 1.0])
+    turned.SetDirection(direction.ravel().tolist())
+    turned.SetOrigin((direction @ (-(np.asarray(mr.GetSize()) - 1) * np.asarray(mr.GetSpacing()) / 2.0)).tolist())
+    turned = sitk.Resample(mr, turned, sitk.Transform(), sitk.sitkLinear, 0.0)
+    result = fuse_volumes(turned, pet, registration="resample", functional="harvard-pet", model="average", device="cpu")
+    red, green, _ = value_at(result.fused, LESION_MM).astype(int)
+    assert red > green + 80
+    mirrored = (-LESION_MM[0], -LESION_MM[1], LESION_MM[2])  # where a lost flip would put it
+    red, green, _ = value_at(result.fused, mirrored).astype(int)
+    assert not red > green + 80
+
+
+def test_pet_from_another_session_registers_rigidly_onto_the_mr(phantom_pair):
+    from MedFusionLib.imaging.phantom import DEMO_MISALIGNMENT
+
+    moved = make_functional_phantom("pet", misalignment=DEMO_MISALIGNMENT, seed=4)
+    result = fuse_volumes(phantom_pair.mr, moved, registration="rigid", functional="harvard-pet", model="average", device="cpu")
+    found = np.asarray(result.registration.transform.TransformPoint(LESION_MM))
+    assert np.linalg.norm(found - np.asarray(DEMO_MISALIGNMENT.TransformPoint(LESION_MM))) < 3.0  # mm, under a PET voxel
+    red, green, _ = value_at(result.fused, LESION_MM).astype(int)
+    assert red > green + 80

@@ -58,6 +58,7 @@ def make_functional_phantom(
     spacing: tuple[float, float, float] = (4.0, 4.0, 4.0),
     field_of_view_mm: tuple[float, float, float] = (256.0, 256.0, 208.0),
     misalignment: sitk.Euler3DTransform | None = None,
+    direction: tuple[float, ...] | None = None,
     fwhm_mm: float | None = None,
     noise: float = 0.3,
     seed: int = 0,
@@ -71,6 +72,8 @@ def make_functional_phantom(
         misalignment: ``None``: same frame of reference as the phantom's CT (a hybrid scanner);
             a rigid transform (reference -> functional points, as ``HeadPhantom.reference_to_moving``)
             moves the head as a scan from another session.
+        direction: the grid's direction matrix (row-major 3×3), e.g. an oblique acquisition; the
+            grid is rotated about the head centre, so it still covers the head. Identity when ``None``.
         fwhm_mm: the point-spread function; the kind's default when ``None``.
         noise: count noise, standard deviation ``noise * sqrt(uptake)`` (Poisson-like), then
             clipped at 0.
@@ -83,13 +86,16 @@ def make_functional_phantom(
     if kind not in _UPTAKE:
         raise InputError(f"unknown functional phantom kind {kind!r}; choose one of {', '.join(_UPTAKE)}")
     size = [max(1, int(round(extent / step))) for extent, step in zip(field_of_view_mm, spacing)]
+    matrix = np.eye(3) if direction is None else np.asarray(direction, dtype=float).reshape(3, 3)
     grid = sitk.Image(size, sitk.sitkFloat32)
     grid.SetSpacing([float(s) for s in spacing])
-    grid.SetOrigin([-(n - 1) * d / 2.0 + d / 2.0 for n, d in zip(size, spacing)])
+    grid.SetDirection(matrix.ravel().tolist())
+    grid.SetOrigin((matrix @ [-(n - 1) * d / 2.0 + d / 2.0 for n, d in zip(size, spacing)]).tolist())
     # Evaluate on a grid twice as fine, so tissue edges are partial-volume averaged, not aliased.
     fine = sitk.Image([2 * n for n in size], sitk.sitkFloat32)
     fine.SetSpacing([s / 2.0 for s in spacing])
-    fine.SetOrigin([o - s / 4.0 for o, s in zip(grid.GetOrigin(), spacing)])
+    fine.SetDirection(matrix.ravel().tolist())
+    fine.SetOrigin((np.asarray(grid.GetOrigin()) - matrix @ (np.asarray(spacing) / 4.0)).tolist())
     world_to_anatomy = misalignment.GetInverse() if misalignment is not None else None
     points = _physical_points(fine, world_to_anatomy)
     uptake = _UPTAKE[kind]
