@@ -306,7 +306,9 @@ def test_pet_ct_in_raw_hu_with_padding_and_table_through_resample():
     pair = make_clinical_pair(size=(64, 64, 48), spacing=(3.75, 3.75, 3.75))
     oblique = rigid_motion((20.0, -10.0, 30.0), (0.0, 0.0, 0.0)).GetMatrix()
     pet = make_functional_phantom("pet", direction=oblique, seed=4)
-    result = fuse_volumes(pair.ct, pet, registration="resample", functional="harvard-pet", model="emfusion", device="cpu")
+    result = fuse_volumes(
+        pair.ct, pet, registration="resample", functional="harvard-pet", model="emfusion", device="cpu"
+    )
     for point in (LESION_MM, HOT_SPOTS[0][0]):
         red, green, blue = value_at(result.fused, point).astype(int)
         assert red > green + 80 and red >= blue, (point, red, green, blue)
@@ -339,8 +341,12 @@ def test_pet_from_another_session_registers_rigidly_onto_the_mr(phantom_pair):
     from MedFusionLib.imaging.phantom import DEMO_MISALIGNMENT
 
     moved = make_functional_phantom("pet", misalignment=DEMO_MISALIGNMENT, seed=4)
-    result = fuse_volumes(phantom_pair.mr, moved, registration="rigid", functional="harvard-pet", model="average", device="cpu")
+    result = fuse_volumes(
+        phantom_pair.mr, moved, registration="rigid", functional="harvard-pet", model="average", device="cpu"
+    )
     found = np.asarray(result.registration.transform.TransformPoint(LESION_MM))
-    assert np.linalg.norm(found - np.asarray(DEMO_MISALIGNMENT.TransformPoint(LESION_MM))) < 3.0  # mm, under a PET voxel
+    assert (
+        np.linalg.norm(found - np.asarray(DEMO_MISALIGNMENT.TransformPoint(LESION_MM))) < 3.0
+    )  # mm, under a PET voxel
     red, green, _ = value_at(result.fused, LESION_MM).astype(int)
     assert red > green + 80
