@@ -185,13 +185,15 @@ def test_unrelated_images_raise_instead_of_a_silent_result(aligned):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_same_seed_gives_the_same_transform(backend, rigid_pair):
+def test_same_seed_gives_the_same_transform(backend, rigid_pair, head_mask):
     reference, moving, _ = rigid_pair
     first = register(reference, moving, backend=backend, seed=5)
     second = register(reference, moving, backend=backend, seed=5)
-    # Equal up to the order in which ITK's threads add up the metric (a few 1e-10).
-    assert np.allclose(first.transform.GetParameters(), second.transform.GetParameters(), rtol=0.0, atol=1e-6)
-    assert np.allclose(first.transform.GetFixedParameters(), second.transform.GetFixedParameters(), rtol=0.0, atol=1e-6)
+    # The same samples, the same start and the same path, up to the order in which ITK's threads
+    # add up the metric: last-bit differences that the optimiser may carry a little further,
+    # a few hundredths of a millimetre (a fiftieth of a voxel) at most.
+    assert target_registration_errors(first.transform, second.transform, reference, head_mask).max() <= 0.05
+    assert first.confidence.pose == second.confidence.pose
 
 
 def test_masks_restrict_the_metric(rigid_pair, head_mask):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -59,6 +60,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--moving-series", default=None, metavar="UID", help="DICOM SeriesInstanceUID when MOVING holds several series")
     parser.add_argument("--save-registered", type=Path, default=None, metavar="PATH", help="also write the moving image resampled on the reference grid")
     parser.add_argument("--save-transform", type=Path, default=None, metavar="PATH", help="also write the registration transform (.tfm or .h5)")
+    parser.add_argument(
+        "--qa", type=Path, default=None, metavar="DIR",
+        help="write QA pictures of the registration into DIR: qa.png (checkerboard and edge overlay of reference vs "
+        "registered moving on three planes) and qa.json (its figures and confidence)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
     parser.add_argument(
         "--progress",
@@ -75,12 +81,14 @@ def run(args: argparse.Namespace) -> int:
     from MedFusionLib.fusion.pipeline import fuse_volumes
     from MedFusionLib.core.files import refuse_existing_outputs
     from MedFusionLib.io import read_image, write_image
+    from MedFusionLib.registration.qa import QA_FILES
 
     options = FusionOptions.from_namespace(args)
     # Refuse before the slow part, not after it.
-    if args.save_transform is not None and options.registration == "none":
-        raise InputError("--save-transform needs a registration (--registration auto, rigid, affine or bspline)")
-    refuse_existing_outputs((args.output, args.save_registered, args.save_transform), overwrite=args.overwrite)
+    if options.registration == "none" and (args.save_transform is not None or args.qa is not None):
+        raise InputError("--save-transform and --qa need a registration (--registration auto, rigid, affine or bspline)")
+    qa_files = () if args.qa is None else tuple(args.qa / name for name in QA_FILES)
+    refuse_existing_outputs((args.output, args.save_registered, args.save_transform, *qa_files), overwrite=args.overwrite)
     reference = read_image(args.reference, series_uid=args.reference_series)
     moving = read_image(args.moving, series_uid=args.moving_series)
 
@@ -89,11 +97,13 @@ def run(args: argparse.Namespace) -> int:
         result = fuse_volumes(reference, moving, options, progress=show_progress)
     finally:
         close_progress()
-    if args.save_transform is not None and result.registration is None:
+    if (args.save_transform is not None or args.qa is not None) and result.registration is None:
         raise InputError(
-            "--save-transform: no registration ran (with --registration auto, images on one voxel grid are "
+            "--save-transform/--qa: no registration ran (with --registration auto, images on one voxel grid are "
             "taken as aligned); pass --registration rigid to register them anyway"
         )
+    if result.registration is not None:
+        report_registration(result.registration, args.progress)
     write_image(result.fused, args.output, overwrite=args.overwrite)
     if args.save_registered is not None:
         write_image(result.registered_moving, args.save_registered, overwrite=args.overwrite)
@@ -101,10 +111,38 @@ def run(args: argparse.Namespace) -> int:
         from MedFusionLib.registration import write_transform
 
         write_transform(result.registration.transform, args.save_transform, overwrite=args.overwrite)
+    if args.qa is not None:
+        from MedFusionLib.registration.qa import write_registration_qa
+
+        write_registration_qa(args.qa, reference, result.registration, overwrite=args.overwrite)
+        print(f"QA pictures: {args.qa / QA_FILES[0]}, {args.qa / QA_FILES[1]}", file=sys.stderr)
     fused = result.fused
     print(
         f"wrote {args.output}: size {fused.GetSize()}, spacing {tuple(round(s, 4) for s in fused.GetSpacing())} "
         f"(model {result.model}, {result.device}, {result.precision}, {result.fused_slices} slices fused, "
         f"{result.seconds:.1f} s of which fusion {result.stage_seconds.get('fuse', 0.0):.1f} s)"
     )
+    print("intensities: " + "; ".join(f"{role} {how}" for role, how in result.windows.items()))
     return 0
+
+
+def report_registration(registration, progress_style: str) -> None:
+    """Say on stderr which backend ran, how long it took and how confident it is; with ``--progress
+    json`` as one ``{"event": "registration", ...}`` line (``doubtful``, ``summary`` and the figures)
+    that the Slicer worker parses. A doubtful result was already warned about by the library."""
+    confidence = registration.confidence
+    if progress_style == "json":
+        event = {
+            "event": "registration", "preset": registration.preset, "backend": registration.backend,
+            "seconds": round(registration.seconds, 3), "metric_before": registration.metric_before,
+            "metric_after": registration.metric_after,
+        }
+        if confidence is not None:
+            event.update(doubtful=confidence.doubtful, summary=confidence.summary, confidence=dataclasses.asdict(confidence))
+        print(json.dumps(event), file=sys.stderr, flush=True)
+    elif progress_style == "bar":
+        print(
+            f"registration: {registration.preset} with {registration.backend} in {registration.seconds:.1f} s"
+            + ("" if confidence is None or confidence.doubtful else f"; {confidence.summary}"),
+            file=sys.stderr,
+        )

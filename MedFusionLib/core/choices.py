@@ -38,6 +38,11 @@ CT_WINDOWS: dict[str, tuple[float, float]] = {
     "bone": (400.0, 1800.0),
     "lung": (-600.0, 1500.0),
 }
+# The window "auto" applies to an image recognised as CT ("none": percentiles of raw HU, which
+# wash a CT out). Chosen by measurement (bench/bench_ct_window.py): of the candidate windows, it
+# shows the bodies of our CTs (the phantom head, two real abdomens) closest, on average, to how
+# the Harvard CT pictures the networks were trained on show a head.
+DEFAULT_CT_WINDOW = "soft-tissue"
 
 # Colour maps for functional (PET/SPECT) fusion, defined in MedFusionLib/imaging/colour.py. The
 # Harvard ones are fitted to the pictures the models were trained on.

@@ -49,7 +49,9 @@ def _option(default, flag: str, help: str, *, choices: tuple[str, ...] | None = 
 
 def parse_window(text: str | tuple[float, float] | None) -> str | tuple[float, float] | None:
     """A CT window in the form the pipeline takes: ``"bone"`` -> ``"bone"``, ``"40,80"`` or
-    ``(40, 80)`` -> ``(40.0, 80.0)`` (level, width in HU), ``None``/``"none"`` -> ``None``."""
+    ``(40, 80)`` -> ``(40.0, 80.0)`` (level, width in HU), ``"auto"`` -> ``"auto"`` (a window
+    chosen for an image recognised as CT, the percentile rule otherwise), ``None``/``"none"`` ->
+    ``None`` (the percentile rule)."""
     if text is None:
         return None
     if isinstance(text, (tuple, list)):
@@ -58,10 +60,12 @@ def parse_window(text: str | tuple[float, float] | None) -> str | tuple[float, f
         values = tuple(text.split(",", 1))
     elif text == "none":
         return None
+    elif text == "auto":
+        return "auto"
     elif text in CT_WINDOWS:
         return text
     else:
-        raise OptionsError(f"unknown CT window {text!r}; choose one of {', '.join(CT_WINDOWS)}, none, or LEVEL,WIDTH in HU")
+        raise OptionsError(f"unknown CT window {text!r}; choose one of auto, none, {', '.join(CT_WINDOWS)}, or LEVEL,WIDTH in HU")
     try:
         level, width = (float(value) for value in values)
     except (TypeError, ValueError):
@@ -71,10 +75,13 @@ def parse_window(text: str | tuple[float, float] | None) -> str | tuple[float, f
     return level, width
 
 
-def _window_text(value: str | tuple[float, float] | None) -> str | None:
-    """The canonical text of a CT window: a name, ``"LEVEL,WIDTH"`` (as ``%g``), or ``None``."""
+def _window_text(value: str | tuple[float, float] | None) -> str:
+    """The canonical text of a CT window: ``auto``, ``none`` (also for ``None``), a name, or
+    ``"LEVEL,WIDTH"`` (as ``%g``)."""
     parsed = parse_window(value)
-    if parsed is None or isinstance(parsed, str):
+    if parsed is None:
+        return "none"
+    if isinstance(parsed, str):
         return parsed
     return f"{parsed[0]:g},{parsed[1]:g}"
 
@@ -103,6 +110,9 @@ class FusionOptions:
         None, "--initial-transform", "start registration from this ITK transform file (reference -> moving points) instead of --init",
         kind="path",
     )
+    strict: bool = _option(
+        False, "--strict", "a doubtful registration (see its confidence) is an error: exit 2, nothing written", kind="switch"
+    )
     device: str = _option("auto", "--device", "compute device: auto (CUDA when usable), cpu, cuda or cuda:N", choices=DEVICE_CHOICES)
     precision: str = _option(
         "auto", "--precision",
@@ -113,11 +123,14 @@ class FusionOptions:
     batch_size: int | None = _option(None, "--batch-size", "slices per forward pass (default 1 on the CPU, 32 on CUDA)", kind="count")
     threads: int | None = _option(None, "--threads", "torch CPU threads (default: one per core)", kind="count")
     compile: bool = _option(False, "--compile", "torch.compile the model (pays off only over many volumes)", kind="switch")
-    reference_window: str | None = _option(
-        None, "--reference-window", "CT window for a CT reference: a name (" + ", ".join(CT_WINDOWS) + ") or LEVEL,WIDTH in HU",
+    reference_window: str = _option(
+        "auto", "--reference-window",
+        "display window of the reference: auto (for an image recognised as CT, the window that shows it as the "
+        "models were trained; else percentiles), none (percentiles), a name (" + ", ".join(CT_WINDOWS) + ") "
+        "or LEVEL,WIDTH in HU",
         kind="window",
     )
-    moving_window: str | None = _option(None, "--moving-window", "CT window for a CT moving image", kind="window")
+    moving_window: str = _option("auto", "--moving-window", "display window of the moving image (as --reference-window)", kind="window")
 
     # Option name -> its allowed values, for combo boxes (options with free-form values are absent).
     CHOICES: ClassVar[dict[str, tuple[str, ...]]]

@@ -9,6 +9,7 @@ the output only a bounded working set is held (README "Performance" gives the pe
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from dataclasses import dataclass, field
 from os import PathLike
@@ -20,10 +21,11 @@ import torch
 
 from MedFusionLib.core.errors import GridMismatchError, InputError
 from MedFusionLib.core.geometry import grid_differences, slicing_array_axis
-from MedFusionLib.core.choices import DEFAULT_MODEL, REGISTRATION_CHOICES  # noqa: F401  (callers read them here)
+from MedFusionLib.core.choices import DEFAULT_CT_WINDOW, DEFAULT_MODEL, REGISTRATION_CHOICES  # noqa: F401  (callers read them here)
 from MedFusionLib.fusion.options import FusionOptions
 from MedFusionLib.fusion.engine import Box, CancelCallback, SliceFuser
 from MedFusionLib.imaging.colour import rgb_to_ycbcr, ycbcr_to_rgb
+from MedFusionLib.imaging.ct import body_mask, looks_like_ct
 from MedFusionLib.io import read_image
 from MedFusionLib.models import create_model
 from MedFusionLib.core.resources import require_memory
@@ -42,6 +44,7 @@ FOREGROUND_MARGIN = 2
 # Slices normalised and fused at a time: about 16 M voxels (64 MB per float32 slab).
 SLAB_VOXELS = 16_000_000
 _EIGHT_BIT = (sitk.sitkUInt8, sitk.sitkVectorUInt8)
+_log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -55,6 +58,8 @@ class FusionResult:
     ``stage_seconds``: wall time of ``load`` (checks), ``register``, ``fuse`` (normalisation,
     boxes, the model) and ``assemble``; ``seconds`` is the whole call. ``fused_slices``: slices
     the model ran on (the others hold no foreground). ``precision``: fp32, bf16 or fp16.
+    ``windows``: how each input was mapped to [0, 1], in words, by role (``reference``,
+    ``moving``), e.g. ``"CT soft-tissue (50, 400) HU, the default for a CT"``.
     """
 
     fused: sitk.Image
@@ -66,6 +71,7 @@ class FusionResult:
     precision: str = "fp32"
     fused_slices: int = 0
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    windows: dict[str, str] = field(default_factory=dict)
 
 
 def load_image(source: ImageSource, role: str) -> sitk.Image:
@@ -219,10 +225,14 @@ def fuse_volumes(
             preset=registration,
             backend=options.backend,
             initializer=transform if transform is not None else options.init,
+            strict=options.strict,
             # Registration reports a fraction; the pipeline's stages count steps: percent.
             progress=(lambda fraction, _message: progress("register", int(round(100 * fraction)), 100)) if progress else None,
         )
         registered_luminance = registration_result.registered
+        confidence = registration_result.confidence
+        if confidence is not None and confidence.doubtful:
+            _log.warning("%s", confidence.summary)
         if progress:
             progress("register", 100, 100)
         stage_seconds["register"] = registration_result.seconds
@@ -230,10 +240,14 @@ def fuse_volumes(
     fuse_started = time.perf_counter()
     a = sitk.GetArrayViewFromImage(reference_luminance)
     b = sitk.GetArrayViewFromImage(registered_luminance)
-    scale_a = intensity_scaling(a, options.reference_window_value, reference_image.GetPixelID() in _EIGHT_BIT)
-    scale_b = intensity_scaling(b, options.moving_window_value, moving_image.GetPixelID() in _EIGHT_BIT)
+    window_a, mask_a, windows = display_window(options.reference_window_value, reference_image, reference_luminance)
+    window_b, mask_b, windows_b = display_window(options.moving_window_value, moving_image, registered_luminance)
+    windows = {"reference": windows, "moving": windows_b}
+    scale_a = intensity_scaling(a, window_a, reference_image.GetPixelID() in _EIGHT_BIT)
+    scale_b = intensity_scaling(b, window_b, moving_image.GetPixelID() in _EIGHT_BIT)
     slice_axis = slicing_array_axis(reference_image, options.axis) if a.ndim == 3 else None
-    fused, fused_slices = fuse_arrays(a, b, scale_a, scale_b, slice_axis, fuser, progress, cancel)
+    fused, fused_slices = fuse_arrays(a, b, scale_a, scale_b, slice_axis, fuser, progress, cancel, masks=(mask_a, mask_b))
+    del mask_a, mask_b
     stage_seconds["fuse"] = time.perf_counter() - fuse_started
 
     chroma = reference_chroma if reference_chroma is not None else moving_chroma
@@ -260,7 +274,35 @@ def fuse_volumes(
         precision=fuser.precision,
         fused_slices=fused_slices,
         stage_seconds=stage_seconds,
+        windows=windows,
     )
+
+
+def display_window(
+    window: str | tuple[float, float] | None, image: sitk.Image, luminance: sitk.Image
+) -> tuple[str | tuple[float, float] | None, np.ndarray | None, str]:
+    """How one input is mapped to [0, 1]: ``(window, body, description)``.
+
+    ``window``: the option's value (:func:`~MedFusionLib.fusion.options.parse_window`); ``auto``
+    becomes, for an image recognised as CT (:func:`~MedFusionLib.imaging.ct.looks_like_ct`, on
+    the input as read), :data:`~MedFusionLib.core.choices.DEFAULT_CT_WINDOW` (the window that
+    shows a CT most like the models' training pictures), else ``None`` (percentiles, or 1/255 for
+    8-bit pictures). ``body``: for a CT shown through a window, its body mask on
+    ``luminance``'s grid (uint8 array, ``[z, y, x]``), which replaces the threshold as its
+    foreground for the fusion boxes, so the table and the padding are not fused; else ``None``.
+    ``description``: the choice in words, for the output and :attr:`FusionResult.windows`.
+    """
+    is_ct = window is not None and image.GetDimension() == 3 and looks_like_ct(image)
+    if window is None or (window == "auto" and not is_ct):
+        return None, None, "percentiles" if image.GetPixelID() not in _EIGHT_BIT else "8-bit, /255"
+    mask = body_mask(luminance) if is_ct else None
+    how = "set by the user"
+    if window == "auto":
+        window, how = DEFAULT_CT_WINDOW, "the default for a CT"
+    level, width = resolve_ct_window(window)
+    name = window if isinstance(window, str) else "window"
+    description = f"CT {name} ({level:g}, {width:g}) HU, {how}"
+    return window, None if mask is None else sitk.GetArrayFromImage(mask), description
 
 
 def resolve_registration(options: FusionOptions, reference: sitk.Image, moving: sitk.Image, has_transform: bool) -> str:
@@ -287,6 +329,7 @@ def fuse_arrays(
     fuser: SliceFuser,
     progress: PipelineProgress | None = None,
     cancel: CancelCallback | None = None,
+    masks: tuple[np.ndarray | None, np.ndarray | None] = (None, None),
 ) -> tuple[np.ndarray, int]:
     """Normalise and fuse two raw arrays of one shape, slab by slab; returns ``(fused, slices)``.
 
@@ -298,7 +341,9 @@ def fuse_arrays(
     inputs, so background noise stays continuous across a box's edge instead of dropping to a
     hard zero. ``slices``: how many slices had a box. Two passes over slabs of about
     :data:`SLAB_VOXELS` voxels: boxes first (so progress knows its total), then fusion; memory
-    beyond the inputs is the output plus a few slabs.
+    beyond the inputs is the output plus a few slabs. ``masks``: per input, an array of its shape
+    (non-zero = body) that replaces the threshold as that input's foreground (a CT's body mask:
+    its table and padding are bright or dark, not anatomy), or ``None``.
     """
     stack_a = a[None] if slice_axis is None else np.moveaxis(a, slice_axis, 0)
     stack_b = b[None] if slice_axis is None else np.moveaxis(b, slice_axis, 0)
@@ -308,11 +353,16 @@ def fuse_arrays(
     slab = max(1, SLAB_VOXELS // (stack_a[0].size or 1))
     starts = range(0, count, slab)
 
+    stack_masks = [None if mask is None else (mask[None] if slice_axis is None else np.moveaxis(mask, slice_axis, 0)) for mask in masks]
     boxes: list[Box | None] = []
     kept = None  # a single slab's normalised pair is reused instead of recomputed
     for start in starts:
         pair = scale_a(stack_a[start : start + slab]), scale_b(stack_b[start : start + slab])
-        boxes += slice_boxes((pair[0] > FOREGROUND_THRESHOLD) | (pair[1] > FOREGROUND_THRESHOLD), FOREGROUND_MARGIN)
+        foreground = [
+            values > FOREGROUND_THRESHOLD if mask is None else mask[start : start + slab] > 0
+            for values, mask in zip(pair, stack_masks)
+        ]
+        boxes += slice_boxes(foreground[0] | foreground[1], FOREGROUND_MARGIN)
         kept = pair if len(starts) == 1 else None
     total = sum(box is not None for box in boxes)
     if total == 0:

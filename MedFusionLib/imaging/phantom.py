@@ -24,6 +24,9 @@ _TISSUES = {
     "white": (27.0, 380.0),
     "ventricle": (6.0, 950.0),
     "lesion": (22.0, 780.0),
+    "soft": (45.0, 300.0),
+    "bone": (700.0, 60.0),
+    "eye": (10.0, 950.0),
 }
 
 # Ellipsoids (centre, semi-axes in mm, folding), later entries overwriting earlier ones. Folding
@@ -39,6 +42,22 @@ _ANATOMY = (
     ("ventricle", (9.0, 4.0, 12.0), (5.0, 20.0, 9.0), 0.0),
     ("lesion", (26.0, -22.0, 24.0), (11.0, 11.0, 11.0), 0.0),
 )
+
+
+# A face, eyes and a neck with its spine: a real head is not symmetric front to back or top to
+# bottom, and an orientation search must have that to tell a patient turned 180° from one lying
+# as the reference does. Used by :func:`make_clinical_pair`; the face and neck come first so the
+# head overwrites them, the eyes last.
+_FACE_AND_NECK = (
+    ("soft", (0.0, -52.0, -40.0), (50.0, 40.0, 36.0), 0.0),
+    ("soft", (0.0, 12.0, -95.0), (42.0, 42.0, 55.0), 0.0),
+    ("bone", (0.0, 24.0, -100.0), (11.0, 11.0, 50.0), 0.0),
+)
+_EYES = (
+    ("eye", (-30.0, -80.0, -22.0), (12.0, 11.0, 11.0), 0.0),
+    ("eye", (30.0, -80.0, -22.0), (12.0, 11.0, 11.0), 0.0),
+)
+CLINICAL_ANATOMY = _FACE_AND_NECK + _ANATOMY + _EYES
 
 
 # Plane waves (unit direction, phase) summed into a smooth 3D field that folds the boundaries:
@@ -118,11 +137,14 @@ def _physical_points(grid: sitk.Image, world_to_anatomy: sitk.Euler3DTransform |
     return points
 
 
-def _render(grid: sitk.Image, modality: int, world_to_anatomy: sitk.Euler3DTransform | None, rng: np.random.Generator) -> sitk.Image:
-    """Evaluate the anatomy on ``grid``; ``modality`` 0 = CT, 1 = MR."""
+def _render(
+    grid: sitk.Image, modality: int, world_to_anatomy: sitk.Euler3DTransform | None, rng: np.random.Generator,
+    anatomy: tuple = _ANATOMY,
+) -> sitk.Image:
+    """Evaluate ``anatomy`` on ``grid``; ``modality`` 0 = CT, 1 = MR."""
     points = _physical_points(grid, world_to_anatomy)
     values = np.full(points.shape[1:], _TISSUES["air"][modality], dtype=np.float32)
-    for tissue, centre, semi_axes, folding in _ANATOMY:
+    for tissue, centre, semi_axes, folding in anatomy:
         values[_inside(points, centre, semi_axes, folding)] = _TISSUES[tissue][modality]
     image = sitk.GetImageFromArray(values)
     image.CopyInformation(grid)
@@ -173,3 +195,54 @@ def make_head_phantom(
     # the renderer needs, and `misalignment` itself is the reference-to-moving map.
     mr = _render(moving_grid, 1, misalignment.GetInverse(), rng)
     return HeadPhantom(ct, mr, misalignment)
+
+
+# The MR of the clinical pair: the patient turned 180° about the head-foot axis (prone in one
+# scanner, supine in the other), tilted a little, 30 mm off.
+CLINICAL_MISALIGNMENT = rigid_motion((4.0, 0.0, 180.0), (18.0, -12.0, 21.0))
+# CT padding outside the reconstruction circle, and the table's carbon-fibre top, in HU.
+CT_PADDING_HU = -2048
+TABLE_HU = 250.0
+
+
+def make_clinical_pair(
+    size: tuple[int, int, int] = (160, 160, 112),
+    spacing: tuple[float, float, float] = (1.5, 1.5, 1.5),
+    misalignment: sitk.Euler3DTransform | None = CLINICAL_MISALIGNMENT,
+    moving_spacing: tuple[float, float, float] = (1.2, 1.2, 3.0),
+    seed: int = 0,
+) -> HeadPhantom:
+    """A CT and an MR of the phantom head as two real scanners give them.
+
+    ``ct``: int16 HU on ``size``/``spacing`` (``(x, y, z)``, identity direction, centred on the
+    head), with the head's face and neck, :data:`CT_PADDING_HU` outside the axial reconstruction
+    circle (radius 48 % of the in-plane field of view) and the patient table (a 4 mm plate of
+    :data:`TABLE_HU`, curved, behind the head). ``mr``: int16 T2-like, on its own grid
+    (``moving_spacing``; thick slices) centred on the moved head, the head moved by
+    ``misalignment`` (default :data:`CLINICAL_MISALIGNMENT`: turned 180°, shifted 30 mm);
+    ``reference_to_moving`` is that motion.
+    """
+    rng = np.random.default_rng(seed)
+    misalignment = misalignment if misalignment is not None else sitk.Euler3DTransform()
+    reference_grid = _grid(size, spacing)
+    ct = sitk.GetArrayFromImage(_render(reference_grid, 0, None, rng, CLINICAL_ANATOMY))
+    x = (np.arange(size[0]) - (size[0] - 1) / 2.0) * spacing[0]
+    y = (np.arange(size[1]) - (size[1] - 1) / 2.0) * spacing[1]
+    # The table: a plate behind the head (posterior, +y; the head ends at 92 mm, a pad between), curved
+    # like a cradle.
+    top = 106.0 + x**2 / 900.0
+    table = (y[:, None] >= top[None, :]) & (y[:, None] <= top[None, :] + 4.0)
+    ct[:, table] = TABLE_HU + rng.normal(0.0, 6.0, (ct.shape[0], int(table.sum())))
+    radius = 0.48 * min(size[0] * spacing[0], size[1] * spacing[1])
+    outside = x[None, :] ** 2 + y[:, None] ** 2 > radius**2
+    ct[:, outside] = CT_PADDING_HU
+    ct_image = sitk.GetImageFromArray(np.rint(ct).astype(np.int16))
+    ct_image.CopyInformation(reference_grid)
+
+    extent = np.asarray(size) * np.asarray(spacing)
+    moving_size = tuple(int(np.ceil(e / s)) for e, s in zip(extent, moving_spacing))
+    moving_grid = _grid(moving_size, moving_spacing)
+    moving_grid.SetOrigin(tuple(np.asarray(moving_grid.GetOrigin()) + np.asarray(misalignment.TransformPoint((0.0, 0.0, 0.0)))))
+    mr = _render(moving_grid, 1, misalignment.GetInverse(), rng, CLINICAL_ANATOMY)
+    mr_image = sitk.Cast(sitk.Round(mr), sitk.sitkInt16)
+    return HeadPhantom(ct_image, mr_image, misalignment)

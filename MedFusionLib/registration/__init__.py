@@ -2,14 +2,24 @@
 
 ``register(reference, moving, preset="rigid", backend="auto")`` runs a preset (:mod:`.presets`:
 rigid, affine = rigid → affine, bspline = rigid → affine → B-spline) with mutual information, so
-CT/MR and T1/T2 pairs work, from a start that matches the two foreground centres
-(:mod:`.initialization`). It returns the moving image resampled on the reference grid and the
-transform, or raises :class:`~MedFusionLib.core.errors.RegistrationError` when the result fails the
-checks of :mod:`.checks` (no overlap, worse or no shared structure, implausible scaling, folding).
+CT/MR and T1/T2 pairs work. The default start (``initializer="auto"``) is the orientation
+search of :mod:`.orientation`: the 24 axis-aligned rotations about the two foreground centres,
+scored on coarse copies, so scans whose patients lay differently (prone/supine, head-/feet-first)
+still meet; the best starts go on to the full-resolution run. It returns the moving image
+resampled on the reference grid, the transform and a :class:`~.confidence.Confidence` (doubtful
+or not, and why), or raises :class:`~MedFusionLib.core.errors.RegistrationError` when the result
+fails the checks of :mod:`.checks` (no overlap, worse or no shared structure, implausible
+scaling, folding), or is doubtful and ``strict`` is set.
+
+A CT (:func:`~MedFusionLib.imaging.ct.looks_like_ct`) is registered with its padding set to air
+(-2048 outside the reconstruction circle would otherwise be the strongest edge in the image) and
+its foreground is its body (:func:`~MedFusionLib.imaging.ct.body_mask`), not the table.
 
 Backends: ``elastix`` (itk-elastix, or SimpleITK's own ``ElastixImageFilter`` where it was
 built with elastix) and ``simpleitk`` (``ImageRegistrationMethod``, inside every Slicer).
-``auto`` picks elastix when it can be imported.
+``auto`` picks SimpleITK for rigid and affine (as accurate, without itk-elastix's seconds of
+loading per process, see README "Registration") and elastix for B-spline when it can be
+imported (SimpleITK's B-spline stage is far slower).
 """
 
 from __future__ import annotations
@@ -23,8 +33,11 @@ import SimpleITK as sitk
 
 from MedFusionLib.core.choices import BACKEND_CHOICES
 from MedFusionLib.core.errors import InputError, RegistrationError
+from MedFusionLib.imaging.ct import AIR_HU, body_mask, looks_like_ct, without_padding
 from MedFusionLib.registration import checks, elastix_backend, simpleitk_backend
-from MedFusionLib.registration.initialization import INITIALIZERS, initial_alignment
+from MedFusionLib.registration.confidence import Confidence, assess, foreground_overlap
+from MedFusionLib.registration.initialization import INITIALIZERS, fields_of_view_intersect, initial_alignment
+from MedFusionLib.registration.orientation import DISTINCT_POSE_DEG, SearchResult, rotation_angle_between, search_orientations
 from MedFusionLib.registration.presets import PRESETS
 from MedFusionLib.registration.transforms import apply_transform, read_transform, simplify, write_transform
 
@@ -32,6 +45,7 @@ BACKENDS = BACKEND_CHOICES
 
 __all__ = [
     "BACKENDS",
+    "Confidence",
     "INITIALIZERS",
     "PRESETS",
     "RegistrationResult",
@@ -54,7 +68,10 @@ class RegistrationResult:
     :func:`apply_transform`). ``metric_before``/``metric_after``: Mattes mutual information at the
     starting alignment and after registration, negated as ITK reports it (lower is better, nats).
     ``seconds``: wall-clock time of the registration, checks and resampling (not the one-off
-    loading of itk-elastix, about 20 s once per process).
+    loading of itk-elastix, seconds once per process). ``confidence``: whether to trust the
+    result (:class:`~MedFusionLib.registration.confidence.Confidence`: ``doubtful``, ``summary``
+    and the figures behind them). ``search``: the orientation search's candidates, best first
+    (``None`` when the start was not ``auto``). ``search_seconds``: its share of ``seconds``.
     """
 
     registered: sitk.Image
@@ -64,6 +81,9 @@ class RegistrationResult:
     seconds: float
     preset: str
     backend: str
+    confidence: Confidence | None = None
+    search: SearchResult | None = None
+    search_seconds: float = 0.0
 
 
 def available_backends() -> list[str]:
@@ -79,11 +99,13 @@ def _elastix_importable() -> bool:
     return elastix_backend.simpleitk_has_elastix() or elastix_backend.itk_elastix_installed()
 
 
-def _resolve_backend(backend: str) -> str:
+def resolve_backend(backend: str, preset: str = "rigid") -> str:
+    """The concrete backend ``backend`` means for ``preset``: ``auto`` is SimpleITK for rigid and
+    affine, elastix for B-spline when it is importable (else SimpleITK)."""
     if backend not in BACKENDS:
         raise InputError(f"unknown registration backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    if backend == "simpleitk":
-        return backend
+    if backend == "simpleitk" or (backend == "auto" and preset != "bspline"):
+        return "simpleitk"
     if _elastix_importable():
         return "elastix"
     if backend == "auto":
@@ -133,6 +155,7 @@ def register(
     moving_mask: sitk.Image | None = None,
     initializer: str | sitk.Transform = "auto",
     seed: int = 0,
+    strict: bool = False,
     progress: Callable[[float, str], None] | None = None,
 ) -> RegistrationResult:
     """Register ``moving`` to ``reference`` and resample it onto the reference grid.
@@ -144,53 +167,81 @@ def register(
         backend: ``auto`` (elastix when importable, else simpleitk), ``elastix`` or ``simpleitk``.
         reference_mask, moving_mask: optional masks (non-zero = use) on the grid of their image;
             the similarity is measured only inside them.
-        initializer: the starting alignment, see
-            :func:`~MedFusionLib.registration.initialization.initial_alignment` (``auto``,
-            ``moments``, ``geometry``, ``none``) or a ``sitk.Transform`` (reference → moving).
-        seed: seed of the random metric samples; the same inputs and seed give the same result.
+        initializer: the starting alignment: ``auto`` (the orientation search of
+            :mod:`.orientation`, for images whose fields of view intersect), ``moments``,
+            ``geometry``, ``none`` (see
+            :func:`~MedFusionLib.registration.initialization.initial_alignment`) or a
+            ``sitk.Transform`` (reference → moving).
+        seed: seed of the random metric samples; the same inputs and seed give the same result
+            (up to last digits: ITK's threads add up the metric in a varying order).
+        strict: a doubtful result (see ``RegistrationResult.confidence``) raises instead of
+            being returned with a warning.
         progress: called as ``progress(fraction in [0, 1], message)`` while it runs.
 
     Raises:
         InputError: unusable inputs (not 3D, vector pixels, NaNs, masks on another grid, unknown
             preset or backend).
         RegistrationError: no overlap, or a result that is worse than the start, shares no
-            structure, mirrors, scales implausibly or folds; the message says what to try.
+            structure, mirrors, scales implausibly or folds, or (``strict``) is doubtful; the
+            message says what to try.
     """
     if preset not in PRESETS:
         raise InputError(f"unknown registration preset {preset!r}; choose one of {', '.join(PRESETS)}")
-    chosen = _resolve_backend(backend)
+    chosen = resolve_backend(backend, preset)
     started = time.perf_counter()
-    fixed = _as_float_volume(reference, "reference")
-    moving_float = _as_float_volume(moving, "moving")
+    fixed, fixed_body = _prepared(reference, "reference")
+    moving_float, moving_body = _prepared(moving, "moving")
     fixed_mask = _as_mask(reference_mask, reference, "reference")
     moving_mask_binary = _as_mask(moving_mask, moving, "moving")
 
-    fixed_region = checks.foreground(fixed, fixed_mask)
-    moving_region = checks.foreground(moving_float, moving_mask_binary)
-    start = initial_alignment(fixed, moving_float, fixed_region, moving_region, initializer)
+    fixed_region = checks.foreground(fixed, fixed_mask if fixed_mask is not None else fixed_body)
+    moving_region = checks.foreground(moving_float, moving_mask_binary if moving_mask_binary is not None else moving_body)
+    search = None
+    if isinstance(initializer, str) and initializer == "auto":
+        if not fields_of_view_intersect(fixed, moving_float):
+            initial_alignment(fixed, moving_float, fixed_region, moving_region, "auto")  # raises, saying why
+        if progress is not None:
+            progress(0.0, "orientation search (24 poses)")
+        search = search_orientations(fixed, moving_float, fixed_region, moving_region, seed)
+        starts = [candidate.transform for candidate in full_run_starts(search)]
+        checks.check_overlap(starts[0], fixed_region, moving_float, "at the starting alignment")
+    else:
+        starts = [initial_alignment(fixed, moving_float, fixed_region, moving_region, initializer)]
     if chosen == "elastix" and not elastix_backend.simpleitk_has_elastix():
         # Loading itk-elastix costs seconds once per process: not this registration's time, and
         # not worth paying for a pair the checks above already refused.
         load_started = time.perf_counter()
         elastix_backend.load_itk_elastix()
         started += time.perf_counter() - load_started
-    metric_before = checks.mutual_information(fixed_region.grid, moving_float, start, fixed_mask)
 
     run = elastix_backend.register_stages if chosen == "elastix" else simpleitk_backend.register_stages
-    try:
-        transform = run(
-            fixed, moving_float, PRESETS[preset], start, fixed_region.centroid,
-            fixed_mask, moving_mask_binary, seed, progress,
+    runs = []  # (metric after, transform, start) per start
+    for number, start in enumerate(starts):
+        step = (
+            None if progress is None
+            else (lambda fraction, message, n=number: progress((n + fraction) / len(starts), message))
         )
-    except RuntimeError as error:  # ITK/elastix exceptions arrive as RuntimeError
-        raise RegistrationError(
-            f"the {chosen} {preset} registration stopped with an error ({checks.last_line(error)}). " + checks.ADVICE
-        ) from error
-    transform = simplify(transform, fixed_region.centroid)
+        try:
+            transform = run(
+                fixed, moving_float, PRESETS[preset], start, fixed_region.centroid,
+                fixed_mask, moving_mask_binary, seed, step,
+            )
+        except RuntimeError as error:  # ITK/elastix exceptions arrive as RuntimeError
+            raise RegistrationError(
+                f"the {chosen} {preset} registration stopped with an error ({checks.last_line(error)}). " + checks.ADVICE
+            ) from error
+        transform = simplify(transform, fixed_region.centroid)
+        runs.append((checks.mutual_information(fixed_region.grid, moving_float, transform, fixed_mask), transform, start))
+    # The full-resolution metric decides between starts: the coarse level may blur the asymmetries
+    # (face, ventricles) that tell a pose from its 180° turn.
+    metric_after, transform, start = min(runs, key=lambda run: run[0])
+    metric_before = checks.mutual_information(fixed_region.grid, moving_float, start, fixed_mask)
     checks.check_plausible(transform, fixed_region, moving_float)
-    metric_after = checks.mutual_information(fixed_region.grid, moving_float, transform, fixed_mask)
     checks.check_metric(metric_before, metric_after)
-    registered = apply_transform(moving, reference, transform)
+    confidence = _confidence(transform, metric_after, fixed_region, moving_region, moving_float, search, runs)
+    if strict and confidence.doubtful:
+        raise RegistrationError(confidence.summary + " (--strict: nothing was written)")
+    registered = apply_transform(moving, reference, transform, default_value=AIR_HU if moving_body is not None else None)
     return RegistrationResult(
         registered=registered,
         transform=transform,
@@ -199,4 +250,72 @@ def register(
         seconds=time.perf_counter() - started,
         preset=preset,
         backend=chosen,
+        confidence=confidence,
+        search=search,
+        search_seconds=search.seconds if search is not None else 0.0,
     )
+
+
+# Other poses of the orientation search also get a full-resolution run when their coarse score is
+# within this share of the winner's (too close for the coarse level to decide), at most
+# MAX_FULL_RUNS runs in all.
+OTHER_STARTS_WITHIN = 0.05
+MAX_FULL_RUNS = 3
+
+
+def full_run_starts(search: SearchResult) -> list:
+    """The poses the full-resolution registration starts from: the search's winner, and the
+    distinct poses (more than 45° from each other) that scored within :data:`OTHER_STARTS_WITHIN`
+    of it, best first, at most :data:`MAX_FULL_RUNS`."""
+    centre = search.best.transform.GetCenter()
+    starts = [search.best]
+    for candidate in search.candidates[1:]:
+        if len(starts) == MAX_FULL_RUNS or candidate.metric < (1.0 - OTHER_STARTS_WITHIN) * search.best.metric:
+            break
+        if all(rotation_angle_between(candidate.transform, start.transform, centre) > DISTINCT_POSE_DEG for start in starts):
+            starts.append(candidate)
+    return starts
+
+
+def _confidence(
+    transform: sitk.Transform,
+    metric_after: float,
+    fixed_region: checks.Foreground,
+    moving_region: checks.Foreground,
+    moving: sitk.Image,
+    search: SearchResult | None,
+    runs: list,
+) -> Confidence:
+    """The confidence of the chosen ``transform``. Its orientation margin compares it with the
+    best other pose (more than 45° away): by the full-resolution metric when other poses had a
+    full run (``runs``), else by the search's coarse scores."""
+    overlap = foreground_overlap(transform, fixed_region, moving_region, moving)
+    if search is None:
+        return assess(-metric_after, overlap)
+    centre = fixed_region.centroid
+
+    def pose_of(candidate_transform) -> str:
+        angles = [rotation_angle_between(c.transform, candidate_transform, centre) for c in search.candidates]
+        return search.candidates[int(np.argmin(angles))].label
+
+    other_runs = [run for run in runs if rotation_angle_between(run[1], transform, centre) > DISTINCT_POSE_DEG]
+    if other_runs:
+        metric, other, _ = min(other_runs, key=lambda run: run[0])
+        margin = (metric - metric_after) / -metric_after if metric_after < 0 else 0.0
+        return assess(-metric_after, overlap, margin, pose=pose_of(transform), runner_up_pose=pose_of(other))
+    angles = [rotation_angle_between(c.transform, transform, centre) for c in search.candidates]
+    winner = search.candidates[int(np.argmin(angles))]
+    others = [c for c, angle in zip(search.candidates, angles) if angle > DISTINCT_POSE_DEG]
+    runner_up = max(others, key=lambda c: c.metric) if others else None
+    if runner_up is None or winner.metric <= 0:
+        return assess(-metric_after, overlap, pose=winner.label)
+    margin = (winner.metric - runner_up.metric) / winner.metric
+    return assess(-metric_after, overlap, margin, pose=winner.label, runner_up_pose=runner_up.label)
+
+
+def _prepared(image: sitk.Image, role: str) -> tuple[sitk.Image, sitk.Image | None]:
+    """The float32 image registration works on, and its body mask when it is a CT (else None)."""
+    floating = _as_float_volume(image, role)
+    if not looks_like_ct(image):
+        return floating, None
+    return without_padding(floating), body_mask(floating)

@@ -86,13 +86,17 @@ def mapped_points(transform: sitk.Transform, region: Foreground) -> np.ndarray:
     return _physical_points(grid) + sitk.GetArrayFromImage(field)
 
 
-def fraction_inside(points: np.ndarray, image: sitk.Image) -> float:
-    """Fraction of ``points`` (mm, ``(N, D)``) inside the field of view of ``image``."""
+def inside_field_of_view(points: np.ndarray, image: sitk.Image) -> np.ndarray:
+    """Which of ``points`` (mm, ``(..., D)``) lie inside the field of view of ``image``; bool ``(...)``."""
     dimension = image.GetDimension()
     matrix = np.asarray(image.GetDirection()).reshape(dimension, dimension) * np.asarray(image.GetSpacing())
     index = (points - np.asarray(image.GetOrigin())) @ np.linalg.inv(matrix).T
-    inside = np.all((index >= -0.5) & (index <= np.asarray(image.GetSize()) - 0.5), axis=1)
-    return float(inside.mean())
+    return np.all((index >= -0.5) & (index <= np.asarray(image.GetSize()) - 0.5), axis=-1)
+
+
+def fraction_inside(points: np.ndarray, image: sitk.Image) -> float:
+    """Fraction of ``points`` (mm, ``(N, D)``) inside the field of view of ``image``."""
+    return float(inside_field_of_view(points, image).mean())
 
 
 def mutual_information(
