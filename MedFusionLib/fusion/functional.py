@@ -20,18 +20,44 @@ these; nothing here reads or writes files.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import cache
 
 import numpy as np
 import SimpleITK as sitk
 
 from MedFusionLib.core.choices import FUNCTIONAL_RANGE_PERCENTILE
 from MedFusionLib.core.errors import InputError
-from MedFusionLib.imaging.colour import apply_colour_map, colour_map_luminance, rgb_to_ycbcr, ycbcr_to_rgb
+from MedFusionLib.imaging.colour import apply_colour_map, colour_map_table, rgb_to_ycbcr
 from MedFusionLib.imaging.normalization import resample_to_reference, scale_to_bounds
 
 Scaling = Callable[[np.ndarray], np.ndarray]
 # Slices coloured at a time in colourise(): bounds the float temporaries (about 16 M voxels).
 _SLAB_VOXELS = 16_000_000
+# Volumes are coloured through a table of this many steps over the display range (1/4095 of it:
+# far finer than the maps' control points and than the 8-bit output), not by interpolating the
+# map per voxel: a lookup per voxel instead of three interpolations and a colour conversion.
+_TABLE_ENTRIES = 4096
+
+
+@cache
+def _colour_tables(colour_map: str) -> tuple[np.ndarray, np.ndarray]:
+    """The map's colours as ``(luminance, chroma)``: ``(entries,)`` Y in [0, 1], and ``(entries, 3)``
+    RGB minus Y (0-255 units) — what Cb/Cr add to any Y in RGB, since YCbCr -> RGB is
+    ``RGB = Y + M (Cb - 128, Cr - 128)``: a colour's chroma is its RGB minus its luma."""
+    rgb = colour_map_table(colour_map, _TABLE_ENTRIES)
+    luma = rgb_to_ycbcr(rgb)[:, 0]
+    chroma = rgb - luma[:, None]
+    luminance = luma / np.float32(255.0)
+    luminance.setflags(write=False)
+    chroma.setflags(write=False)
+    return luminance, chroma
+
+
+def _table_index(values: np.ndarray, bounds: tuple[float, float]) -> np.ndarray:
+    """Raw values -> their row of :func:`_colour_tables` (int32, same shape)."""
+    scaled = scale_to_bounds(values, bounds)
+    scaled *= np.float32(_TABLE_ENTRIES - 1)
+    return np.rint(scaled, out=scaled).astype(np.int32)
 
 
 def functional_bounds(values: np.ndarray, display_range: tuple[float, float] | None = None) -> tuple[float, float]:
@@ -62,7 +88,8 @@ def functional_bounds(values: np.ndarray, display_range: tuple[float, float] | N
 def functional_luminance(bounds: tuple[float, float], colour_map: str) -> Scaling:
     """Raw functional values -> the luminance Y in [0, 1] of their colour (float32, same shape): what
     the fusion model is given for the functional volume, slab by slab."""
-    return lambda slab: colour_map_luminance(scale_to_bounds(slab, bounds), colour_map)
+    luminance = _colour_tables(colour_map)[0]
+    return lambda slab: luminance[_table_index(slab, bounds)]
 
 
 def colourise(
@@ -87,12 +114,13 @@ def colourise(
     functional_stack = functional.reshape(fused_stack.shape)
     out_stack = out.reshape(fused_stack.shape + (3,))
     step = max(1, _SLAB_VOXELS // max(1, fused_stack[0].size))
+    chroma = _colour_tables(colour_map)[1]
     for start in range(0, len(fused_stack), step):
-        ycbcr = rgb_to_ycbcr(
-            apply_colour_map(scale_to_bounds(functional_stack[start : start + step], bounds), colour_map)
-        )
-        ycbcr[..., 0] = fused_stack[start : start + step] * np.float32(255.0)
-        out_stack[start : start + step] = np.clip(np.rint(ycbcr_to_rgb(ycbcr)), 0, 255).astype(np.uint8)
+        # Y = 255 * fused with the colour's Cb/Cr, back in RGB: the fused Y plus the colour's chroma.
+        rgb = chroma[_table_index(functional_stack[start : start + step], bounds)]
+        rgb += fused_stack[start : start + step, ..., None] * np.float32(255.0)
+        np.clip(rgb, 0.0, 255.0, out=rgb)
+        out_stack[start : start + step] = np.rint(rgb, out=rgb)
     return out
 
 

@@ -50,12 +50,24 @@ def _gaussian_taps(sigma: float) -> torch.Tensor:
 
 
 def _smooth(stack: torch.Tensor, taps: torch.Tensor | None) -> torch.Tensor:
-    """Separable Gaussian over the last two axes of ``(N, 1, H, W)``; edges repeat the border pixels."""
+    """Separable Gaussian over the last two axes of ``(N, 1, H, W)``; edges repeat the border pixels.
+
+    As weighted sums of shifted views rather than ``conv2d``: a one-channel convolution is a poor
+    fit for the convolution kernels, and the sums are several times faster on the CPU.
+    """
     if taps is None:
         return stack
     radius = len(taps) // 2
-    rows = F.conv2d(F.pad(stack, (0, 0, radius, radius), mode="replicate"), taps.view(1, 1, -1, 1))
-    return F.conv2d(F.pad(rows, (radius, radius, 0, 0), mode="replicate"), taps.view(1, 1, 1, -1))
+    height, width = stack.shape[-2:]
+    padded = F.pad(stack, (0, 0, radius, radius), mode="replicate")
+    rows = padded[..., 0:height, :] * taps[0]
+    for k in range(1, len(taps)):
+        rows.add_(padded[..., k : k + height, :], alpha=float(taps[k]))
+    padded = F.pad(rows, (radius, radius, 0, 0), mode="replicate")
+    smoothed = padded[..., 0:width] * taps[0]
+    for k in range(1, len(taps)):
+        smoothed.add_(padded[..., k : k + width], alpha=float(taps[k]))
+    return smoothed
 
 
 def source_share(
