@@ -350,3 +350,25 @@ def test_pet_from_another_session_registers_rigidly_onto_the_mr(phantom_pair):
     )  # mm, under a PET voxel
     red, green, _ = value_at(result.fused, LESION_MM).astype(int)
     assert red > green + 80
+
+
+def test_batch_fuses_functional_cases_in_colour_and_records_a_refused_one(pet, phantom_pair, tmp_path):
+    """`medfusion batch` takes the same options: an RGB output per case; a PET that does not overlap
+    its MR is that case's error, and the other case is still done."""
+    from MedFusionLib.fusion.batch import run_batch
+
+    write_image(phantom_pair.mr, tmp_path / "mr.nii.gz")
+    write_image(pet, tmp_path / "pet.nii.gz")
+    elsewhere = sitk.Image(pet)
+    elsewhere.SetOrigin(tuple(o + 900.0 for o in pet.GetOrigin()))
+    write_image(elsewhere, tmp_path / "pet_elsewhere.nii.gz")
+    manifest = tmp_path / "cases.csv"
+    manifest.write_text("reference,moving,output\nmr.nii.gz,pet.nii.gz,a.nrrd\nmr.nii.gz,pet_elsewhere.nii.gz,b.nrrd\n")
+    options = FusionOptions(functional="hot", registration="resample", model="average", device="cpu")
+    summary = run_batch(manifest, tmp_path / "out", options)
+    statuses = {outcome.case.output.name: (outcome.status, outcome.error) for outcome in summary.outcomes}
+    assert statuses["a.nrrd"][0] == "done"
+    assert statuses["b.nrrd"][0] == "failed" and "frame of reference" in statuses["b.nrrd"][1]
+    fused = read_image(tmp_path / "out" / "a.nrrd")
+    assert fused.GetNumberOfComponentsPerPixel() == 3 and fused.GetSize() == phantom_pair.mr.GetSize()
+    assert not (tmp_path / "out" / "b.nrrd").exists()
