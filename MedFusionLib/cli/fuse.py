@@ -61,6 +61,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--save-registered", type=Path, default=None, metavar="PATH", help="also write the moving image resampled on the reference grid")
     parser.add_argument("--save-transform", type=Path, default=None, metavar="PATH", help="also write the registration transform (.tfm or .h5)")
     parser.add_argument(
+        "--source-map", type=Path, default=None, metavar="PATH",
+        help="also write the source map: per voxel, the moving image's share of the fused value (float 0-1, "
+        "0 = reference, 1 = moving, 0.5 = either), on the reference grid",
+    )
+    parser.add_argument(
         "--qa", type=Path, default=None, metavar="DIR",
         help="write QA pictures of the registration into DIR: qa.png (checkerboard and edge overlay of reference vs "
         "registered moving on three planes) and qa.json (its figures and confidence)",
@@ -85,16 +90,22 @@ def run(args: argparse.Namespace) -> int:
 
     options = FusionOptions.from_namespace(args)
     # Refuse before the slow part, not after it.
-    if options.registration == "none" and (args.save_transform is not None or args.qa is not None):
-        raise InputError("--save-transform and --qa need a registration (--registration auto, rigid, affine or bspline)")
+    if options.registration in ("none", "resample") and (args.save_transform is not None or args.qa is not None):
+        raise InputError(
+            "--save-transform and --qa need a registration (--registration auto, rigid, affine or bspline)"
+        )
     qa_files = () if args.qa is None else tuple(args.qa / name for name in QA_FILES)
-    refuse_existing_outputs((args.output, args.save_registered, args.save_transform, *qa_files), overwrite=args.overwrite)
+    refuse_existing_outputs(
+        (args.output, args.save_registered, args.save_transform, args.source_map, *qa_files), overwrite=args.overwrite
+    )
     reference = read_image(args.reference, series_uid=args.reference_series)
     moving = read_image(args.moving, series_uid=args.moving_series)
 
     show_progress, close_progress = progress_reporter(args.progress, options.model, options.registration)
     try:
-        result = fuse_volumes(reference, moving, options, progress=show_progress)
+        result = fuse_volumes(
+            reference, moving, options, progress=show_progress, source_map=args.source_map is not None
+        )
     finally:
         close_progress()
     if (args.save_transform is not None or args.qa is not None) and result.registration is None:
@@ -107,6 +118,8 @@ def run(args: argparse.Namespace) -> int:
     write_image(result.fused, args.output, overwrite=args.overwrite)
     if args.save_registered is not None:
         write_image(result.registered_moving, args.save_registered, overwrite=args.overwrite)
+    if args.source_map is not None:
+        write_image(result.source_map, args.source_map, overwrite=args.overwrite)
     if args.save_transform is not None and result.registration is not None:
         from MedFusionLib.registration import write_transform
 

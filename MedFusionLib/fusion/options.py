@@ -23,9 +23,12 @@ from MedFusionLib.core.choices import (
     AXIS_CHOICES,
     BACKEND_CHOICES,
     CT_WINDOWS,
+    DEFAULT_FUNCTIONAL_COLOUR_MAP,
     DEFAULT_MODEL,
     DEFAULT_REGISTRATION,
     DEVICE_CHOICES,
+    FUNCTIONAL_COLOUR_MAPS,
+    FUNCTIONAL_RANGE_PERCENTILE,
     INIT_CHOICES,
     MODEL_CHOICES,
     PRECISION_CHOICES,
@@ -42,7 +45,9 @@ def _option(default, flag: str, help: str, *, choices: tuple[str, ...] | None = 
     """A dataclass field carrying its command-line flag, help text, choices and value kind.
 
     ``kind``: ``text`` (a string, one of ``choices`` if given), ``count`` (a positive whole number
-    or unset), ``switch`` (a boolean flag), ``window`` (a CT window), ``path`` (a file path or unset).
+    or unset), ``switch`` (a boolean flag), ``window`` (a CT window), ``path`` (a file path or unset),
+    ``colour-map`` (unset = off, or one of ``choices``; the flag alone picks the first), ``range``
+    (``auto`` or ``LOW,HIGH``).
     """
     return field(default=default, metadata={"flag": flag, "help": help, "choices": choices, "kind": kind})
 
@@ -97,7 +102,9 @@ class FusionOptions:
     model: str = _option(DEFAULT_MODEL, "--model", "fusion network or rule (see `medfusion models`)", choices=MODEL_CHOICES)
     registration: str = _option(
         DEFAULT_REGISTRATION, "--registration",
-        "register MOVING onto REFERENCE first: auto (none when both share a voxel grid, else rigid), none, rigid, affine, bspline",
+        "register MOVING onto REFERENCE first: auto (none when both share a voxel grid, else rigid), none, "
+        "resample (no registration: resample by physical coordinates, for hybrid PET/CT, SPECT/CT, PET/MR), "
+        "rigid, affine, bspline",
         choices=REGISTRATION_CHOICES,
     )
     backend: str = _option("auto", "--backend", "registration backend", choices=BACKEND_CHOICES)
@@ -130,7 +137,21 @@ class FusionOptions:
         "or LEVEL,WIDTH in HU",
         kind="window",
     )
-    moving_window: str = _option("auto", "--moving-window", "display window of the moving image (as --reference-window)", kind="window")
+    moving_window: str = _option(
+        "auto", "--moving-window", "display window of the moving image (as --reference-window)", kind="window"
+    )
+    functional: str | None = _option(
+        None, "--functional",
+        "MOVING is a functional volume (PET, SPECT): fuse it in colour through this colour map (the flag alone: "
+        f"{DEFAULT_FUNCTIONAL_COLOUR_MAP}); the output is RGB",
+        choices=FUNCTIONAL_COLOUR_MAPS, kind="colour-map",
+    )
+    functional_range: str = _option(
+        "auto", "--functional-range",
+        "display range of the functional volume, in its units (e.g. SUV 0,10): LOW,HIGH, or auto (0 to the "
+        f"{FUNCTIONAL_RANGE_PERCENTILE:g}th percentile of its voxels above 0)",
+        kind="range",
+    )
 
     # Option name -> its allowed values, for combo boxes (options with free-form values are absent).
     CHOICES: ClassVar[dict[str, tuple[str, ...]]]
@@ -139,8 +160,12 @@ class FusionOptions:
         for spec in dataclasses.fields(self):
             value = getattr(self, spec.name)
             object.__setattr__(self, spec.name, _checked(spec, value))
-        if self.initial_transform is not None and self.registration in ("none",):
+        if self.initial_transform is not None and self.registration in ("none", "resample"):
             raise OptionsError("--initial-transform starts a registration; it needs --registration auto, rigid, affine or bspline")
+        if self.functional is None and self.functional_range != "auto":
+            raise OptionsError(
+                "--functional-range sets the display range of a functional volume; it needs --functional"
+            )
 
     # -- command line -----------------------------------------------------------------------
 
@@ -160,6 +185,12 @@ class FusionOptions:
                 help_text += f" [{'|'.join(meta['choices'])}]"
             if meta["kind"] == "switch":
                 parser.add_argument(meta["flag"], dest=spec.name, action="store_true", default=None, help=help_text)
+                continue
+            if meta["kind"] == "colour-map":
+                parser.add_argument(
+                    meta["flag"], dest=spec.name, nargs="?", const=meta["choices"][0], default=None,
+                    metavar="COLOURMAP", help=help_text,
+                )
                 continue
             if spec.default is not None:
                 help_text += f" (default {spec.default})"
@@ -224,6 +255,27 @@ class FusionOptions:
     def moving_window_value(self) -> str | tuple[float, float] | None:
         return parse_window(self.moving_window)
 
+    @property
+    def functional_range_value(self) -> tuple[float, float] | None:
+        """``(low, high)`` in the functional volume's units, or ``None`` for ``auto``."""
+        return parse_range(self.functional_range)
+
+
+def parse_range(text: str | tuple[float, float] | None) -> tuple[float, float] | None:
+    """A display range: ``"auto"``/``None`` -> ``None``; ``"0,10"`` or ``(0, 10)`` -> ``(0.0, 10.0)`` (LOW < HIGH)."""
+    if text is None or text == "auto":
+        return None
+    values = tuple(text) if isinstance(text, (tuple, list)) else tuple(str(text).split(","))
+    try:
+        low, high = (float(value) for value in values)
+    except (TypeError, ValueError):
+        raise OptionsError(
+            f"a display range is auto or LOW,HIGH in the image's units (e.g. 0,10), not {text!r}"
+        ) from None
+    if not high > low:
+        raise OptionsError(f"a display range needs LOW < HIGH, got {low:g},{high:g}")
+    return low, high
+
 
 _FIELDS = {spec.name: spec for spec in dataclasses.fields(FusionOptions)}
 FusionOptions.CHOICES = {name: spec.metadata["choices"] for name, spec in _FIELDS.items() if spec.metadata["choices"]}
@@ -252,6 +304,15 @@ def _checked(spec: dataclasses.Field, value: Any) -> Any:
         return number
     if kind == "window":
         return _window_text(value)
+    if kind == "colour-map":
+        if value is None:
+            return None
+        if value not in choices:
+            raise OptionsError(f"unknown colour map {value!r} for {flag}; choose one of {', '.join(choices)}")
+        return value
+    if kind == "range":
+        parsed = parse_range(value)
+        return "auto" if parsed is None else f"{parsed[0]:g},{parsed[1]:g}"
     if kind == "path":
         if value is None:
             return None

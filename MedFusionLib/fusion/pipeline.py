@@ -24,6 +24,8 @@ from MedFusionLib.core.geometry import grid_differences, slicing_array_axis
 from MedFusionLib.core.choices import DEFAULT_CT_WINDOW, DEFAULT_MODEL, REGISTRATION_CHOICES  # noqa: F401  (callers read them here)
 from MedFusionLib.fusion.options import FusionOptions
 from MedFusionLib.fusion.engine import Box, CancelCallback, SliceFuser
+from MedFusionLib.fusion.functional import colourise, functional_bounds, functional_luminance, resample_by_coordinates
+from MedFusionLib.fusion.source_map import source_map_array
 from MedFusionLib.imaging.colour import rgb_to_ycbcr, ycbcr_to_rgb
 from MedFusionLib.imaging.ct import body_mask, looks_like_ct
 from MedFusionLib.io import read_image
@@ -52,8 +54,10 @@ class FusionResult:
     """What :func:`fuse_volumes` returns.
 
     ``fused``: float32 in [0, 1] with the reference's size, spacing, origin and direction; for a
-    colour 2D input, an RGB uint8 image (the fused luminance with the colour source's chroma).
-    ``registered_moving``: the moving image on the reference grid, original intensities.
+    colour 2D input, an RGB uint8 image (the fused luminance with the colour source's chroma);
+    with ``functional``, an RGB uint8 image (2D or 3D) coloured through the colour map.
+    ``registered_moving``: the moving image on the reference grid, original intensities (also
+    after ``resample``).
     ``registration``: the registration result (transform, metric before/after), ``None`` without.
     ``stage_seconds``: wall time of ``load`` (checks), ``register``, ``fuse`` (normalisation,
     boxes, the model) and ``assemble``; ``seconds`` is the whole call. ``fused_slices``: slices
@@ -72,6 +76,9 @@ class FusionResult:
     fused_slices: int = 0
     stage_seconds: dict[str, float] = field(default_factory=dict)
     windows: dict[str, str] = field(default_factory=dict)
+    # Per voxel, the share of the moving image in the fused value (float32 in [0, 1], 0 = reference,
+    # 1 = moving; MedFusionLib.fusion.source_map) on the reference grid; None unless asked for.
+    source_map: sitk.Image | None = None
 
 
 def load_image(source: ImageSource, role: str) -> sitk.Image:
@@ -146,6 +153,7 @@ def fuse_volumes(
     progress: PipelineProgress | None = None,
     cancel: CancelCallback | None = None,
     pretrained: bool = True,
+    source_map: bool = False,
     **overrides,
 ) -> FusionResult:
     """Fuse ``moving`` into ``reference`` and return the result on the reference grid.
@@ -162,13 +170,18 @@ def fuse_volumes(
             (slices); ``cancel()`` returning True stops the run with
             :class:`~MedFusionLib.core.errors.FusionCancelled`. Nothing is written by this function.
         pretrained: load the shipped weights of a named network (``False``: random weights, for tests).
+        source_map: also compute :attr:`FusionResult.source_map` (one more float32 volume).
 
     The options, as applied here: ``registration`` ``none`` requires the two to share a voxel
     grid; ``auto`` registers rigidly unless they do; ``rigid``/``affine``/``bspline`` register
     ``moving`` onto ``reference`` (3D only: 2D pictures must already be aligned, as the benchmark
     pairs are). Windows: a CT window for a CT input; without one, 8-bit pictures are scaled by
     1/255 and anything else is normalised per volume
-    (:func:`~MedFusionLib.imaging.normalization.normalize_intensity`).
+    (:func:`~MedFusionLib.imaging.normalization.normalize_intensity`). ``resample`` puts ``moving``
+    on the reference grid by physical coordinates, without registration (hybrid scanners), and
+    refuses a pair that does not overlap in space. ``functional`` (a colour map's name) takes
+    ``moving`` as a scalar functional volume (PET, SPECT) and fuses it in colour
+    (:mod:`~MedFusionLib.fusion.functional`): ``fused`` is then RGB uint8 on the reference grid.
     """
     network = overrides.pop("model") if isinstance(overrides.get("model"), torch.nn.Module) else None
     transform = overrides.pop("initial_transform") if isinstance(overrides.get("initial_transform"), sitk.Transform) else None
@@ -182,12 +195,17 @@ def fuse_volumes(
             f"the reference is {reference_image.GetDimension()}D but the moving image is "
             f"{moving_image.GetDimension()}D; give two volumes or two 2D images"
         )
+    if options.functional is not None and moving_image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(
+            "--functional colours a scalar functional volume, but the moving image is already in colour; "
+            "fuse it without --functional (its colours are kept), or give the PET/SPECT volume itself"
+        )
     registration = resolve_registration(options, reference_image, moving_image, transform is not None)
     # Beyond the inputs: the float32 result and its copy into the output image, plus one
     # transient copy for the percentiles; registration adds the resampled moving image. Slabs
     # are bounded by SLAB_VOXELS.
     require_memory(
-        (3 + (registration != "none")) * 4 * reference_image.GetNumberOfPixels(),
+        (3 + (registration != "none") + source_map) * 4 * reference_image.GetNumberOfPixels(),
         f"fusing on a {'×'.join(map(str, reference_image.GetSize()))} reference grid",
     )
     # Build the model before the slow steps, so a wrong name or missing weights fail at once.
@@ -211,6 +229,8 @@ def fuse_volumes(
                 "or resample the moving image onto the reference grid first."
             )
         registered_luminance = moving_luminance
+    elif registration == "resample":
+        registered_luminance = resample_by_coordinates(reference_luminance, moving_luminance)
     else:
         from MedFusionLib.registration import read_transform, register  # heavy (elastix): only when asked
 
@@ -241,25 +261,41 @@ def fuse_volumes(
     a = sitk.GetArrayViewFromImage(reference_luminance)
     b = sitk.GetArrayViewFromImage(registered_luminance)
     window_a, mask_a, windows = display_window(options.reference_window_value, reference_image, reference_luminance)
-    window_b, mask_b, windows_b = display_window(options.moving_window_value, moving_image, registered_luminance)
-    windows = {"reference": windows, "moving": windows_b}
     scale_a = intensity_scaling(a, window_a, reference_image.GetPixelID() in _EIGHT_BIT)
-    scale_b = intensity_scaling(b, window_b, moving_image.GetPixelID() in _EIGHT_BIT)
+    if options.functional is None:
+        window_b, mask_b, windows_b = display_window(options.moving_window_value, moving_image, registered_luminance)
+        scale_b = intensity_scaling(b, window_b, moving_image.GetPixelID() in _EIGHT_BIT)
+    else:
+        # The display range comes from the functional volume as acquired, not from its resampled copy.
+        bounds = functional_bounds(sitk.GetArrayViewFromImage(moving_image), options.functional_range_value)
+        scale_b, mask_b = functional_luminance(bounds, options.functional), None
+        windows_b = f"functional, colour map {options.functional} over {bounds[0]:g} to {bounds[1]:g}"
+    windows = {"reference": windows, "moving": windows_b}
     slice_axis = slicing_array_axis(reference_image, options.axis) if a.ndim == 3 else None
     fused, fused_slices = fuse_arrays(a, b, scale_a, scale_b, slice_axis, fuser, progress, cancel, masks=(mask_a, mask_b))
     del mask_a, mask_b
     stage_seconds["fuse"] = time.perf_counter() - fuse_started
 
     chroma = reference_chroma if reference_chroma is not None else moving_chroma
-    if chroma is None:
+    if options.functional is not None:
+        fused_image = sitk.GetImageFromArray(colourise(fused, b, bounds, options.functional), isVector=True)
+    elif chroma is None:
         fused_image = sitk.GetImageFromArray(fused)
     else:
         rgb = ycbcr_to_rgb(np.concatenate([fused[..., None] * 255.0, chroma], axis=-1))
         fused_image = sitk.GetImageFromArray(np.clip(np.rint(rgb), 0, 255).astype(np.uint8), isVector=True)
     fused_image.CopyInformation(reference_image)
+    source_map_image = None
+    if source_map:
+        share = source_map_array(a, b, scale_a, scale_b, fused, slice_axis, SLAB_VOXELS)
+        source_map_image = sitk.GetImageFromArray(share)
+        del share
+        source_map_image.CopyInformation(reference_image)
 
     del fused  # the image holds its own copy
-    if registration_result is None:
+    if registration == "resample":
+        registered_moving = registered_luminance
+    elif registration_result is None:
         registered_moving = moving_image
     else:
         registered_moving = registration_result.registered
@@ -275,6 +311,7 @@ def fuse_volumes(
         fused_slices=fused_slices,
         stage_seconds=stage_seconds,
         windows=windows,
+        source_map=source_map_image,
     )
 
 
