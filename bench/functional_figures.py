@@ -98,7 +98,9 @@ def phantom_functional(out: Path, model: str) -> None:
     phantom = make_head_phantom(seed=3)  # CT and MR on one 1.25 × 1.25 × 1.5 mm grid
     pet = make_functional_phantom("pet", seed=3)
     started = time.perf_counter()
-    colour = fuse_volumes(phantom.mr, pet, model=model, registration="resample", functional="harvard-pet", device="cpu")
+    colour = fuse_volumes(
+        phantom.mr, pet, model=model, registration="resample", functional="harvard-pet", device="cpu", source_map=True
+    )
     seconds = time.perf_counter() - started
     grey = fuse_volumes(
         phantom.mr, resample_by_coordinates(phantom.mr, pet), model=model, registration="none", device="cpu"
@@ -120,7 +122,21 @@ def phantom_functional(out: Path, model: str) -> None:
     save_figure(figure, out / "functional-phantom.png", overwrite=True)
     print(
         f"\nphantom MR {phantom.mr.GetSize()} + PET {pet.GetSize()} at {pet.GetSpacing()} mm, {model}: "
-        f"{seconds:.1f} s ({colour.fused_slices} slices); moving scaled as: {colour.windows['moving']}"
+        f"{seconds:.1f} s ({colour.fused_slices} slices, with the source map); moving scaled as: "
+        f"{colour.windows['moving']}"
+    )
+    uptake = sitk.GetArrayFromImage(resample_by_coordinates(phantom.mr, pet))
+    mr = sitk.GetArrayFromImage(phantom.mr)
+    brain = (uptake > 0.25 * bounds[1]) & (mr > 250)
+    share_table(
+        f"phantom MR (reference) / PET luminance through harvard-pet (moving), {model}",
+        sitk.GetArrayFromImage(colour.source_map),
+        {
+            "hot (uptake above the range's top)": uptake >= bounds[1],
+            "cortex (uptake 60-95 % of the top)": (uptake > 0.6 * bounds[1]) & (uptake < 0.95 * bounds[1]),
+            "white matter (uptake 25-45 %)": brain & (uptake < 0.45 * bounds[1]),
+            "ventricles (MR > 800, uptake < 25 %)": (mr > 800) & (uptake < 0.25 * bounds[1]) & (uptake > 0),
+        },
     )
 
 
