@@ -17,7 +17,7 @@ writing or registration; the model is built before the clock starts). Per row: m
 slice of the volume, seconds per volume, voxels per second, speed-up over naive, peak memory
 (resident-set growth above the level before the row, sampled every 5 ms; on CUDA the peak
 allocated by torch), and the largest absolute difference from the naive output; with
-``repeats`` > 1 each row is the fastest run (shared machines vary by 10-15 % between runs). Registration
+``repeats`` > 1 each row is the fastest run (the least disturbed on a shared machine). Registration
 rows time :func:`MedFusionLib.registration.register` per preset and backend on the moving volume
 displaced by a fixed rigid motion (itk-elastix's one-off library load is shown apart).
 """
