@@ -19,9 +19,16 @@ import pytest
 import SimpleITK as sitk
 from scipy import ndimage
 
-from MedFusionLib.fusion.pipeline import display_window, fuse_volumes
 from MedFusionLib.core.choices import DEFAULT_CT_WINDOW
-from MedFusionLib.imaging.ct import AIR_HU, TRAINING_CT_QUANTILES, body_mask, looks_like_ct, window_distances, without_padding
+from MedFusionLib.fusion.pipeline import display_window, fuse_volumes
+from MedFusionLib.imaging.ct import (
+    AIR_HU,
+    TRAINING_CT_QUANTILES,
+    body_mask,
+    looks_like_ct,
+    window_distances,
+    without_padding,
+)
 from MedFusionLib.imaging.normalization import normalize_intensity, slice_boxes
 from MedFusionLib.imaging.phantom import CT_PADDING_HU, TABLE_HU, make_clinical_pair
 from MedFusionLib.io import read_image
@@ -182,7 +189,9 @@ def test_real_ct_fused_with_its_window_and_body_boxes(real_ct):
         row_start, row_stop, column_start, column_stop = box
         body_rows = np.flatnonzero(((values[index] > -500) & mask[index]).any(axis=1))
         body_columns = np.flatnonzero(((values[index] > -500) & mask[index]).any(axis=0))  # the arms are outermost
-        assert column_start <= body_columns.min() and column_stop > body_columns.max(), f"slice {index}: an arm is cut off"
+        assert column_start <= body_columns.min() and column_stop > body_columns.max(), (
+            f"slice {index}: an arm is cut off"
+        )
         # The box ends at the patient's back (plus the mask's 3 mm rim and the box margin), not below
         # the table; a rectangle still holds the table's rim where it curves up beside the back.
         assert row_stop <= body_rows.max() + 8, f"slice {index}: the box reaches below the body"

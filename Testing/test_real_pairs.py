@@ -51,7 +51,9 @@ def turned(image: sitk.Image, rotation: np.ndarray, shift, centre) -> tuple[sitk
 @pytest.fixture(scope="module")
 def phantom():
     """Phantom CT (HU, -2048 circle, table) and its MR on the same anatomy, 3 mm grids."""
-    pair = make_clinical_pair(size=(80, 80, 64), spacing=(3.0, 3.0, 3.0), misalignment=None, moving_spacing=(3.0, 3.0, 3.0), seed=5)
+    pair = make_clinical_pair(
+        size=(80, 80, 64), spacing=(3.0, 3.0, 3.0), misalignment=None, moving_spacing=(3.0, 3.0, 3.0), seed=5
+    )
     head = sitk.GetArrayFromImage(pair.ct) > -500
     y_mm = (np.arange(80) - 79 / 2.0) * 3.0
     head &= y_mm[None, :, None] < 94.0  # not the table, which starts 106 mm behind the head's centre
@@ -135,8 +137,19 @@ def test_cli_fuse_warns_reports_json_and_strict_writes_nothing(tmp_path, phantom
     sitk.WriteImage(ct, str(tmp_path / "ct.nrrd"))
     sitk.WriteImage(noise_like_mr, str(tmp_path / "noise.nrrd"))
     output = tmp_path / "fused.nrrd"
-    common = ["fuse", str(tmp_path / "ct.nrrd"), str(tmp_path / "noise.nrrd"), "-o", str(output), "--model", "average",
-              "--registration", "rigid", "--init", "geometry"]
+    common = [
+        "fuse",
+        str(tmp_path / "ct.nrrd"),
+        str(tmp_path / "noise.nrrd"),
+        "-o",
+        str(output),
+        "--model",
+        "average",
+        "--registration",
+        "rigid",
+        "--init",
+        "geometry",
+    ]
 
     assert main([*common, "--strict"]) == 2
     assert "doubtful" in capsys.readouterr().err
@@ -160,7 +173,21 @@ def test_cli_register_strict_exit_2_and_qa_of_a_good_pair(tmp_path, phantom, cap
     sitk.WriteImage(ct, str(tmp_path / "ct.nrrd"))
     sitk.WriteImage(moving, str(tmp_path / "mr.nrrd"))
     out = tmp_path / "mr_on_ct.nrrd"
-    assert main(["register", str(tmp_path / "ct.nrrd"), str(tmp_path / "mr.nrrd"), "-o", str(out), "--strict", "--qa", str(tmp_path / "qa")]) == 0
+    assert (
+        main(
+            [
+                "register",
+                str(tmp_path / "ct.nrrd"),
+                str(tmp_path / "mr.nrrd"),
+                "-o",
+                str(out),
+                "--strict",
+                "--qa",
+                str(tmp_path / "qa"),
+            ]
+        )
+        == 0
+    )
     err = capsys.readouterr().err
     assert "(simpleitk)" in err and "looks right" in err
     figures = json.loads((tmp_path / "qa" / "qa.json").read_text())

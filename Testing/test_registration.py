@@ -16,6 +16,13 @@ import SimpleITK as sitk
 
 from MedFusionLib.cli import main
 from MedFusionLib.core.errors import InputError, OutputExistsError, RegistrationError
+from MedFusionLib.devtools.registration_accuracy import (
+    random_rigid,
+    rigid_errors,
+    smooth_deformation,
+    target_registration_errors,
+    warp_with_known_transform,
+)
 from MedFusionLib.imaging.phantom import make_head_phantom, rigid_motion
 from MedFusionLib.registration import (
     apply_transform,
@@ -23,13 +30,6 @@ from MedFusionLib.registration import (
     read_transform,
     register,
     write_transform,
-)
-from MedFusionLib.devtools.registration_accuracy import (
-    random_rigid,
-    rigid_errors,
-    smooth_deformation,
-    target_registration_errors,
-    warp_with_known_transform,
 )
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -117,7 +117,9 @@ def test_affine_preset_recovers_scaling_and_shear(backend, aligned, head_mask):
     truth.SetTranslation((5.0, -4.0, 3.0))
     moving = warp_with_known_transform(mr, truth)
 
-    rigid_tre = target_registration_errors(register(reference, moving, "rigid", backend).transform, truth, reference, head_mask)
+    rigid_tre = target_registration_errors(
+        register(reference, moving, "rigid", backend).transform, truth, reference, head_mask
+    )
     result = register(reference, moving, preset="affine", backend=backend)
     tre = target_registration_errors(result.transform, truth, reference, head_mask)
     assert tre.mean() <= 0.3, f"mean TRE {tre.mean():.3f} mm"
@@ -178,7 +180,9 @@ def test_no_overlap_without_initialisation_raises(aligned):
 
 def test_unrelated_images_raise_instead_of_a_silent_result(aligned):
     reference, _ = aligned
-    noise = sitk.GetImageFromArray(np.random.default_rng(0).normal(100.0, 20.0, sitk.GetArrayViewFromImage(reference).shape).astype(np.float32))
+    noise = sitk.GetImageFromArray(
+        np.random.default_rng(0).normal(100.0, 20.0, sitk.GetArrayViewFromImage(reference).shape).astype(np.float32)
+    )
     noise.CopyInformation(reference)
     with pytest.raises(RegistrationError):
         register(reference, noise, preset="affine", backend="simpleitk")
@@ -211,7 +215,13 @@ def test_masks_restrict_the_metric(rigid_pair, head_mask):
 def test_progress_is_reported_from_start_to_end(aligned):
     reference, mr = aligned
     fractions: list[float] = []
-    register(reference, mr, preset="affine", backend="simpleitk", progress=lambda fraction, _message: fractions.append(fraction))
+    register(
+        reference,
+        mr,
+        preset="affine",
+        backend="simpleitk",
+        progress=lambda fraction, _message: fractions.append(fraction),
+    )
     assert fractions[-1] == 1.0
     assert fractions == sorted(fractions) and fractions[0] < 0.5
 
@@ -245,7 +255,9 @@ def test_elastix_result_converts_exactly_to_simpleitk(deformed_pair, tmp_path):
     # Exactness of the conversion does not need convergence: few iterations keep this quick.
     stages = [dataclasses.replace(stage, iterations=40) for stage in PRESETS["bspline"]]
     maps = [elastix_backend._stage_map(fixed, floating, stage, 0, (0.0, 0.0, 0.0)) for stage in stages]
-    result_maps = elastix_backend._run_itk_elastix(fixed, floating, maps, elastix_backend._affine_map(np.eye(3), np.array([1.0, -2.0, 0.5]), fixed), None, None)
+    result_maps = elastix_backend._run_itk_elastix(
+        fixed, floating, maps, elastix_backend._affine_map(np.eye(3), np.array([1.0, -2.0, 0.5]), fixed), None, None
+    )
     parameters = itk.ParameterObject.New()
     for result_map in result_maps:
         parameters.AddParameterMap(result_map)
@@ -257,7 +269,9 @@ def test_elastix_result_converts_exactly_to_simpleitk(deformed_pair, tmp_path):
     transformix.UpdateLargestPossibleRegion()
     transformix_field = itk.GetArrayFromImage(transformix.GetOutputDeformationField())
     converted = sitk.CompositeTransform([elastix_backend._to_simpleitk(m) for m in result_maps[-3:]][::-1] + [start])
-    field = sitk.TransformToDisplacementField(converted, sitk.sitkVectorFloat64, fixed.GetSize(), fixed.GetOrigin(), fixed.GetSpacing(), fixed.GetDirection())
+    field = sitk.TransformToDisplacementField(
+        converted, sitk.sitkVectorFloat64, fixed.GetSize(), fixed.GetOrigin(), fixed.GetSpacing(), fixed.GetDirection()
+    )
     assert np.abs(sitk.GetArrayViewFromImage(field) - transformix_field).max() < 1e-3
 
 
@@ -290,7 +304,19 @@ def test_cli_register_writes_the_image_and_a_slicer_transform(tmp_path, rigid_pa
     sitk.WriteImage(reference, str(tmp_path / "ct.nii.gz"))
     sitk.WriteImage(moving, str(tmp_path / "mr.nii.gz"))
     output, transform = tmp_path / "mr_on_ct.nii.gz", tmp_path / "mr_to_ct.tfm"
-    status = main(["register", str(tmp_path / "ct.nii.gz"), str(tmp_path / "mr.nii.gz"), "-o", str(output), "--backend", "simpleitk", "--transform", str(transform)])
+    status = main(
+        [
+            "register",
+            str(tmp_path / "ct.nii.gz"),
+            str(tmp_path / "mr.nii.gz"),
+            "-o",
+            str(output),
+            "--backend",
+            "simpleitk",
+            "--transform",
+            str(transform),
+        ]
+    )
     assert status == 0
     written = sitk.ReadImage(str(output))
     assert written.GetSize() == reference.GetSize() and np.allclose(written.GetOrigin(), reference.GetOrigin())
@@ -304,7 +330,17 @@ def test_cli_register_writes_nothing_for_an_impossible_pair(tmp_path, aligned, c
     sitk.WriteImage(reference, str(tmp_path / "ct.nii.gz"))
     sitk.WriteImage(far_away, str(tmp_path / "elsewhere.nii.gz"))
     output, transform = tmp_path / "out.nii.gz", tmp_path / "out.tfm"
-    status = main(["register", str(tmp_path / "ct.nii.gz"), str(tmp_path / "elsewhere.nii.gz"), "-o", str(output), "--transform", str(transform)])
+    status = main(
+        [
+            "register",
+            str(tmp_path / "ct.nii.gz"),
+            str(tmp_path / "elsewhere.nii.gz"),
+            "-o",
+            str(output),
+            "--transform",
+            str(transform),
+        ]
+    )
     assert status == 2
     assert "share no physical space" in capsys.readouterr().err
     assert not output.exists() and not transform.exists()

@@ -47,8 +47,15 @@ def main() -> None:
     else:
         print(f"Harvard CT quantiles 5..95 %: {np.round(measured, 3).tolist()}")
         print(f"stored in imaging/ct.py:      {list(TRAINING_CT_QUANTILES)}")
-    images = {"phantom head CT (HU, -2048 padding, table)": make_clinical_pair(size=(128, 128, 96), spacing=(1.8, 1.8, 2.0)).ct}
-    for name, path in (("real abdomen CT (DICOM)", DATA / "ct" / "abdomen_ct_dicom"), ("real abdomen CT (3 mm)", DATA / "ct" / "abdomen_ct_3mm.nii.gz")):
+    images = {
+        "phantom head CT (HU, -2048 padding, table)": make_clinical_pair(
+            size=(128, 128, 96), spacing=(1.8, 1.8, 2.0)
+        ).ct
+    }
+    for name, path in (
+        ("real abdomen CT (DICOM)", DATA / "ct" / "abdomen_ct_dicom"),
+        ("real abdomen CT (3 mm)", DATA / "ct" / "abdomen_ct_3mm.nii.gz"),
+    ):
         if path.exists():
             images[name] = read_image(path)
     print()

@@ -27,9 +27,8 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from MedFusionLib.devtools.benchmark import PeakMemory
 from MedFusionLib.core.errors import RegistrationError
-from MedFusionLib.registration import available_backends, register
+from MedFusionLib.devtools.benchmark import PeakMemory
 from MedFusionLib.devtools.registration_accuracy import (
     random_rigid,
     rigid_errors,
@@ -37,6 +36,7 @@ from MedFusionLib.devtools.registration_accuracy import (
     target_registration_errors,
     warp_with_known_transform,
 )
+from MedFusionLib.registration import available_backends, register
 from MedFusionLib.registration.elastix_backend import (
     load_itk_elastix,
     simpleitk_has_elastix,
@@ -74,7 +74,9 @@ def main() -> None:
     t2 = sitk.ReadImage(str(case / "t2.nii.gz"))
     brain = sitk.GetArrayFromImage(t1) > 0
     centre = t1.TransformContinuousIndexToPhysicalPoint([float(v) for v in np.argwhere(brain).mean(axis=0)[::-1]])
-    print(f"case {args.case}: T2 moved onto T1, {t1.GetSize()} voxels of {t1.GetSpacing()} mm, {brain.sum()} brain voxels")
+    print(
+        f"case {args.case}: T2 moved onto T1, {t1.GetSize()} voxels of {t1.GetSpacing()} mm, {brain.sum()} brain voxels"
+    )
     print(f"ITK threads {sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()}")
     if "elastix" in backends and not simpleitk_has_elastix():
         started = time.perf_counter()
@@ -84,7 +86,10 @@ def main() -> None:
     rng = np.random.default_rng(args.seed)
     if "rigid" in presets:
         print("\nrigid recovery: rotations up to 15° per axis, translations up to 20 mm per axis")
-        header = f"{'draw':>4} {'truth rot (°)':>22} {'truth shift (mm)':>22} {'backend':>9} {'rot err °':>9} {'shift err':>9} {'TRE mean':>8} {'TRE max':>7} {'wall s':>6} {'cpu s':>6} {'peak MiB':>8}"
+        header = (
+            f"{'draw':>4} {'truth rot (°)':>22} {'truth shift (mm)':>22} {'backend':>9} {'rot err °':>9} "
+            f"{'shift err':>9} {'TRE mean':>8} {'TRE max':>7} {'wall s':>6} {'cpu s':>6} {'peak MiB':>8}"
+        )
         print(header)
         for draw in range(args.draws):
             truth = random_rigid(rng, centre, 15.0, 20.0)
@@ -93,20 +98,29 @@ def main() -> None:
             shift = truth.GetParameters()[3:]
             for backend in backends:
                 result, wall, cpu, peak = timed_register(t1, moving, "rigid", backend)
-                prefix = f"{draw:>4} {np.array2string(angles, precision=1):>22} {np.array2string(np.asarray(shift), precision=1):>22} {backend:>9}"
+                prefix = (
+                    f"{draw:>4} {np.array2string(angles, precision=1):>22} "
+                    f"{np.array2string(np.asarray(shift), precision=1):>22} {backend:>9}"
+                )
                 if isinstance(result, str):
                     print(f"{prefix} {result}")
                     continue
                 rotation, translation = rigid_errors(result.transform, truth, centre)
                 tre = target_registration_errors(result.transform, truth, t1, brain)
-                print(f"{prefix} {rotation:>9.3f} {translation:>9.3f} {tre.mean():>8.3f} {tre.max():>7.3f} {wall:>6.2f} {cpu:>6.2f} {peak:>8.0f}")
+                print(
+                    f"{prefix} {rotation:>9.3f} {translation:>9.3f} {tre.mean():>8.3f} {tre.max():>7.3f} "
+                    f"{wall:>6.2f} {cpu:>6.2f} {peak:>8.0f}"
+                )
 
     if presets == ["rigid"]:
         return
     print("\nsmooth deformation: rigid ±4°/±5 mm plus B-spline (40 mm control points, up to ±6 mm)")
     truth = sitk.CompositeTransform([random_rigid(rng, centre, 4.0, 5.0), smooth_deformation(t2, rng, 40.0, 6.0)])
     moving = warp_with_known_transform(t2, truth)
-    print(f"{'preset':>8} {'backend':>9} {'TRE mean':>8} {'TRE max':>7} {'vs rigid':>8} {'MI before':>9} {'MI after':>8} {'wall s':>6} {'cpu s':>6} {'peak MiB':>8}")
+    print(
+        f"{'preset':>8} {'backend':>9} {'TRE mean':>8} {'TRE max':>7} {'vs rigid':>8} {'MI before':>9} "
+        f"{'MI after':>8} {'wall s':>6} {'cpu s':>6} {'peak MiB':>8}"
+    )
     for backend in backends:
         rigid_mean = None
         for preset in presets:
@@ -118,7 +132,8 @@ def main() -> None:
             rigid_mean = tre.mean() if preset == "rigid" else rigid_mean
             relative = f"{tre.mean() / rigid_mean:>7.0%}" if rigid_mean else f"{'':>8}"
             print(
-                f"{preset:>8} {backend:>9} {tre.mean():>8.3f} {tre.max():>7.3f} {relative:>8} {-result.metric_before:>9.3f} "
+                f"{preset:>8} {backend:>9} {tre.mean():>8.3f} {tre.max():>7.3f} {relative:>8} "
+                f"{-result.metric_before:>9.3f} "
                 f"{-result.metric_after:>8.3f} {wall:>6.2f} {cpu:>6.2f} {peak:>8.0f}"
             )
 

@@ -8,10 +8,22 @@ import sys
 import time
 from pathlib import Path
 
-from MedFusionLib.core.choices import DEFAULT_CT_WINDOW, DEFAULT_MODEL, DEVICE_CHOICES, MODEL_CHOICES, REGISTRATION_PRESETS
+from MedFusionLib.core.choices import (
+    DEFAULT_CT_WINDOW,
+    DEFAULT_MODEL,
+    DEVICE_CHOICES,
+    MODEL_CHOICES,
+    REGISTRATION_PRESETS,
+)
 
 DEMO_FILES = (
-    "reference_ct.nii.gz", "moving_mr.nii.gz", "registered_mr.nii.gz", "fused.nii.gz", "fusion.png", "qa.png", "qa.json",
+    "reference_ct.nii.gz",
+    "moving_mr.nii.gz",
+    "registered_mr.nii.gz",
+    "fused.nii.gz",
+    "fusion.png",
+    "qa.png",
+    "qa.json",
 )
 
 
@@ -25,9 +37,19 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "them, and writes the volumes, a PNG figure and the registration's QA picture. "
         f"The demo's own files in the output directory ({', '.join(DEMO_FILES)}) are replaced on every run.",
     )
-    parser.add_argument("-o", "--output-dir", type=Path, default=Path("medfusion-demo"), help="where to write (default ./medfusion-demo)")
-    parser.add_argument("--model", default=DEFAULT_MODEL, choices=MODEL_CHOICES, help=f"fusion model (default {DEFAULT_MODEL})")
-    parser.add_argument("--registration", choices=REGISTRATION_PRESETS, default="rigid", help="registration preset (default rigid)")
+    parser.add_argument(
+        "-o",
+        "--output-dir",
+        type=Path,
+        default=Path("medfusion-demo"),
+        help="where to write (default ./medfusion-demo)",
+    )
+    parser.add_argument(
+        "--model", default=DEFAULT_MODEL, choices=MODEL_CHOICES, help=f"fusion model (default {DEFAULT_MODEL})"
+    )
+    parser.add_argument(
+        "--registration", choices=REGISTRATION_PRESETS, default="rigid", help="registration preset (default rigid)"
+    )
     parser.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
     return parser
 
@@ -52,7 +74,12 @@ def run(args: argparse.Namespace) -> int:
     show_progress, close_progress = progress_reporter("bar", args.model, args.registration)
     try:
         result = fuse_volumes(
-            phantom.ct, phantom.mr, model=args.model, registration=args.registration, device=args.device, progress=show_progress
+            phantom.ct,
+            phantom.mr,
+            model=args.model,
+            registration=args.registration,
+            device=args.device,
+            progress=show_progress,
         )
     finally:
         close_progress()
@@ -64,10 +91,16 @@ def run(args: argparse.Namespace) -> int:
     write_image(result.fused, paths["fused.nii.gz"], overwrite=True)
     # The CT as fusion saw it (its window), not by percentiles of raw HU, which wash it out.
     window = DEFAULT_CT_WINDOW
-    ct_shown = sitk.GetImageFromArray(apply_ct_window(sitk.GetArrayViewFromImage(phantom.ct), window).astype(np.float32))
+    ct_shown = sitk.GetImageFromArray(
+        apply_ct_window(sitk.GetArrayViewFromImage(phantom.ct), window).astype(np.float32)
+    )
     ct_shown.CopyInformation(phantom.ct)
     figure = comparison_figure(
-        {f"CT ({window} window)": ct_shown, "MR (registered)": result.registered_moving, f"fused ({result.model})": result.fused},
+        {
+            f"CT ({window} window)": ct_shown,
+            "MR (registered)": result.registered_moving,
+            f"fused ({result.model})": result.fused,
+        },
         planes=("axial", "coronal"),
     )
     save_figure(figure, paths["fusion.png"], overwrite=True)

@@ -151,7 +151,9 @@ def report_registration(registration, progress_style: str) -> None:
             "metric_after": registration.metric_after,
         }
         if confidence is not None:
-            event.update(doubtful=confidence.doubtful, summary=confidence.summary, confidence=dataclasses.asdict(confidence))
+            event.update(
+                doubtful=confidence.doubtful, summary=confidence.summary, confidence=dataclasses.asdict(confidence)
+            )
         print(json.dumps(event), file=sys.stderr, flush=True)
     elif progress_style == "bar":
         print(

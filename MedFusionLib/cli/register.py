@@ -19,26 +19,58 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     parser.add_argument("fixed", type=Path, help="reference volume: its grid is the output's grid")
     parser.add_argument("moving", type=Path, help="volume to move onto the reference")
-    parser.add_argument("-o", "--output", type=Path, required=True, help="registered moving volume (.nii.gz, .nrrd, .mha, ...)")
-    parser.add_argument("--preset", choices=REGISTRATION_PRESETS, default="rigid", help="rigid (default), affine (rigid → affine) or bspline (rigid → affine → B-spline)")
     parser.add_argument(
-        "--backend", choices=BACKEND_CHOICES, default="auto",
+        "-o", "--output", type=Path, required=True, help="registered moving volume (.nii.gz, .nrrd, .mha, ...)"
+    )
+    parser.add_argument(
+        "--preset",
+        choices=REGISTRATION_PRESETS,
+        default="rigid",
+        help="rigid (default), affine (rigid → affine) or bspline (rigid → affine → B-spline)",
+    )
+    parser.add_argument(
+        "--backend",
+        choices=BACKEND_CHOICES,
+        default="auto",
         help="auto (default: simpleitk for rigid and affine, elastix for bspline when installed), elastix or simpleitk",
     )
-    parser.add_argument("--transform", type=Path, default=None, metavar="OUT.tfm", help="also save the transform (fixed → moving points) as .tfm or .h5, loadable in Slicer")
     parser.add_argument(
-        "--init", choices=INIT_CHOICES, default="auto",
-        help="starting alignment: auto (default: the best of the 24 axis-aligned orientations about the centres of mass, "
+        "--transform",
+        type=Path,
+        default=None,
+        metavar="OUT.tfm",
+        help="also save the transform (fixed → moving points) as .tfm or .h5, loadable in Slicer",
+    )
+    parser.add_argument(
+        "--init",
+        choices=INIT_CHOICES,
+        default="auto",
+        help="starting alignment: auto (default: the best of the 24 axis-aligned orientations about the centres "
+        "of mass, "
         "for images that overlap), moments (centres of mass), geometry (image centres) or none",
     )
-    parser.add_argument("--initial-transform", type=Path, default=None, metavar="IN.tfm", help="start from this ITK transform (fixed → moving points) instead of --init")
-    parser.add_argument("--fixed-mask", type=Path, default=None, metavar="PATH", help="mask on FIXED's grid (non-zero = compare there)")
+    parser.add_argument(
+        "--initial-transform",
+        type=Path,
+        default=None,
+        metavar="IN.tfm",
+        help="start from this ITK transform (fixed → moving points) instead of --init",
+    )
+    parser.add_argument(
+        "--fixed-mask", type=Path, default=None, metavar="PATH", help="mask on FIXED's grid (non-zero = compare there)"
+    )
     parser.add_argument("--moving-mask", type=Path, default=None, metavar="PATH", help="mask on MOVING's grid")
-    parser.add_argument("--seed", type=int, default=0, help="random seed of the metric samples (default 0; same seed, same result)")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="random seed of the metric samples (default 0; same seed, same result)"
+    )
     parser.add_argument("--strict", action="store_true", help="a doubtful result is an error: exit 2, nothing written")
     parser.add_argument(
-        "--qa", type=Path, default=None, metavar="DIR",
-        help="also write qa.png (checkerboard and edge overlay on three planes) and qa.json (figures, confidence) into DIR",
+        "--qa",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="also write qa.png (checkerboard and edge overlay on three planes) and qa.json (figures, confidence) "
+        "into DIR",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
     return parser

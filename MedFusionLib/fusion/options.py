@@ -70,7 +70,9 @@ def parse_window(text: str | tuple[float, float] | None) -> str | tuple[float, f
     elif text in CT_WINDOWS:
         return text
     else:
-        raise OptionsError(f"unknown CT window {text!r}; choose one of auto, none, {', '.join(CT_WINDOWS)}, or LEVEL,WIDTH in HU")
+        raise OptionsError(
+            f"unknown CT window {text!r}; choose one of auto, none, {', '.join(CT_WINDOWS)}, or LEVEL,WIDTH in HU"
+        )
     try:
         level, width = (float(value) for value in values)
     except (TypeError, ValueError):
@@ -107,10 +109,14 @@ class FusionOptions:
         "rigid, affine, bspline",
         choices=REGISTRATION_CHOICES,
     )
-    backend: str = _option("auto", "--backend", "registration backend", choices=BACKEND_CHOICES)
+    backend: str = _option(
+        "auto", "--backend", "registration backend: auto (simpleitk for rigid and affine, elastix for bspline)",
+        choices=BACKEND_CHOICES,
+    )
     init: str = _option(
         "auto", "--init",
-        "registration's starting alignment: auto (centres of mass when the images overlap), moments, geometry (image centres) or none",
+        "registration's starting alignment: auto (the best of the 24 axis-aligned orientations about the centres of "
+        "mass, for images that overlap), moments (centres of mass), geometry (image centres) or none",
         choices=INIT_CHOICES,
     )
     initial_transform: str | None = _option(
@@ -118,7 +124,8 @@ class FusionOptions:
         kind="path",
     )
     strict: bool = _option(
-        False, "--strict", "a doubtful registration (see its confidence) is an error: exit 2, nothing written", kind="switch"
+        False, "--strict", "a doubtful registration (see its confidence) is an error: exit 2, nothing written",
+        kind="switch",
     )
     device: str = _option("auto", "--device", "compute device: auto (CUDA when usable), cpu, cuda or cuda:N", choices=DEVICE_CHOICES)
     precision: str = _option(

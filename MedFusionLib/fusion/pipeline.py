@@ -272,7 +272,9 @@ def fuse_volumes(
         windows_b = f"functional, colour map {options.functional} over {bounds[0]:g} to {bounds[1]:g}"
     windows = {"reference": windows, "moving": windows_b}
     slice_axis = slicing_array_axis(reference_image, options.axis) if a.ndim == 3 else None
-    fused, fused_slices = fuse_arrays(a, b, scale_a, scale_b, slice_axis, fuser, progress, cancel, masks=(mask_a, mask_b))
+    fused, fused_slices = fuse_arrays(
+        a, b, scale_a, scale_b, slice_axis, fuser, progress, cancel, masks=(mask_a, mask_b)
+    )
     del mask_a, mask_b
     stage_seconds["fuse"] = time.perf_counter() - fuse_started
 
@@ -390,7 +392,10 @@ def fuse_arrays(
     slab = max(1, SLAB_VOXELS // (stack_a[0].size or 1))
     starts = range(0, count, slab)
 
-    stack_masks = [None if mask is None else (mask[None] if slice_axis is None else np.moveaxis(mask, slice_axis, 0)) for mask in masks]
+    stack_masks = [
+        None if mask is None else (mask[None] if slice_axis is None else np.moveaxis(mask, slice_axis, 0))
+        for mask in masks
+    ]
     boxes: list[Box | None] = []
     kept = None  # a single slab's normalised pair is reused instead of recomputed
     for start in starts:

@@ -55,12 +55,14 @@ def looks_like_ct(image: sitk.Image) -> bool:
 
 
 def without_padding(image: sitk.Image) -> sitk.Image:
-    """``image`` with every value below :data:`AIR_HU` raised to it (padding becomes air); float32."""
-    return sitk.Maximum(sitk.Cast(image, sitk.sitkFloat32), AIR_HU)
+    """``image`` with every value below :data:`AIR_HU` raised to it (padding becomes air); float32.
+    One pass and one new image (cast and clamp in one filter)."""
+    return sitk.Clamp(image, sitk.sitkFloat32, AIR_HU, float(np.finfo(np.float32).max))
 
 
-def body_mask(image: sitk.Image) -> sitk.Image:
-    """The patient's body in a CT, as a uint8 mask (1 = body) on ``image``'s grid.
+def body_mask(image: sitk.Image, on_image_grid: bool = True) -> sitk.Image:
+    """The patient's body in a CT, as a uint8 mask (1 = body) on ``image``'s grid (or, with
+    ``on_image_grid=False``, on the coarse grid it was worked out on: enough for a centre of mass).
 
     Tissue above :data:`TISSUE_HU`, opened by :data:`TABLE_OPENING_MM` (cuts the table and head
     holder away, keeps arms), the connected parts of at least :data:`MIN_PART_SHARE` of the
@@ -83,7 +85,7 @@ def body_mask(image: sitk.Image) -> sitk.Image:
         mask = sitk.Cast((parts > 0) & (parts <= kept), sitk.sitkUInt8)
         margin = [max(1, round(MASK_MARGIN_MM / spacing)) for spacing in coarse.GetSpacing()]
         mask = sitk.BinaryDilate(mask, margin, sitk.sitkBall)
-    if mask.GetSize() == image.GetSize():
+    if mask.GetSize() == image.GetSize() or not on_image_grid:
         return mask
     return sitk.Resample(mask, image, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
 
@@ -92,8 +94,25 @@ def body_mask(image: sitk.Image) -> sitk.Image:
 # grey levels (0 to 1) inside the head of the 112 Harvard CT-MRI CT pictures (head masks: the
 # largest region above 10/255, holes filled). bench/bench_ct_window.py recomputes them.
 TRAINING_CT_QUANTILES = (
-    0.169, 0.278, 0.322, 0.365, 0.392, 0.408, 0.435, 0.447, 0.478, 0.506,
-    0.533, 0.588, 0.675, 0.984, 1.0, 1.0, 1.0, 1.0, 1.0,
+    0.169,
+    0.278,
+    0.322,
+    0.365,
+    0.392,
+    0.408,
+    0.435,
+    0.447,
+    0.478,
+    0.506,
+    0.533,
+    0.588,
+    0.675,
+    0.984,
+    1.0,
+    1.0,
+    1.0,
+    1.0,
+    1.0,
 )
 _QUANTILE_LEVELS = np.linspace(0.05, 0.95, len(TRAINING_CT_QUANTILES))
 # The windows the default was chosen from: the display windows of the whole body (lung shows the

@@ -104,7 +104,9 @@ class HeadPhantom:
     reference_to_moving: sitk.Euler3DTransform
 
 
-def rigid_motion(rotation_deg: tuple[float, float, float], translation_mm: tuple[float, float, float]) -> sitk.Euler3DTransform:
+def rigid_motion(
+    rotation_deg: tuple[float, float, float], translation_mm: tuple[float, float, float]
+) -> sitk.Euler3DTransform:
     """A rigid transform about the head centre (the origin): rotations about x, y, z in degrees."""
     transform = sitk.Euler3DTransform()
     transform.SetRotation(*np.deg2rad(rotation_deg))
@@ -138,7 +140,10 @@ def _physical_points(grid: sitk.Image, world_to_anatomy: sitk.Euler3DTransform |
 
 
 def _render(
-    grid: sitk.Image, modality: int, world_to_anatomy: sitk.Euler3DTransform | None, rng: np.random.Generator,
+    grid: sitk.Image,
+    modality: int,
+    world_to_anatomy: sitk.Euler3DTransform | None,
+    rng: np.random.Generator,
     anatomy: tuple = _ANATOMY,
 ) -> sitk.Image:
     """Evaluate ``anatomy`` on ``grid``; ``modality`` 0 = CT, 1 = MR."""
@@ -225,7 +230,7 @@ def make_clinical_pair(
     rng = np.random.default_rng(seed)
     misalignment = misalignment if misalignment is not None else sitk.Euler3DTransform()
     reference_grid = _grid(size, spacing)
-    ct = sitk.GetArrayFromImage(_render(reference_grid, 0, None, rng, CLINICAL_ANATOMY))
+    ct = _render_in_slabs(reference_grid, 0, None, rng)
     x = (np.arange(size[0]) - (size[0] - 1) / 2.0) * spacing[0]
     y = (np.arange(size[1]) - (size[1] - 1) / 2.0) * spacing[1]
     # The table: a plate behind the head (posterior, +y; the head ends at 92 mm, a pad between), curved
@@ -242,7 +247,35 @@ def make_clinical_pair(
     extent = np.asarray(size) * np.asarray(spacing)
     moving_size = tuple(int(np.ceil(e / s)) for e, s in zip(extent, moving_spacing))
     moving_grid = _grid(moving_size, moving_spacing)
-    moving_grid.SetOrigin(tuple(np.asarray(moving_grid.GetOrigin()) + np.asarray(misalignment.TransformPoint((0.0, 0.0, 0.0)))))
-    mr = _render(moving_grid, 1, misalignment.GetInverse(), rng, CLINICAL_ANATOMY)
-    mr_image = sitk.Cast(sitk.Round(mr), sitk.sitkInt16)
+    moving_grid.SetOrigin(
+        tuple(np.asarray(moving_grid.GetOrigin()) + np.asarray(misalignment.TransformPoint((0.0, 0.0, 0.0))))
+    )
+    mr_image = sitk.GetImageFromArray(
+        np.rint(_render_in_slabs(moving_grid, 1, misalignment.GetInverse(), rng)).astype(np.int16)
+    )
+    mr_image.CopyInformation(moving_grid)
     return HeadPhantom(ct_image, mr_image, misalignment)
+
+
+# Slices rendered at a time, and the extra slices each side that the partial-volume blur needs:
+# a 512×512×400 pair then needs a few hundred MB beyond its own voxels, not gigabytes.
+_SLAB_SLICES = 32
+_SLAB_MARGIN = 3
+
+
+def _render_in_slabs(
+    grid: sitk.Image, modality: int, world_to_anatomy: sitk.Euler3DTransform | None, rng: np.random.Generator
+) -> np.ndarray:
+    """:func:`_render` of :data:`CLINICAL_ANATOMY` on ``grid``, slab by slab; float32 ``[z, y, x]``."""
+    size = grid.GetSize()
+    values = np.empty(size[::-1], dtype=np.float32)
+    for start in range(0, size[2], _SLAB_SLICES):
+        first, stop = max(0, start - _SLAB_MARGIN), min(size[2], start + _SLAB_SLICES + _SLAB_MARGIN)
+        slab = sitk.Image([size[0], size[1], stop - first], sitk.sitkFloat32)
+        slab.SetSpacing(grid.GetSpacing())
+        slab.SetDirection(grid.GetDirection())
+        slab.SetOrigin(grid.TransformIndexToPhysicalPoint((0, 0, first)))
+        rendered = sitk.GetArrayFromImage(_render(slab, modality, world_to_anatomy, rng, CLINICAL_ANATOMY))
+        end = min(size[2], start + _SLAB_SLICES)
+        values[start:end] = rendered[start - first : end - first]
+    return values

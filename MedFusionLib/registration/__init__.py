@@ -37,7 +37,12 @@ from MedFusionLib.imaging.ct import AIR_HU, body_mask, looks_like_ct, without_pa
 from MedFusionLib.registration import checks, elastix_backend, simpleitk_backend
 from MedFusionLib.registration.confidence import Confidence, assess, foreground_overlap
 from MedFusionLib.registration.initialization import INITIALIZERS, fields_of_view_intersect, initial_alignment
-from MedFusionLib.registration.orientation import DISTINCT_POSE_DEG, SearchResult, rotation_angle_between, search_orientations
+from MedFusionLib.registration.orientation import (
+    DISTINCT_POSE_DEG,
+    SearchResult,
+    rotation_angle_between,
+    search_orientations,
+)
 from MedFusionLib.registration.presets import PRESETS
 from MedFusionLib.registration.transforms import apply_transform, read_transform, simplify, write_transform
 
@@ -127,7 +132,9 @@ def _as_float_volume(image: sitk.Image, role: str) -> sitk.Image:
             "register a single-channel (grey-scale) image, e.g. the luminance"
         )
     floating = sitk.Cast(image, sitk.sitkFloat32)
-    if not np.isfinite(sitk.GetArrayViewFromImage(floating)).all():
+    if image.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64) and not np.isfinite(
+        sitk.GetArrayViewFromImage(floating)
+    ).all():  # integer voxels are always finite: no second pass over a large CT
         raise InputError(f"the {role} image contains NaN or infinite values; fix or mask them before registering")
     return floating
 
@@ -135,10 +142,15 @@ def _as_float_volume(image: sitk.Image, role: str) -> sitk.Image:
 def _as_mask(mask: sitk.Image | None, image: sitk.Image, role: str) -> sitk.Image | None:
     if mask is None:
         return None
-    if mask.GetSize() != image.GetSize() or not np.allclose(mask.GetOrigin(), image.GetOrigin(), atol=1e-3) \
-            or not np.allclose(mask.GetSpacing(), image.GetSpacing(), atol=1e-4) \
-            or not np.allclose(mask.GetDirection(), image.GetDirection(), atol=1e-4):
-        raise InputError(f"the {role} mask must lie on the {role} image's voxel grid (same size, spacing, origin, direction)")
+    if (
+        mask.GetSize() != image.GetSize()
+        or not np.allclose(mask.GetOrigin(), image.GetOrigin(), atol=1e-3)
+        or not np.allclose(mask.GetSpacing(), image.GetSpacing(), atol=1e-4)
+        or not np.allclose(mask.GetDirection(), image.GetDirection(), atol=1e-4)
+    ):
+        raise InputError(
+            f"the {role} mask must lie on the {role} image's voxel grid (same size, spacing, origin, direction)"
+        )
     binary = sitk.Cast(mask != 0, sitk.sitkUInt8)
     if not sitk.GetArrayViewFromImage(binary).any():
         raise InputError(f"the {role} mask is empty; give a mask that covers the anatomy to align, or none")
@@ -164,7 +176,8 @@ def register(
         reference, moving: 3D single-channel SimpleITK images, any pixel type, any grids
             (spacing, field of view and orientation may differ; physical LPS mm).
         preset: ``rigid``, ``affine`` (rigid → affine) or ``bspline`` (rigid → affine → B-spline).
-        backend: ``auto`` (elastix when importable, else simpleitk), ``elastix`` or ``simpleitk``.
+        backend: ``auto`` (:func:`resolve_backend`: simpleitk for rigid and affine, elastix for
+            bspline when importable), ``elastix`` or ``simpleitk``.
         reference_mask, moving_mask: optional masks (non-zero = use) on the grid of their image;
             the similarity is measured only inside them.
         initializer: the starting alignment: ``auto`` (the orientation search of
@@ -195,7 +208,9 @@ def register(
     moving_mask_binary = _as_mask(moving_mask, moving, "moving")
 
     fixed_region = checks.foreground(fixed, fixed_mask if fixed_mask is not None else fixed_body)
-    moving_region = checks.foreground(moving_float, moving_mask_binary if moving_mask_binary is not None else moving_body)
+    moving_region = checks.foreground(
+        moving_float, moving_mask_binary if moving_mask_binary is not None else moving_body
+    )
     search = None
     if isinstance(initializer, str) and initializer == "auto":
         if not fields_of_view_intersect(fixed, moving_float):
@@ -218,20 +233,31 @@ def register(
     runs = []  # (metric after, transform, start) per start
     for number, start in enumerate(starts):
         step = (
-            None if progress is None
+            None
+            if progress is None
             else (lambda fraction, message, n=number: progress((n + fraction) / len(starts), message))
         )
         try:
             transform = run(
-                fixed, moving_float, PRESETS[preset], start, fixed_region.centroid,
-                fixed_mask, moving_mask_binary, seed, step,
+                fixed,
+                moving_float,
+                PRESETS[preset],
+                start,
+                fixed_region.centroid,
+                fixed_mask,
+                moving_mask_binary,
+                seed,
+                step,
             )
         except RuntimeError as error:  # ITK/elastix exceptions arrive as RuntimeError
             raise RegistrationError(
-                f"the {chosen} {preset} registration stopped with an error ({checks.last_line(error)}). " + checks.ADVICE
+                f"the {chosen} {preset} registration stopped with an error ({checks.last_line(error)}). "
+                + checks.ADVICE
             ) from error
         transform = simplify(transform, fixed_region.centroid)
-        runs.append((checks.mutual_information(fixed_region.grid, moving_float, transform, fixed_mask), transform, start))
+        runs.append(
+            (checks.mutual_information(fixed_region.grid, moving_float, transform, fixed_mask), transform, start)
+        )
     # The full-resolution metric decides between starts: the coarse level may blur the asymmetries
     # (face, ventricles) that tell a pose from its 180° turn.
     metric_after, transform, start = min(runs, key=lambda run: run[0])
@@ -241,7 +267,9 @@ def register(
     confidence = _confidence(transform, metric_after, fixed_region, moving_region, moving_float, search, runs)
     if strict and confidence.doubtful:
         raise RegistrationError(confidence.summary + " (--strict: nothing was written)")
-    registered = apply_transform(moving, reference, transform, default_value=AIR_HU if moving_body is not None else None)
+    registered = apply_transform(
+        moving, reference, transform, default_value=AIR_HU if moving_body is not None else None
+    )
     return RegistrationResult(
         registered=registered,
         transform=transform,
@@ -272,7 +300,9 @@ def full_run_starts(search: SearchResult) -> list:
     for candidate in search.candidates[1:]:
         if len(starts) == MAX_FULL_RUNS or candidate.metric < (1.0 - OTHER_STARTS_WITHIN) * search.best.metric:
             break
-        if all(rotation_angle_between(candidate.transform, start.transform, centre) > DISTINCT_POSE_DEG for start in starts):
+        if all(
+            rotation_angle_between(candidate.transform, start.transform, centre) > DISTINCT_POSE_DEG for start in starts
+        ):
             starts.append(candidate)
     return starts
 
@@ -318,4 +348,6 @@ def _prepared(image: sitk.Image, role: str) -> tuple[sitk.Image, sitk.Image | No
     floating = _as_float_volume(image, role)
     if not looks_like_ct(image):
         return floating, None
-    return without_padding(floating), body_mask(floating)
+    del floating  # one float copy at a time: a 512×512×400 CT is 400 MB in float32
+    floating = without_padding(image)
+    return floating, body_mask(floating, on_image_grid=False)

@@ -114,4 +114,3 @@ def assess(
         runner_up_pose=runner_up_pose,
         reasons=tuple(reasons),
     )
-

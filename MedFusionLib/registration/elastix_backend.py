@@ -95,7 +95,7 @@ def register_stages(
     if progress is not None:
         progress(1.0, "elastix: done")
     # The last len(stages) maps are the stages; some front ends also return the initial map.
-    stage_transforms = [_to_simpleitk(result_map) for result_map in result_maps[-len(stages):]]
+    stage_transforms = [_to_simpleitk(result_map) for result_map in result_maps[-len(stages) :]]
     # CompositeTransform applies its last entry first: [T_last, ..., T_first, start].
     return sitk.CompositeTransform(stage_transforms[::-1] + [start])
 

@@ -79,7 +79,8 @@ def initial_alignment(
     elif initializer == "none":
         start = sitk.TranslationTransform(dimension)
     else:
-        raise InputError(f"unknown initializer {initializer!r}; choose one of {', '.join(INITIALIZERS)} or give a transform")
+        raise InputError(
+            f"unknown initializer {initializer!r}; choose one of {', '.join(INITIALIZERS)} or give a transform"
+        )
     check_overlap(start, fixed_region, moving, "at the starting alignment")
     return start
-

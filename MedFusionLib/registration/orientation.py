@@ -110,20 +110,26 @@ def rotation_part(transform: sitk.Transform, centre: tuple[float, ...] = (0.0, 0
     centre = np.asarray(centre, dtype=float)
     step = 50.0
     columns = [
-        np.subtract(transform.TransformPoint(tuple(centre + step * unit)), transform.TransformPoint(tuple(centre - step * unit)))
+        np.subtract(
+            transform.TransformPoint(tuple(centre + step * unit)), transform.TransformPoint(tuple(centre - step * unit))
+        )
         for unit in np.eye(3)
     ]
     left, _, right = np.linalg.svd(np.stack(columns, axis=1) / (2.0 * step))
     return left @ right
 
 
-def rotation_angle_between(first: sitk.Transform, second: sitk.Transform, centre: tuple[float, ...] = (0.0, 0.0, 0.0)) -> float:
+def rotation_angle_between(
+    first: sitk.Transform, second: sitk.Transform, centre: tuple[float, ...] = (0.0, 0.0, 0.0)
+) -> float:
     """Angle (degrees) of the rotation that takes ``first``'s rotation (near ``centre``) to ``second``'s."""
     residual = rotation_part(first, centre).T @ rotation_part(second, centre)
     return float(np.degrees(np.arccos(np.clip((np.trace(residual) - 1.0) / 2.0, -1.0, 1.0))))
 
 
-def coarse_copy(image: sitk.Image, spacing_mm: float = SEARCH_SPACING_MM, smoothing_mm: float = SMOOTHING_MM) -> sitk.Image:
+def coarse_copy(
+    image: sitk.Image, spacing_mm: float = SEARCH_SPACING_MM, smoothing_mm: float = SMOOTHING_MM
+) -> sitk.Image:
     """``image`` block-averaged to about ``spacing_mm`` and smoothed by ``smoothing_mm``, float32.
 
     Block averaging first keeps the cost proportional to one pass over the full image (about
@@ -178,16 +184,24 @@ def search_orientations(
         # optimiser can carry such a difference into a visibly different result: a start rounded to
         # a millionth of a radian and a ten-thousandth of a millimetre is the same in every run.
         parameters = np.asarray(candidate.transform.GetParameters())
-        candidate.transform.SetParameters(tuple(np.concatenate([np.round(parameters[:3], 6), np.round(parameters[3:], 4)])))
+        candidate.transform.SetParameters(
+            tuple(np.concatenate([np.round(parameters[:3], 6), np.round(parameters[3:], 4)]))
+        )
     best = candidates[0]
     runner_up = next(
-        (c for c in candidates[1:] if rotation_angle_between(best.transform, c.transform, tuple(fixed_centre)) > DISTINCT_POSE_DEG),
+        (
+            c
+            for c in candidates[1:]
+            if rotation_angle_between(best.transform, c.transform, tuple(fixed_centre)) > DISTINCT_POSE_DEG
+        ),
         None,
     )
     return SearchResult(tuple(candidates), runner_up, time.perf_counter() - started)
 
 
-def _optimise(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Euler3DTransform, iterations: int, seed: int) -> float:
+def _optimise(
+    fixed: sitk.Image, moving: sitk.Image, transform: sitk.Euler3DTransform, iterations: int, seed: int
+) -> float:
     """Optimise ``transform`` in place on the coarse pair; returns its mutual information (nats,
     positive), evaluated at every voxel of ``fixed`` so that all candidates are scored alike.
     A pose whose samples fall outside the moving image scores 0."""
@@ -199,7 +213,10 @@ def _optimise(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Euler3DTran
     method.SetMetricSamplingStrategy(method.RANDOM)
     method.SetMetricSamplingPercentage(SAMPLING_SHARE, seed + 1)  # seed 0 would mean "from the clock"
     method.SetOptimizerAsRegularStepGradientDescent(
-        learningRate=SEARCH_SPACING_MM, minStep=0.5, numberOfIterations=iterations, relaxationFactor=0.6,
+        learningRate=SEARCH_SPACING_MM,
+        minStep=0.5,
+        numberOfIterations=iterations,
+        relaxationFactor=0.6,
         gradientMagnitudeTolerance=1e-8,
     )
     method.SetOptimizerScalesFromPhysicalShift()

@@ -51,7 +51,12 @@ AFFINE = Stage("affine", (4.0, 2.0), iterations=200, samples_per_iteration=3000,
 # pressure) without the freedom to fold tissue. Many iterations at 1 mm: on BraTS T2 -> T1 with
 # a known deformation, 200 iterations down to 2 mm removed only a third of rigid's error.
 BSPLINE = Stage(
-    "bspline", (4.0, 2.0, 1.0), iterations=500, samples_per_iteration=8000, samples_per_level=30000, grid_spacing_mm=20.0
+    "bspline",
+    (4.0, 2.0, 1.0),
+    iterations=500,
+    samples_per_iteration=8000,
+    samples_per_level=30000,
+    grid_spacing_mm=20.0,
 )
 
 PRESETS: dict[str, tuple[Stage, ...]] = {

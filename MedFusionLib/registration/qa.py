@@ -50,8 +50,14 @@ def plane_slice(image: sitk.Image, plane: str, centre: tuple[float, float, float
     direction = np.stack([columns, rows, normal], axis=1).ravel()
     background = float(np.min(sitk.GetArrayViewFromImage(image)))
     resampled = sitk.Resample(
-        sitk.Cast(image, sitk.sitkFloat32), size, sitk.Transform(), sitk.sitkLinear,
-        tuple(origin + 0.5 * pixel * (columns + rows)), (pixel, pixel, pixel), tuple(direction), background,
+        sitk.Cast(image, sitk.sitkFloat32),
+        size,
+        sitk.Transform(),
+        sitk.sitkLinear,
+        tuple(origin + 0.5 * pixel * (columns + rows)),
+        (pixel, pixel, pixel),
+        tuple(direction),
+        background,
     )
     return sitk.GetArrayFromImage(resampled)[0]
 
@@ -75,7 +81,9 @@ def _display(values: np.ndarray, window: tuple[float, float] | None) -> np.ndarr
 def _edges(grey: np.ndarray) -> np.ndarray:
     """Where ``grey`` (in [0, 1]) has a strong edge: gradient magnitude of a lightly smoothed copy
     above its 96th percentile and a quarter of its maximum. Bool, the shape of ``grey``."""
-    smooth = sitk.GetArrayFromImage(sitk.SmoothingRecursiveGaussian(sitk.GetImageFromArray(grey.astype(np.float32)), 1.0))
+    smooth = sitk.GetArrayFromImage(
+        sitk.SmoothingRecursiveGaussian(sitk.GetImageFromArray(grey.astype(np.float32)), 1.0)
+    )
     rows, columns = np.gradient(smooth)
     magnitude = np.hypot(rows, columns)
     if not magnitude.any():
@@ -113,7 +121,10 @@ def qa_figure(
         overlay = np.repeat(fixed[..., None] * 255.0, 3, axis=-1)
         overlay[_edges(moving)] = EDGE_COLOUR
         for row, (label, pixels) in enumerate(
-            ((f"checkerboard · {plane}", np.repeat(board[..., None] * 255.0, 3, axis=-1)), (f"moving edges on reference · {plane}", overlay))
+            (
+                (f"checkerboard · {plane}", np.repeat(board[..., None] * 255.0, 3, axis=-1)),
+                (f"moving edges on reference · {plane}", overlay),
+            )
         ):
             picture = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
             left = column * PANEL_SIZE + (PANEL_SIZE - picture.width) // 2
@@ -195,7 +206,9 @@ def registration_figures(result) -> dict:
     if result.search is not None:
         figures["orientation_search"] = {
             "seconds": round(result.search.seconds, 3),
-            "best_poses": [{"pose": c.label, "mutual_information": round(c.metric, 4)} for c in result.search.candidates[:5]],
+            "best_poses": [
+                {"pose": c.label, "mutual_information": round(c.metric, 4)} for c in result.search.candidates[:5]
+            ],
         }
     return figures
 
@@ -216,8 +229,17 @@ def write_registration_qa(directory: str | Path, reference: sitk.Image, result, 
 
     reference_window, reference_body = window_and_mask(reference)
     moving_window, _ = window_and_mask(result.registered)
-    region = foreground(without_padding(reference) if reference_body is not None else sitk.Cast(reference, sitk.sitkFloat32), reference_body)
+    region = foreground(
+        without_padding(reference) if reference_body is not None else sitk.Cast(reference, sitk.sitkFloat32),
+        reference_body,
+    )
     return write_qa(
-        directory, reference, result.registered, region.centroid, registration_figures(result),
-        reference_window, moving_window, overwrite=overwrite,
+        directory,
+        reference,
+        result.registered,
+        region.centroid,
+        registration_figures(result),
+        reference_window,
+        moving_window,
+        overwrite=overwrite,
     )

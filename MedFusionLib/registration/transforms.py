@@ -104,7 +104,9 @@ def write_transform(transform: sitk.Transform, path: str | Path, overwrite: bool
     if suffix not in TRANSFORM_SUFFIXES:
         raise InputError(f"cannot save a transform as {path.name!r}: use one of {', '.join(TRANSFORM_SUFFIXES)}")
     if suffix == ".mat" and not transform.IsLinear():
-        raise InputError(f"{path.name}: a .mat file holds only linear transforms; save a B-spline result as .h5 or .tfm")
+        raise InputError(
+            f"{path.name}: a .mat file holds only linear transforms; save a B-spline result as .h5 or .tfm"
+        )
     with atomic_output(path, overwrite=overwrite) as temporary:
         sitk.WriteTransform(transform, str(temporary))
     return path
@@ -119,4 +121,6 @@ def read_transform(path: str | Path) -> sitk.Transform:
     try:
         return sitk.ReadTransform(str(path))
     except RuntimeError as error:
-        raise InputError(f"{path} is not a readable ITK transform file ({str(error).strip().splitlines()[-1]})") from error
+        raise InputError(
+            f"{path} is not a readable ITK transform file ({str(error).strip().splitlines()[-1]})"
+        ) from error
