@@ -9,7 +9,8 @@ Protocol: one JSON object per line, both ways.
 
 In (standard input)::
 
-    {"op": "fuse", "id": 3, "folder": "/tmp/MedFusion-x", "options": {...FusionOptions.to_dict()...}}
+    {"op": "fuse", "id": 3, "folder": "/tmp/MedFusion-x", "options": {...FusionOptions.to_dict()...},
+     "source_map": false}
     {"op": "shutdown"}
 
 Out (standard output; plain text lines are messages for the log, e.g. ``medfusion: ...`` notes
@@ -25,14 +26,14 @@ of the library such as a GPU out-of-memory fallback)::
     {"event": "idle-exit", "seconds": 900}
 
 A job reads ``reference.nrrd`` and ``moving.nrrd`` from its folder and writes ``fused.nrrd``
-(and ``registered.nrrd``, ``transform.h5`` when it registers), uncompressed: both processes are
+(RGB uint8 with the ``functional`` option), ``registered.nrrd`` and ``transform.h5`` when it
+registers, and ``source_map.nrrd`` when ``source_map`` is true, uncompressed: both processes are
 on one machine, so gzip would only cost time.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import os
@@ -43,7 +44,17 @@ import time
 import traceback
 from pathlib import Path
 
-from MedFusionSlicer.worker import FUSED_FILE, MOVING_FILE, REFERENCE_FILE, REGISTERED_FILE, TRANSFORM_FILE
+from MedFusionSlicer.worker import (
+    FUSED_FILE,
+    MOVING_FILE,
+    REFERENCE_FILE,
+    REGISTERED_FILE,
+    SOURCE_MAP_FILE,
+    TRANSFORM_FILE,
+)
+
+# The documented fields of MedFusionLib.registration.confidence.Confidence, as the panel gets them.
+CONFIDENCE_FIELDS = ("doubtful", "summary", "mutual_information", "overlap", "margin", "pose", "runner_up_pose")
 
 _output_lock = threading.Lock()
 
@@ -97,33 +108,32 @@ def model_choices() -> list[dict]:
 
 
 def registration_report(registration) -> dict:
-    """What the panel and the console show about a registration: preset, backend, metric before and
-    after, seconds and, where MedFusionLib provides it, its confidence (``doubtful``, ``summary``)."""
-    report = {}
-    for name in ("preset", "backend", "metric_before", "metric_after", "seconds"):
-        value = getattr(registration, name, None)
-        if value is not None:
-            report[name] = value
-    confidence = getattr(registration, "confidence", None)
+    """What the panel and the console show about a registration (a ``RegistrationResult``): preset,
+    backend, metric before and after, seconds and its ``confidence`` (the documented fields of
+    :class:`MedFusionLib.registration.confidence.Confidence`, plus ``reasons`` as a list), JSON-ready."""
+    report = {
+        "preset": registration.preset,
+        "backend": registration.backend,
+        "metric_before": float(registration.metric_before),
+        "metric_after": float(registration.metric_after),
+        "seconds": float(registration.seconds),
+    }
+    confidence = registration.confidence
     if confidence is not None:
-        if dataclasses.is_dataclass(confidence):
-            report["confidence"] = dataclasses.asdict(confidence)
-        elif isinstance(confidence, dict):
-            report["confidence"] = dict(confidence)
-        else:
-            report["confidence"] = {
-                "doubtful": bool(getattr(confidence, "doubtful", False)),
-                "summary": str(getattr(confidence, "summary", confidence)),
-            }
+        report["confidence"] = {name: getattr(confidence, name) for name in CONFIDENCE_FIELDS}
+        report["confidence"]["reasons"] = list(confidence.reasons)
     return report
 
 
-def fuse(reference, moving, options: dict, progress, cancel=None):
-    """:func:`MedFusionLib.fusion.pipeline.fuse_volumes` with ``FusionOptions.to_dict()``'s options."""
+def fuse(reference, moving, options: dict, progress, cancel=None, source_map: bool = False):
+    """:func:`MedFusionLib.fusion.pipeline.fuse_volumes` with ``FusionOptions.to_dict()``'s options;
+    ``source_map``: also compute ``FusionResult.source_map``."""
     from MedFusionLib.fusion.options import FusionOptions
     from MedFusionLib.fusion.pipeline import fuse_volumes
 
-    return fuse_volumes(reference, moving, FusionOptions.from_dict(options), progress=progress, cancel=cancel)
+    return fuse_volumes(
+        reference, moving, FusionOptions.from_dict(options), progress=progress, cancel=cancel, source_map=source_map
+    )
 
 
 def run_fuse(job: dict) -> None:
@@ -139,8 +149,10 @@ def run_fuse(job: dict) -> None:
     def progress(stage: str, done: int, total: int) -> None:
         emit({"stage": stage, "done": done, "total": total})
 
-    result = fuse(reference, moving, job.get("options") or {}, progress)
+    result = fuse(reference, moving, job.get("options") or {}, progress, source_map=bool(job.get("source_map")))
     write_image(result.fused, folder / FUSED_FILE, overwrite=True, compress=False)
+    if result.source_map is not None:
+        write_image(result.source_map, folder / SOURCE_MAP_FILE, overwrite=True, compress=False)
     if result.registration is not None:
         write_image(result.registered_moving, folder / REGISTERED_FILE, overwrite=True, compress=False)
         sitk.WriteTransform(result.registration.transform, str(folder / TRANSFORM_FILE))
@@ -160,16 +172,15 @@ def run_fuse(job: dict) -> None:
 
 def warm_up() -> dict | None:
     """Load itk-elastix's libraries now, while no job waits (about 15 s once per process), so the
-    first registration does not pay it. Nothing to do without itk-elastix."""
-    try:
-        from MedFusionLib.registration import elastix_backend
-    except ImportError:
-        return None
-    if elastix_backend.simpleitk_has_elastix() or not elastix_backend.itk_elastix_installed():
-        return None
+    first registration does not pay it (:func:`MedFusionLib.registration.preload`; nothing to do
+    without itk-elastix)."""
+    from MedFusionLib.registration import preload
+
     started = time.perf_counter()
-    elastix_backend.load_itk_elastix()
-    return {"what": "itk-elastix", "seconds": round(time.perf_counter() - started, 3)}
+    loaded = preload()
+    if loaded is None:
+        return None
+    return {"what": loaded, "seconds": round(time.perf_counter() - started, 3)}
 
 
 def _read_requests(stream, requests: queue.Queue) -> None:

@@ -65,11 +65,28 @@ def world_ijk_to_ras(volume_node) -> np.ndarray:
     return matrix
 
 
-def _scalar_volume_array(volume_node) -> np.ndarray:
-    """A copy of the voxels, ``(K, J, I)`` = SimpleITK's ``(z, y, x)`` order, original dtype."""
+def _is_multi_component(volume_node) -> bool:
+    """A vector (e.g. RGB), tensor or diffusion-weighted volume node, or one whose voxels have
+    several components. (In MRML a vector volume node *is a* scalar volume node.)"""
+    image = volume_node.GetImageData()
+    return (
+        volume_node.IsA("vtkMRMLTensorVolumeNode")  # vector volume nodes derive from it
+        or volume_node.IsA("vtkMRMLDiffusionWeightedVolumeNode")
+        or (image is not None and image.GetNumberOfScalarComponents() != 1)
+    )
+
+
+def _volume_array(volume_node, vector: bool = False) -> np.ndarray:
+    """A copy of the voxels, ``(K, J, I)`` = SimpleITK's ``(z, y, x)`` order (``(K, J, I, C)`` for a
+    vector volume when ``vector``), original dtype."""
     if volume_node is None:
         raise InputError("no volume was given; select a volume node")
-    if not volume_node.IsA("vtkMRMLScalarVolumeNode") or volume_node.IsA("vtkMRMLLabelMapVolumeNode"):
+    colour = vector and volume_node.IsA("vtkMRMLVectorVolumeNode")
+    if (
+        not volume_node.IsA("vtkMRMLScalarVolumeNode")
+        or volume_node.IsA("vtkMRMLLabelMapVolumeNode")
+        or (not colour and _is_multi_component(volume_node))
+    ):
         raise InputError(
             f"'{volume_node.GetName()}' is a {volume_node.GetClassName()}; MedFusion fuses scalar (grey-scale) "
             "volumes. Convert colour or vector volumes to a scalar volume first (Vector to Scalar Volume module)."
@@ -81,15 +98,16 @@ def _scalar_volume_array(volume_node) -> np.ndarray:
     return np.array(arrayFromVolume(volume_node), copy=True)
 
 
-def image_from_volume_node(volume_node) -> sitk.Image:
+def image_from_volume_node(volume_node, vector: bool = False) -> sitk.Image:
     """A SimpleITK image with the voxels and world geometry of a scalar volume node.
 
     Returns a 3D image with the node's pixel type; origin, spacing and direction in LPS mm.
-    Raises :class:`InputError` for a missing, empty, label-map or vector node, a non-linear
-    parent transform, or a parent transform with shear or scaling (not expressible as
-    origin/spacing/direction).
+    ``vector``: also accept a vector volume node (e.g. the RGB result of a functional fusion),
+    returned as a vector image with the node's components. Raises :class:`InputError` for a
+    missing, empty, label-map or (unless ``vector``) vector node, a non-linear parent transform,
+    or a parent transform with shear or scaling (not expressible as origin/spacing/direction).
     """
-    voxels = _scalar_volume_array(volume_node)
+    voxels = _volume_array(volume_node, vector)
     matrix = world_ijk_to_ras(volume_node)
     axes = matrix[:3, :3]
     spacing = np.linalg.norm(axes, axis=0)
@@ -99,7 +117,7 @@ def image_from_volume_node(volume_node) -> sitk.Image:
             f"volume '{volume_node.GetName()}' is sheared by its parent transform; harden the transform "
             "and resample the volume (Resample Scalar/Vector/DWI Volume module) before fusing"
         )
-    image = sitk.GetImageFromArray(voxels)
+    image = sitk.GetImageFromArray(voxels, isVector=voxels.ndim == 4)
     image.SetSpacing(tuple(float(s) for s in spacing))
     image.SetOrigin(tuple(float(v) for v in _LPS_FROM_RAS @ matrix[:3, 3]))
     image.SetDirection(tuple(float(v) for v in (_LPS_FROM_RAS @ directions_ras).ravel()))
@@ -116,15 +134,18 @@ def ijk_to_ras_from_image(image: sitk.Image) -> np.ndarray:
 
 
 def update_volume_node_from_image(volume_node, image: sitk.Image) -> None:
-    """Replace the voxels and geometry of ``volume_node`` with those of a 3D scalar ``image``.
+    """Replace the voxels and geometry of ``volume_node`` with those of a 3D ``image``: scalar for
+    a scalar volume node, several components (e.g. RGB) for a ``vtkMRMLVectorVolumeNode``.
 
     The node ends up directly in world coordinates: a parent transform it had is removed, so the
     volume lies exactly on the image's grid. Pixel type is kept.
     """
-    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
+    components = image.GetNumberOfComponentsPerPixel()
+    wanted = "a vector" if volume_node.IsA("vtkMRMLVectorVolumeNode") else "a scalar"
+    if image.GetDimension() != 3 or (components > 1) != (wanted == "a vector"):
         raise InputError(
-            f"a Slicer scalar volume needs a 3D single-component image, not {image.GetDimension()}D "
-            f"with {image.GetNumberOfComponentsPerPixel()} components"
+            f"{wanted} volume node ('{volume_node.GetName()}') cannot hold a {image.GetDimension()}D image "
+            f"with {components} component(s) per voxel"
         )
     from slicer.util import updateVolumeFromArray
 
@@ -133,9 +154,14 @@ def update_volume_node_from_image(volume_node, image: sitk.Image) -> None:
     updateVolumeFromArray(volume_node, sitk.GetArrayFromImage(image))
 
 
+def volume_node_class(image: sitk.Image) -> str:
+    """The MRML class that holds ``image``: a vector volume for several components per voxel (RGB)."""
+    return "vtkMRMLVectorVolumeNode" if image.GetNumberOfComponentsPerPixel() > 1 else "vtkMRMLScalarVolumeNode"
+
+
 def add_volume_node_from_image(scene, image: sitk.Image, name: str):
-    """A new ``vtkMRMLScalarVolumeNode`` in ``scene`` holding ``image``, with display nodes."""
-    volume_node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", scene.GenerateUniqueName(name))
+    """A new volume node in ``scene`` holding ``image`` (:func:`volume_node_class`), with display nodes."""
+    volume_node = scene.AddNewNodeByClass(volume_node_class(image), scene.GenerateUniqueName(name))
     update_volume_node_from_image(volume_node, image)
     volume_node.CreateDefaultDisplayNodes()
     return volume_node
@@ -188,8 +214,14 @@ def load_transform_node(scene, path: str | Path, name: str, into=None):
 
 
 def is_scalar_volume(node) -> bool:
-    """A grey-scale volume MedFusion can fuse: a scalar volume node that is not a label map."""
-    return node is not None and node.IsA("vtkMRMLScalarVolumeNode") and not node.IsA("vtkMRMLLabelMapVolumeNode")
+    """A grey-scale volume MedFusion can fuse: a scalar volume node that is not a label map nor a
+    vector (colour), tensor or diffusion-weighted volume."""
+    return (
+        node is not None
+        and node.IsA("vtkMRMLScalarVolumeNode")
+        and not node.IsA("vtkMRMLLabelMapVolumeNode")
+        and not _is_multi_component(node)
+    )
 
 
 def scalar_volumes(scene, exclude=()) -> list:

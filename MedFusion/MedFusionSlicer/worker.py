@@ -48,6 +48,7 @@ DEFAULT_IDLE_TIMEOUT_S = 15 * 60
 # The files a job exchanges with the worker, in the job's folder.
 REFERENCE_FILE, MOVING_FILE = "reference.nrrd", "moving.nrrd"
 FUSED_FILE, REGISTERED_FILE, TRANSFORM_FILE = "fused.nrrd", "registered.nrrd", "transform.h5"
+SOURCE_MAP_FILE = "source_map.nrrd"
 
 
 @dataclass(frozen=True)
@@ -347,20 +348,29 @@ class WorkerProcess:
 
 class FusionJob:
     """One fusion on a :class:`WorkerProcess`: ``folder`` holds ``reference.nrrd`` and
-    ``moving.nrrd``; on success also ``fused.nrrd`` and, with registration, ``registered.nrrd``
-    and ``transform.h5``.
+    ``moving.nrrd``; on success also ``fused.nrrd`` (RGB for a functional fusion), with
+    registration ``registered.nrrd`` and ``transform.h5``, and with ``source_map``
+    ``source_map.nrrd``.
 
-    ``options``: the fusion options as a dict (``FusionOptions.to_dict()``). ``state``: ``new``,
+    ``options``: the fusion options as a dict (``FusionOptions.to_dict()``); ``source_map``: also
+    compute the source map (not a fusion option: an extra output). ``state``: ``new``,
     ``running``, ``succeeded``, ``failed`` or ``cancelled``; ``registration``: the worker's
     ``registration`` event (metrics, confidence) once it arrived; ``report``: its ``fused`` event
     (device, seconds). ``keep_files``: :meth:`cleanup` leaves the folder (debugging).
     """
 
     def __init__(
-        self, folder: str | os.PathLike, options: dict, worker: WorkerProcess, *, keep_files: bool = False
+        self,
+        folder: str | os.PathLike,
+        options: dict,
+        worker: WorkerProcess,
+        *,
+        keep_files: bool = False,
+        source_map: bool = False,
     ) -> None:
         self.folder = Path(folder)
         self.options = dict(options)
+        self.source_map = source_map
         self.worker = worker
         self.keep_files = keep_files
         self.id: int | None = None
@@ -389,6 +399,10 @@ class FusionJob:
     def transform_path(self) -> Path:
         return self.folder / TRANSFORM_FILE
 
+    @property
+    def source_map_path(self) -> Path:
+        return self.folder / SOURCE_MAP_FILE
+
     def start(self) -> None:
         """Send the job to the worker (starting the worker if it is not running or is ending)."""
         self.worker.take_lines()  # what the worker said while idle: ready, warm, or that it is ending
@@ -410,7 +424,15 @@ class FusionJob:
         self.worker.start()
 
     def _submit(self) -> None:
-        self.worker.send({"op": "fuse", "id": self.id, "folder": str(self.folder), "options": self.options})
+        self.worker.send(
+            {
+                "op": "fuse",
+                "id": self.id,
+                "folder": str(self.folder),
+                "options": self.options,
+                "source_map": self.source_map,
+            }
+        )
 
     def poll(self, block_s: float = 0.0) -> list:
         """Events since the last call; never blocks (unless ``block_s``). The last is :class:`Finished`."""
