@@ -18,7 +18,10 @@ Which nodes a run writes (the output policy): an output volume the user chose is
 otherwise each (reference, moving, model) has its own fused node, "<reference> + <moving> fused
 (<model>)", created by its first run and updated by later runs of the same inputs, and each
 (reference, moving) pair one registered volume, one transform and one checkerboard, updated in
-place. Runs on other inputs never touch them. MedFusion marks its nodes with the attribute
+place. A colour (functional) fusion counts as a model of its own, "<model>, <colour map>": its
+fused node is an RGB ``vtkMRMLVectorVolumeNode`` beside the grey one. A source map, when asked
+for, is one more node per (reference, moving, model), "<reference> + <moving> source map
+(<model>)". Runs on other inputs never touch them. MedFusion marks its nodes with the attribute
 ``MedFusion.role`` and node references to the inputs.
 
 Nothing heavy is imported at the top: Slicer loads this module at start-up (SimpleITK, numpy and
@@ -49,6 +52,7 @@ ROLE_ATTRIBUTE = "MedFusion.role"
 MODEL_ATTRIBUTE = "MedFusion.model"
 REFERENCE_ROLE, MOVING_ROLE = "MedFusion.reference", "MedFusion.moving"
 DEMO_NAMES = ("MedFusion demo CT", "MedFusion demo MR")
+DEMO_PET_NAME = "MedFusion demo PET"
 
 
 @dataclass(frozen=True)
@@ -116,17 +120,22 @@ class RegistrationSummary:
 class FusionNodes:
     """The nodes a fusion run added to (or updated in) the scene.
 
-    ``fusedNode``: float32 in [0, 1] on the reference grid. ``registeredNode``: the moving volume
-    resampled on the reference grid, original intensities. ``transformNode``: reference -> moving
-    (ITK resampling convention, read by Slicer as "transform from parent": put the original moving
-    volume under it to see it aligned). ``checkerboardNode``: squares alternating between the
-    reference and the registered volume, for judging the registration. The last three and
-    ``registration`` (:class:`RegistrationSummary`) are ``None`` without registration.
+    ``fusedNode``: float32 in [0, 1] on the reference grid; with the ``functional`` option an RGB
+    uint8 ``vtkMRMLVectorVolumeNode``. ``sourceMapNode``: with ``sourceMap``, per voxel the moving
+    image's share of the fused value (float32, 0 = the reference, 1 = the moving image), shown
+    through a blue-white-red table with the window fixed to 0..1; else ``None``.
+    ``registeredNode``: the moving volume resampled on the reference grid, original intensities.
+    ``transformNode``: reference -> moving (ITK resampling convention, read by Slicer as "transform
+    from parent": put the original moving volume under it to see it aligned). ``checkerboardNode``:
+    squares alternating between the reference and the registered volume, for judging the
+    registration. The last three and ``registration`` (:class:`RegistrationSummary`) are ``None``
+    without registration (also after ``resample``, which does not register).
     ``device``/``seconds``: where and how long the fusion ran; ``options``: what it ran with;
     ``referenceNode``/``movingNode``: its inputs; ``messages``: what ``log`` received.
     """
 
     fusedNode: object
+    sourceMapNode: object | None = None
     registeredNode: object | None = None
     transformNode: object | None = None
     checkerboardNode: object | None = None
@@ -208,12 +217,34 @@ class FusionLogic:
     # --- inputs ----------------------------------------------------------------------------
 
     @staticmethod
-    def inputProblem(referenceNode, movingNode, outputNode, registration: str) -> str | None:
+    def outputProblem(outputNode, functional: str | None) -> str | None:
+        """Why ``outputNode`` cannot hold the fused volume, or ``None``: a colour (functional)
+        fusion is RGB and needs a vector volume node, a grey fusion a scalar one."""
+        if outputNode is None:
+            return None
+        colour = outputNode.IsA("vtkMRMLVectorVolumeNode")
+        if functional is not None and not colour:
+            return (
+                f"A colour (functional) fusion is an RGB volume, which the scalar volume '{outputNode.GetName()}' "
+                "cannot hold; choose 'Create new volume' or a colour (vector) volume as the output."
+            )
+        if functional is None and colour:
+            return (
+                f"'{outputNode.GetName()}' is a colour (vector) volume; a grey fusion needs a scalar output: "
+                "choose 'Create new volume' or a scalar volume."
+            )
+        return None
+
+    @staticmethod
+    def inputProblem(
+        referenceNode, movingNode, outputNode, registration: str, functional: str | None = None
+    ) -> str | None:
         """Why Apply cannot run with these inputs (one sentence for a tooltip), or ``None``.
 
         Cheap checks only (no voxel is read): both volumes selected, grey-scale, distinct, the
-        output not an input, no non-linear parent transform, and for ``registration="none"`` the
-        same voxel grid (size and IJK-to-RAS). Never raises: it runs in a GUI observer.
+        output not an input and of the kind the fusion writes (RGB with ``functional``, a colour
+        map's name), no non-linear parent transform, and for ``registration="none"`` the same
+        voxel grid (size and IJK-to-RAS). Never raises: it runs in a GUI observer.
         """
         from MedFusionLib.core.errors import InputError
 
@@ -227,6 +258,9 @@ class FusionLogic:
             return "The reference and moving volumes are the same; select two different volumes."
         if outputNode is not None and (outputNode is referenceNode or outputNode is movingNode):
             return "The output volume is one of the inputs; choose another output or create a new one."
+        output_problem = FusionLogic.outputProblem(outputNode, functional)
+        if output_problem is not None:
+            return output_problem
         for node in (referenceNode, movingNode):
             if not is_scalar_volume(node):
                 return f"'{node.GetName()}' is a label map or not a grey-scale volume; select a scalar volume."
@@ -270,6 +304,7 @@ class FusionLogic:
         progress: ProgressCallback | None = None,
         log: LogCallback | None = None,
         cancel: Callable[[], bool] | None = None,
+        sourceMap: bool = False,
         **changes,
     ) -> FusionNodes:
         """Register ``movingNode`` to ``referenceNode``, fuse them and put the results in the scene.
@@ -277,11 +312,14 @@ class FusionLogic:
         Args:
             referenceNode, movingNode: scalar volume nodes of one scene; the output lies on the
                 reference's grid (its world geometry, parent transform included).
-            outputNode: a scalar volume node to overwrite with the fused volume; ``None``: the
-                fused node of these inputs and model (created by the first such run).
+            outputNode: a volume node to overwrite with the fused volume (a scalar volume, or a
+                vector volume for a colour fusion); ``None``: the fused node of these inputs and
+                model (created by the first such run).
             options: a ``FusionOptions`` (default: the library's defaults, the same as
                 ``medfusion fuse``); keyword ``changes`` replace single fields, e.g.
-                ``registration="rigid", model="haf", device="cpu"``.
+                ``registration="rigid", model="haf", device="cpu"``, or
+                ``functional="harvard-pet", registration="resample"`` for a colour PET fusion.
+            sourceMap: also compute the source map (``FusionNodes.sourceMapNode``).
             progress: ``progress(stage, done, total)``; ``cancel()`` returning True stops the run
                 with ``FusionCancelled`` and adds nothing to the scene.
             log: ``log(message)`` for what the library reports (e.g. a GPU out-of-memory fallback),
@@ -296,6 +334,7 @@ class FusionLogic:
         from .volumes import image_from_volume_node
 
         options = make_options(options, **changes)
+        self._refuseOutput(outputNode, options)
         messages: list[str] = []
 
         def say(message: str) -> None:
@@ -307,7 +346,7 @@ class FusionLogic:
         reference = image_from_volume_node(referenceNode)
         moving = image_from_volume_node(movingNode)
         with _forwarding_library_messages(say):
-            result = fuse(reference, moving, options.to_dict(), progress, cancel)
+            result = fuse(reference, moving, options.to_dict(), progress, cancel, source_map=sourceMap)
         summary = (
             RegistrationSummary.from_report(registration_report(result.registration)) if result.registration else None
         )
@@ -324,6 +363,7 @@ class FusionLogic:
             result.fused,
             result.registered_moving if transform is not None else None,
             transform,
+            result.source_map,
         )
         nodes.registration, nodes.device, nodes.seconds, nodes.messages = (
             summary,
@@ -379,6 +419,7 @@ class FusionLogic:
         pythonExecutable: str | None = None,
         temporaryRoot: str | None = None,
         keepFiles: bool = False,
+        sourceMap: bool = False,
         **changes,
     ) -> FusionJob:
         """Start the fusion of two nodes on the warm worker and return the running job.
@@ -386,7 +427,8 @@ class FusionLogic:
         Everything the run needs is captured now (inputs, output node, options, whether to keep
         the temporary files), so that leaving the module, or changing the panel, during the run
         changes nothing about it. The inputs go to a new temporary folder (under
-        ``temporaryRoot``) as uncompressed NRRD with their world geometry. Poll the job with
+        ``temporaryRoot``) as uncompressed NRRD with their world geometry; ``sourceMap`` asks the
+        worker for the source map too. Poll the job with
         :meth:`FusionJob.poll`, end it with :meth:`FusionJob.cancel`, and call :meth:`finishJob`
         once it succeeded. Nothing is added to the scene here.
         """
@@ -396,6 +438,7 @@ class FusionLogic:
 
         options = make_options(options, **changes)
         self._sceneOf(referenceNode, movingNode, outputNode)
+        self._refuseOutput(outputNode, options)
         reference = image_from_volume_node(referenceNode)
         moving = image_from_volume_node(movingNode)
         folder = Path(tempfile.mkdtemp(prefix="MedFusion-", dir=temporaryRoot))
@@ -403,7 +446,11 @@ class FusionLogic:
             write_image(reference, folder / REFERENCE_FILE, compress=False)
             write_image(moving, folder / MOVING_FILE, compress=False)
             job = FusionJob(
-                folder, options.to_dict(), self.worker(options.device == "cpu", pythonExecutable), keep_files=keepFiles
+                folder,
+                options.to_dict(),
+                self.worker(options.device == "cpu", pythonExecutable),
+                keep_files=keepFiles,
+                source_map=sourceMap,
             )
             job.context = {"reference": referenceNode, "moving": movingNode, "output": outputNode, "options": options}
             job.start()
@@ -433,9 +480,11 @@ class FusionLogic:
         fused = read_image(job.fused_path)  # read everything before touching the scene
         registered = read_image(job.registered_path) if job.registered_path.is_file() else None
         transform = job.transform_path if job.transform_path.is_file() else None
+        source_map = read_image(job.source_map_path) if job.source_map_path.is_file() else None
         nodes = self._storeResults(
-            scene, referenceNode, movingNode, outputNode, context.get("options"), fused, registered, transform
-        )
+            scene, referenceNode, movingNode, outputNode, context.get("options"), fused, registered, transform,
+            source_map,
+        )  # fmt: skip
         nodes.registration = RegistrationSummary.from_report(job.registration)
         nodes.device = str(job.report.get("device", job.options.get("device", "")))
         nodes.seconds = job.report.get("seconds")
@@ -463,14 +512,37 @@ class FusionLogic:
         mr = add_volume_node_from_image(scene, phantom.mr, DEMO_NAMES[1])
         return ct, mr
 
+    @staticmethod
+    def loadFunctionalDemoVolume(scene, spacing: tuple[float, float, float] = (4.0, 4.0, 4.0)):
+        """Add a PET of the demo phantom to ``scene`` and return its node: uptake in SUV-like units
+        (two hot foci the MR does not show) on a 4 mm grid of its own, in the demo MR's frame of
+        reference, as a hybrid PET/MR scanner records it. Fuse it in colour into the demo MR
+        (reference) with ``functional="harvard-pet", registration="resample"``. No download, no torch."""
+        from MedFusionLib.imaging.functional_phantom import make_functional_phantom
+        from MedFusionLib.imaging.phantom import DEMO_MISALIGNMENT
+
+        from .volumes import add_volume_node_from_image
+
+        pet = make_functional_phantom("pet", spacing=spacing, misalignment=DEMO_MISALIGNMENT)
+        return add_volume_node_from_image(scene, pet, DEMO_PET_NAME)
+
     # --- output policy ----------------------------------------------------------------------------
 
     @staticmethod
+    def resultKey(options) -> str:
+        """What tells one run's fused node from another's for the same inputs: the model, and for a
+        colour fusion its colour map (``"emfusion, harvard-pet"``)."""
+        model = getattr(options, "model", None) or "fused"
+        functional = getattr(options, "functional", None)
+        return f"{model}, {functional}" if functional else model
+
+    @staticmethod
     def resultNode(scene, role: str, referenceNode, movingNode, model: str | None = None):
-        """MedFusion's node of ``role`` (``fused``, ``registered``, ``transform``, ``checkerboard``)
-        for these inputs (and, for ``fused``, this model), or ``None``."""
+        """MedFusion's node of ``role`` (``fused``, ``sourcemap``, ``registered``, ``transform``,
+        ``checkerboard``) for these inputs (and, for ``fused`` and ``sourcemap``, this model or
+        :meth:`resultKey`), or ``None``."""
         classes = {"transform": "vtkMRMLTransformNode"}
-        class_name = classes.get(role, "vtkMRMLScalarVolumeNode")
+        class_name = classes.get(role, "vtkMRMLScalarVolumeNode")  # vector volume nodes included
         for index in range(scene.GetNumberOfNodesByClass(class_name)):
             node = scene.GetNthNodeByClass(index, class_name)
             if (
@@ -490,28 +562,50 @@ class FusionLogic:
         if model is not None:
             node.SetAttribute(MODEL_ATTRIBUTE, model)
 
+    def _refuseOutput(self, outputNode, options) -> None:
+        from MedFusionLib.core.errors import InputError
+
+        problem = self.outputProblem(outputNode, getattr(options, "functional", None))
+        if problem is not None:
+            raise InputError(problem[:1].lower() + problem[1:].rstrip("."))
+
+    @staticmethod
+    def showSourceMapLegend(sourceMapNode, visible: bool = True):
+        """Show or hide the colour legend of a source map node ("0 reference · 0.5 either · 1
+        moving"); returns the legend display node (``None`` if none could be made)."""
+        from .display import set_source_map_legend
+
+        return set_source_map_legend(sourceMapNode, visible)
+
     def _storeResults(
-        self, scene, referenceNode, movingNode, outputNode, options, fused, registered, transform
+        self, scene, referenceNode, movingNode, outputNode, options, fused, registered, transform, source_map=None
     ) -> FusionNodes:
         """Put a run's images into the scene following the output policy (module docstring).
 
-        ``transform``: a ``sitk.Transform`` or the path of an ITK transform file, or ``None``.
+        ``fused``: scalar, or RGB for a colour fusion (a vector volume node). ``transform``: a
+        ``sitk.Transform`` or the path of an ITK transform file, or ``None``. ``source_map``: the
+        source map image, or ``None``.
         """
         import SimpleITK as sitk
 
         from .compare import checkerboard_image
+        from .display import show_rgb, show_source_map
         from .volumes import (
             add_volume_node_from_image,
             image_from_volume_node,
             load_transform_node,
             update_volume_node_from_image,
+            volume_node_class,
         )
 
-        model = getattr(options, "model", None) or "fused"
+        self._refuseOutput(outputNode, options)  # before anything changes in the scene
+        key = self.resultKey(options)
         reference_name, moving_name = referenceNode.GetName(), movingNode.GetName()
 
         def store_volume(image, role, name, chosen=None, model_key=None):
             node = chosen or self.resultNode(scene, role, referenceNode, movingNode, model_key)
+            if node is not None and chosen is None and node.GetClassName() != volume_node_class(image):
+                node = None  # a node of another kind (an older scene's): leave it, make the right one
             if node is None:
                 node = add_volume_node_from_image(scene, image, name)
             else:
@@ -541,8 +635,15 @@ class FusionLogic:
                 board, "checkerboard", f"{reference_name} / {moving_name} checkerboard"
             )
         nodes.fusedNode = store_volume(
-            fused, "fused", f"{reference_name} + {moving_name} fused ({model})", outputNode, model
+            fused, "fused", f"{reference_name} + {moving_name} fused ({key})", outputNode, key
         )
+        if fused.GetNumberOfComponentsPerPixel() > 1:
+            show_rgb(nodes.fusedNode)
+        if source_map is not None:
+            nodes.sourceMapNode = store_volume(
+                source_map, "sourcemap", f"{reference_name} + {moving_name} source map ({key})", model_key=key
+            )
+            show_source_map(nodes.sourceMapNode)
         return nodes
 
     @staticmethod
