@@ -51,9 +51,9 @@ from MedFusionSlicer.compat import forget_modules, refusal_reason, running_slice
 REFUSAL = refusal_reason(sys.version_info, running_slicer_version(slicer))
 
 if REFUSAL is None:
-    from typing import Annotated
+    from typing import Annotated, Union
 
-    from slicer import vtkMRMLScalarVolumeNode
+    from slicer import vtkMRMLScalarVolumeNode, vtkMRMLVectorVolumeNode
     from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 
     from MedFusionSlicer import compare, dependencies
@@ -62,9 +62,12 @@ if REFUSAL is None:
         BACKEND_CHOICES,
         DEFAULTS,
         DEVICE_CHOICES,
+        FUNCTIONAL_CHOICES,
+        FUNCTIONAL_OFF,
         MODEL_CHOICES,
         REGISTRATION_CHOICES,
-        make_options,
+        OptionsError,
+        panel_options,
     )
     from MedFusionSlicer.logic import FusionLogic, RegistrationSummary, apply_state
     from MedFusionSlicer.worker import Finished, Message, Notice, Progress, overall_fraction, python_executable
@@ -76,7 +79,8 @@ else:
     def parameterNodeWrapper(classtype):
         return classtype
 
-    REGISTRATION_CHOICES = BACKEND_CHOICES = DEVICE_CHOICES = AXIS_CHOICES = ()
+    REGISTRATION_CHOICES = BACKEND_CHOICES = DEVICE_CHOICES = AXIS_CHOICES = FUNCTIONAL_CHOICES = ()
+    FUNCTIONAL_OFF = "off"
     DEFAULTS = None
 
 logger = logging.getLogger("MedFusion")
@@ -102,10 +106,12 @@ class MedFusion(ScriptedLoadableModule):
 Registers a moving volume (e.g. an MRI) to a reference volume (e.g. a CT) and fuses the two into one
 volume that keeps what each shows best, slice by slice with a deep network (EMFusion, HAF, DenseFuse)
 or a classical rule, on the GPU when there is one. The fused volume lies exactly on the reference's
-grid; the registered moving volume, the transform and a checkerboard are kept as nodes.
+grid; the registered moving volume, the transform and a checkerboard are kept as nodes. A PET or
+SPECT moving volume can be fused in colour (<i>Functional colour map</i>), and a <i>source map</i>
+shows, per voxel, which input the fused value came from.
 <br>Needs 3D Slicer 5.10 or later. Runs in a separate process: the interface stays responsive and
 Cancel stops the run at once, leaving the scene as it was. <i>Load demo volumes</i> adds a phantom
-CT and MR to try it. Python console: <code>MedFusion.MedFusionLogic().process(reference, moving)</code>.
+CT, MR and PET to try it. Python console: <code>MedFusion.MedFusionLogic().process(reference, moving)</code>.
 Without a window: <code>Slicer --no-main-window --python-script
 .../MedFusion/Resources/Scripts/MedFusionBatch.py -- --reference R --moving M --output O</code>.
 """)
@@ -129,8 +135,14 @@ class MedFusionParameterNode:
     model: str = ""  # "" = MedFusionLib's default model; set from the model combo box
     device: Annotated[str, Choice(list(DEVICE_CHOICES))] = DEFAULTS.device if DEFAULTS else ""
     axis: Annotated[str, Choice(list(AXIS_CHOICES))] = DEFAULTS.axis if DEFAULTS else ""
-    outputVolume: vtkMRMLScalarVolumeNode  # None: the fused node of these inputs (see logic's output policy)
-    referenceOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
+    functional: Annotated[str, Choice(list(FUNCTIONAL_CHOICES))] = FUNCTIONAL_OFF  # off, or a colour map
+    functionalRange: str = "auto"  # auto, or LOW,HIGH in the functional volume's units
+    sourceMap: bool = False
+    sourceMapLegend: bool = True
+    # None: the fused node of these inputs (see logic's output policy). A Union, so that the selector lists
+    # vector (RGB) volumes too: for a colour fusion (the wrapper sets a node selector's types from this).
+    outputVolume: Union[vtkMRMLScalarVolumeNode, vtkMRMLVectorVolumeNode, None]  # noqa: UP007 (the wrapper needs Union)
+    referenceOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.5  # the overlay's: reference or source map
     fade: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
     keepTemporaryFiles: bool = False
 
@@ -188,6 +200,7 @@ class MedFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.fadeSliderWidget.connect("valueChanged(double)", self.onFadeChanged)
         self.ui.flickerCheckBox.connect("toggled(bool)", self.onFlickerToggled)
         self.ui.checkerboardButton.connect("clicked(bool)", self.onShowCheckerboard)
+        self.ui.sourceMapLegendCheckBox.connect("toggled(bool)", self.onSourceMapLegendToggled)
         self.ui.compareCollapsibleButton.enabled = False
         self.fillModels(None)
         self.initializeParameterNode()
@@ -329,15 +342,21 @@ class MedFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         combo.currentIndex = max(index, 0)
         combo.blockSignals(False)
         self.ui.modelDescriptionLabel.text = combo.itemData(combo.currentIndex, qt.Qt.ToolTipRole) or ""
+        self.ui.functionalRangeLineEdit.enabled = self._parameterNode.functional != FUNCTIONAL_OFF
         self.updateApplyButton()
 
     def updateApplyButton(self) -> None:
         problem = None
         if self._parameterNode is not None:
-            problem = self.logic.inputProblem(
-                self._parameterNode.referenceVolume, self._parameterNode.movingVolume,
-                self._parameterNode.outputVolume, self._parameterNode.registration,
-            )  # fmt: skip
+            try:
+                options = self.currentOptions()
+            except OptionsError as error:  # e.g. a functional range being typed: say what is wrong
+                problem = str(error)[:1].upper() + str(error)[1:] + "."
+            else:
+                problem = self.logic.inputProblem(
+                    self._parameterNode.referenceVolume, self._parameterNode.movingVolume,
+                    self._parameterNode.outputVolume, options.registration, options.functional,
+                )  # fmt: skip
         enabled, tooltip = apply_state(problem, self._job is not None, self._installing)
         self.ui.applyButton.enabled = enabled and self._parameterNode is not None
         self.ui.applyButton.toolTip = tooltip
@@ -347,7 +366,8 @@ class MedFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNode.model = self.ui.modelComboBox.itemData(index) or ""
 
     def onReferenceOpacityChanged(self, value: float) -> None:
-        """Only the views that show MedFusion's fused volume, and only when the user moves the slider."""
+        """The overlay on the fused volume (the reference, or the source map): only the views that
+        show MedFusion's fused volume, and only when the user moves the slider."""
         if self._connectingGui or self._result is None:
             return
         compare.set_foreground_opacity(slicer.mrmlScene, [self._result.fusedNode.GetID()], value)
@@ -414,8 +434,10 @@ class MedFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def currentOptions(self):
         parameters = self._parameterNode
-        return make_options(
-            model=parameters.model or None,
+        return panel_options(
+            model=parameters.model,
+            functional=parameters.functional,
+            functional_range=parameters.functionalRange,
             registration=parameters.registration,
             backend=parameters.backend,
             device=parameters.device,
@@ -466,6 +488,7 @@ class MedFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 parameters.referenceVolume, parameters.movingVolume, parameters.outputVolume,
                 options=self.currentOptions(), pythonExecutable=self._pythonExecutable(),
                 temporaryRoot=slicer.app.temporaryPath, keepFiles=parameters.keepTemporaryFiles,
+                sourceMap=parameters.sourceMap,
             )  # fmt: skip
             self.setRunning(True)
             self.ui.statusLabel.text = _("Starting ...")
@@ -533,6 +556,8 @@ class MedFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     self.showResult(nodes)
                     self.ui.progressBar.value = 100
                     status = _("Done: '{name}'").format(name=nodes.fusedNode.GetName())
+                    if nodes.sourceMapNode is not None:
+                        status += _(", source map '{name}'").format(name=nodes.sourceMapNode.GetName())
                     if nodes.registration is not None:
                         status += "; " + nodes.registration.text()
                     self.ui.statusLabel.text = status
@@ -550,15 +575,20 @@ class MedFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.setRunning(False)
 
     def showResult(self, nodes) -> None:
-        """The fused volume in the slice views, the reference over it at the chosen opacity; the
-        registration check section gets the registered volume and the checkerboard."""
+        """The fused volume (grey, or RGB for a colour fusion) as the slice views' background, with
+        the source map over it when there is one (its legend as the panel says), else the
+        reference, at the overlay opacity; the registration check section gets the registered
+        volume and the checkerboard."""
         self._result = nodes
+        overlay = nodes.sourceMapNode if nodes.sourceMapNode is not None else nodes.referenceNode
         slicer.util.setSliceViewerLayers(
             background=nodes.fusedNode,
-            foreground=nodes.referenceNode,
+            foreground=overlay,
             foregroundOpacity=self.ui.referenceOpacitySliderWidget.value,
             fit=True,
         )
+        if nodes.sourceMapNode is not None:
+            self.logic.showSourceMapLegend(nodes.sourceMapNode, self._parameterNode.sourceMapLegend)
         hasRegistration = nodes.registeredNode is not None
         self.ui.compareCollapsibleButton.enabled = hasRegistration
         self.ui.registrationSummaryLabel.text = (
@@ -605,6 +635,13 @@ class MedFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if compare.flicker(slicer.mrmlScene, reference.GetID(), registered.GetID(), self._flickerShowsMoving) == 0:
             self.ui.flickerCheckBox.checked = False  # the user showed something else in the views
 
+    def onSourceMapLegendToggled(self, on: bool) -> None:
+        """Show or hide the legend of the last run's source map (the checkbox also sets the next run's)."""
+        if self._connectingGui or self._result is None or self._result.sourceMapNode is None:
+            return
+        if self._result.sourceMapNode.GetScene() is not None:
+            self.logic.showSourceMapLegend(self._result.sourceMapNode, on)
+
     def onShowCheckerboard(self) -> None:
         if self._result is None or self._result.checkerboardNode is None:
             return
@@ -614,13 +651,30 @@ class MedFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # --- demo --------------------------------------------------------------------------------------
 
     def onLoadDemo(self) -> None:
+        """The demo CT, MR and PET (the PET in the MR's frame, as from a PET/MR scanner). With a
+        functional colour map chosen, MR and PET are selected for a colour fusion; else CT and MR."""
         with slicer.util.tryWithErrorDisplay(_("MedFusion could not make the demo volumes."), waitCursor=True):
             ct, mr = self.logic.loadDemoVolumes(slicer.mrmlScene)
-            self._parameterNode.referenceVolume, self._parameterNode.movingVolume = ct, mr
-            if self._parameterNode.registration == "none":
-                self._parameterNode.registration = "rigid"  # the demo MR is misaligned on purpose
+            pet = self.logic.loadFunctionalDemoVolume(slicer.mrmlScene)
+            parameters = self._parameterNode
+            if parameters.functional != FUNCTIONAL_OFF:
+                parameters.referenceVolume, parameters.movingVolume = mr, pet
+                parameters.registration = "resample"  # one frame of reference: no registration needed
+                slicer.util.setSliceViewerLayers(background=mr, foreground=pet, foregroundOpacity=0.5, fit=True)
+                self.ui.statusLabel.text = _(
+                    "Demo CT, MR and PET loaded; MR and PET selected for a colour fusion (the PET in the MR's "
+                    "frame of reference, so registration 'resample'); press Apply."
+                )
+                return
+            parameters.referenceVolume, parameters.movingVolume = ct, mr
+            if parameters.registration in ("none", "resample"):
+                parameters.registration = "rigid"  # the demo MR is misaligned on purpose
             slicer.util.setSliceViewerLayers(background=ct, foreground=mr, foregroundOpacity=0.5, fit=True)
-            self.ui.statusLabel.text = _("Demo CT and MR loaded (the MR is misaligned on purpose); press Apply.")
+            self.ui.statusLabel.text = _(
+                "Demo CT, MR and PET loaded; CT and MR selected (the MR is misaligned on purpose); press Apply. "
+                "For a colour fusion: the demo MR as reference, the demo PET as moving, a functional colour map "
+                "and registration 'resample' (chosen for you when a colour map is set before loading)."
+            )
 
 
 #
@@ -690,6 +744,8 @@ class MedFusionTest(ScriptedLoadableModuleTest):
         self.test_process_fuses_demo_pair_on_reference_grid()
         self.setUp()
         self.test_worker_result_equals_in_process_result()
+        self.setUp()
+        self.test_colour_fusion_of_the_demo_pet_with_source_map()
 
     def _demoNodes(self):
         # The same path as the panel's "Load demo volumes", on a coarser grid to be quick.
@@ -745,4 +801,21 @@ class MedFusionTest(ScriptedLoadableModuleTest):
         self.assertIs(viaWorker.fusedNode, direct.fusedNode)  # same inputs and model: the same node, updated
         self.assertIsNotNone(viaWorker.registration)
         self.assertTrue(np.isfinite(slicer.util.arrayFromVolume(viaWorker.fusedNode)).all())
+        self.delayDisplay("Test passed")
+
+    def test_colour_fusion_of_the_demo_pet_with_source_map(self):
+        self.delayDisplay("Fusing the demo PET into the demo MR in colour, with the source map")
+        _, mr = self._demoNodes()
+        pet = MedFusionLogic().loadFunctionalDemoVolume(slicer.mrmlScene)
+        nodes = MedFusionLogic().process(
+            mr, pet, registration="resample", functional="harvard-pet", model="laplacian", device="cpu", sourceMap=True
+        )
+        self.assertTrue(nodes.fusedNode.IsA("vtkMRMLVectorVolumeNode"))
+        rgb = slicer.util.arrayFromVolume(nodes.fusedNode)
+        self.assertEqual(rgb.shape, (*slicer.util.arrayFromVolume(mr).shape, 3))
+        share = slicer.util.arrayFromVolume(nodes.sourceMapNode)
+        self.assertTrue(0.0 <= share.min() and share.max() <= 1.0)
+        legend = MedFusionLogic.showSourceMapLegend(nodes.sourceMapNode)
+        self.assertIsNotNone(legend)
+        slicer.util.setSliceViewerLayers(background=nodes.fusedNode, foreground=nodes.sourceMapNode, fit=True)
         self.delayDisplay("Test passed")

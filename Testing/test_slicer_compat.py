@@ -91,7 +91,7 @@ def test_old_slicer_gets_one_message_and_no_traceback(tmp_path):
         at_load = list(messages)
         result = unittest.TextTestRunner(stream=open("/dev/null", "w")).run(
             unittest.defaultTestLoader.loadTestsFromTestCase(module.MedFusionTest))
-        assert result.testsRun == 2 and len(result.skipped) == 2 and not result.errors and not result.failures, result
+        assert result.testsRun == 3 and len(result.skipped) == 3 and not result.errors and not result.failures, result
         assert "5.10" in result.skipped[0][1]
         print(repr(module.REFUSAL)); print(at_load); print(loaded)
         """
@@ -145,12 +145,18 @@ def test_supported_slicer_loads_the_module_without_torch_and_resolves_the_parame
             assert getattr(module.MedFusionParameterNode, name) == getattr(FusionOptions(), name), name
         assert hints["referenceVolume"] is slicer.vtkMRMLScalarVolumeNode
         assert hints["fade"].__metadata__[0] == ("WithinRange", 0.0, 1.0)
+        # The colour map: off or one of FusionOptions' maps; the output selector also lists RGB volumes.
+        assert hints["functional"].__metadata__[0] == ("Choice", ("off", *FusionOptions.CHOICES["functional"]))
+        assert module.MedFusionParameterNode.functional == "off"
+        assert typing.get_args(hints["outputVolume"]) == (
+            slicer.vtkMRMLScalarVolumeNode, slicer.vtkMRMLVectorVolumeNode, type(None))
+        assert typing.get_origin(hints["outputVolume"]) is typing.Union  # what the wrapper's node types accept
         from MedFusionSlicer import dependencies
         absent = dependencies.Requirement("medfusion-absent", "1", False, "")
         dependencies.REQUIREMENTS = (*dependencies.REQUIREMENTS, absent)
         result = unittest.TextTestRunner(stream=open("/dev/null", "w")).run(
             unittest.defaultTestLoader.loadTestsFromTestCase(module.MedFusionTest))
-        assert result.testsRun == 2 and len(result.skipped) == 2 and not result.errors and not result.failures, result
+        assert result.testsRun == 3 and len(result.skipped) == 3 and not result.errors and not result.failures, result
         assert "medfusion-absent>=1" in result.skipped[0][1] and "not installed" in result.skipped[0][1]
         print("ok")
         """

@@ -16,9 +16,20 @@ BACKEND_CHOICES = tuple(CHOICES["backend"])
 DEVICE_CHOICES = tuple(CHOICES["device"])
 AXIS_CHOICES = tuple(CHOICES["axis"])
 MODEL_CHOICES = tuple(CHOICES["model"])
+# The panel's colour-map choice: "off" (a grey fusion, FusionOptions.functional None) or a map.
+FUNCTIONAL_OFF = "off"
+FUNCTIONAL_CHOICES = (FUNCTIONAL_OFF, *CHOICES["functional"])
 DEFAULTS = FusionOptions()
 
-__all__ = ["CHOICES", "DEFAULTS", "FusionOptions", "OptionsError", "make_options"]
+__all__ = [
+    "CHOICES",
+    "DEFAULTS",
+    "FUNCTIONAL_CHOICES",
+    "FusionOptions",
+    "OptionsError",
+    "make_options",
+    "panel_options",
+]
 
 
 def make_options(options: FusionOptions | None = None, **changes) -> FusionOptions:
@@ -33,3 +44,18 @@ def make_options(options: FusionOptions | None = None, **changes) -> FusionOptio
             f"unknown fusion option(s) {', '.join(sorted(unknown))}; the options are {', '.join(sorted(known))}"
         )
     return dataclasses.replace(base, **changes) if changes else base
+
+
+def panel_options(
+    *, functional: str = FUNCTIONAL_OFF, functional_range: str = "auto", model: str = "", **choices
+) -> FusionOptions:
+    """The options of the panel's fields: ``functional`` ``off`` or a colour map; the range only
+    counts with a colour map (a range typed while the map is off is ignored, not an error);
+    ``model`` ``""`` is the default model; ``choices`` are other fields (registration, ...)."""
+    colour_map = None if functional in (FUNCTIONAL_OFF, "") else functional
+    return make_options(
+        model=model or None,
+        functional=colour_map,
+        functional_range=(functional_range.strip() or "auto") if colour_map else None,
+        **choices,
+    )
