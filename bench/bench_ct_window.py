@@ -4,8 +4,9 @@ The shipped networks learned from the Harvard CT-MRI pictures (8-bit head CTs). 
 below, every candidate display window is applied inside the body (``imaging.ct.body_mask``) and
 the grey levels are compared with those inside the heads of the Harvard CT pictures: the mean
 absolute difference of the 5 %..95 % quantiles (a discrete Wasserstein-1 distance, grey levels
-0..1; 0 = the same distribution). ``--reference-window auto`` picks the smallest per image. The
-script also recomputes the Harvard quantiles that ``imaging/ct.py`` stores. Usage::
+0..1; 0 = the same distribution), and so are percentiles of raw HU (no window). The window with
+the smallest mean over the CTs is the default for a CT (``--reference-window auto``). The script
+also recomputes the Harvard quantiles that ``imaging/ct.py`` stores. Usage::
 
     python bench/bench_ct_window.py
 """
@@ -16,10 +17,13 @@ import glob
 from pathlib import Path
 
 import numpy as np
+import SimpleITK as sitk
 from PIL import Image
 from scipy import ndimage
 
+from MedFusionLib.core.choices import DEFAULT_CT_WINDOW
 from MedFusionLib.imaging.ct import AUTO_WINDOW_CANDIDATES, TRAINING_CT_QUANTILES, body_mask, window_distances
+from MedFusionLib.imaging.normalization import normalize_intensity
 from MedFusionLib.imaging.phantom import make_clinical_pair
 from MedFusionLib.io import read_image
 
@@ -59,12 +63,28 @@ def main() -> None:
         if path.exists():
             images[name] = read_image(path)
     print()
-    print("| CT | " + " | ".join(AUTO_WINDOW_CANDIDATES) + " | chosen |")
-    print("|---|" + "---|" * (len(AUTO_WINDOW_CANDIDATES) + 1))
+    columns = (*AUTO_WINDOW_CANDIDATES, "percentiles")
+    print("| CT | " + " | ".join(columns) + " | closest |")
+    print("|---|" + "---|" * (len(columns) + 1))
+    rows = []
     for name, image in images.items():
-        distances = window_distances(image, body_mask(image))
-        chosen = min(distances, key=distances.get)
-        print(f"| {name} | " + " | ".join(f"{distances[w]:.3f}" for w in AUTO_WINDOW_CANDIDATES) + f" | {chosen} |")
+        mask = body_mask(image)
+        distances = window_distances(image, mask)
+        distances["percentiles"] = percentile_distance(image, mask)
+        rows.append(distances)
+        closest = min(distances, key=distances.get)
+        print(f"| {name} | " + " | ".join(f"{distances[c]:.3f}" for c in columns) + f" | {closest} |")
+    mean = {c: float(np.mean([row[c] for row in rows])) for c in columns}
+    print("| mean | " + " | ".join(f"{mean[c]:.3f}" for c in columns) + f" | {min(mean, key=mean.get)} |")
+    print(f"\nthe default (core.choices.DEFAULT_CT_WINDOW): {DEFAULT_CT_WINDOW}")
+
+
+def percentile_distance(image, mask) -> float:
+    """The same distance for percentiles of raw HU (the rule without a window, padding included)."""
+    values = sitk.GetArrayViewFromImage(image)
+    shown = normalize_intensity(values)[sitk.GetArrayViewFromImage(mask) > 0]
+    levels = np.linspace(0.05, 0.95, len(TRAINING_CT_QUANTILES))
+    return float(np.mean(np.abs(np.quantile(shown, levels) - np.asarray(TRAINING_CT_QUANTILES))))
 
 
 if __name__ == "__main__":

@@ -40,8 +40,8 @@ CT_WINDOWS: dict[str, tuple[float, float]] = {
 }
 # The window "auto" applies to an image recognised as CT ("none": percentiles of raw HU, which
 # wash a CT out). Chosen by measurement (bench/bench_ct_window.py): of the candidate windows, it
-# shows the bodies of our CTs (the phantom head, two real abdomens) closest, on average, to how
-# the Harvard CT pictures the networks were trained on show a head.
+# shows the body of the phantom head, and on average those of our CTs (it and two real abdomens),
+# closest to how the Harvard CT pictures the networks were trained on show a head.
 DEFAULT_CT_WINDOW = "soft-tissue"
 
 # Colour maps for functional (PET/SPECT) fusion, defined in MedFusionLib/imaging/colour.py. The
