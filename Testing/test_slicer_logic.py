@@ -440,3 +440,185 @@ def test_worker_failure_carries_the_library_message(scene_pair, logic):
     with pytest.raises(InputError, match="has not succeeded"):
         logic.finishJob(job)
     assert _node_ids(scene) == before
+
+
+# --- functional (PET/SPECT) colour fusion and the source map (issue #14) ------------------------------
+
+
+@pytest.fixture(scope="module")
+def mr_and_pet():
+    """The demo's misaligned MR on a small grid and the phantom PET in the MR's frame of reference
+    (a hybrid PET/MR), as images."""
+    from MedFusionLib.imaging.functional_phantom import make_functional_phantom
+
+    phantom = make_head_phantom(size=SMALL_SIZE, spacing=SMALL_SPACING, misalignment=DEMO_MISALIGNMENT,
+                                moving_spacing=(3.0, 3.0, 4.0), seed=1)  # fmt: skip
+    return phantom.mr, make_functional_phantom("pet", misalignment=DEMO_MISALIGNMENT)
+
+
+@pytest.fixture()
+def scene_mr_pet(mr_and_pet):
+    scene = slicer.vtkMRMLScene()
+    mr = add_volume_node_from_image(scene, mr_and_pet[0], "MR")
+    pet = add_volume_node_from_image(scene, mr_and_pet[1], "PET")
+    return scene, mr, pet
+
+
+def test_colour_fusion_is_an_rgb_vector_node_shown_with_its_own_colours(scene_mr_pet):
+    """functional: the fused node is a uint8 RGB vtkMRMLVectorVolumeNode on the reference's grid,
+    voxel for voxel the library's result, shown with the window 0..255 (the computed colours);
+    the source map is a scalar node equal to the library's, through the blue-white-red table with
+    the window fixed to 0..1."""
+    scene, mr, pet = scene_mr_pet
+    options = FusionOptions(registration="resample", functional="harvard-pet", functional_range="0,12",
+                            model="laplacian", device="cpu")  # fmt: skip
+    nodes = FusionLogic().process(mr, pet, options=options, sourceMap=True)
+    expected = fuse_volumes(image_from_volume_node(mr), image_from_volume_node(pet), options, source_map=True)
+    fused = nodes.fusedNode
+    assert fused.IsA("vtkMRMLVectorVolumeNode") and fused.GetName() == "MR + PET fused (laplacian, harvard-pet)"
+    voxels = slicer.util.arrayFromVolume(fused)
+    assert voxels.dtype == np.uint8 and voxels.shape == (*slicer.util.arrayFromVolume(mr).shape, 3)
+    np.testing.assert_array_equal(voxels, sitk.GetArrayFromImage(expected.fused))
+    np.testing.assert_allclose(_ijk_to_ras(fused), _ijk_to_ras(mr), atol=1e-9)
+    display = fused.GetDisplayNode()
+    assert display.IsA("vtkMRMLVectorVolumeDisplayNode") and not display.GetAutoWindowLevel()
+    assert (display.GetWindow(), display.GetLevel()) == (255.0, 127.5)
+
+    share = nodes.sourceMapNode
+    assert share.GetClassName() == "vtkMRMLScalarVolumeNode"
+    assert share.GetName() == "MR + PET source map (laplacian, harvard-pet)"
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(share), sitk.GetArrayFromImage(expected.source_map))
+    np.testing.assert_allclose(_ijk_to_ras(share), _ijk_to_ras(mr), atol=1e-9)
+    share_display = share.GetDisplayNode()
+    assert not share_display.GetAutoWindowLevel()
+    assert (share_display.GetWindow(), share_display.GetLevel()) == (1.0, 0.5)
+    table = share_display.GetColorNode()
+    assert table.GetName() == "MedFusion source map" and table.GetNumberOfColors() == 256
+    blue, white, red = (table.GetLookupTable().GetTableValue(index)[:3] for index in (0, 128, 255))
+    assert blue[2] > 0.7 > blue[0] and min(white) > 0.99 and red[0] > 0.7 > red[2]
+    # The image is the reference's: no registration, so no registration nodes.
+    assert nodes.registeredNode is None and nodes.transformNode is None and nodes.registration is None
+
+
+def test_source_map_legend_says_what_the_ends_mean_and_can_be_hidden(scene_mr_pet):
+    scene, mr, pet = scene_mr_pet
+    nodes = FusionLogic().process(mr, pet, registration="resample", model="average", device="cpu", sourceMap=True)
+    np.testing.assert_allclose(slicer.util.arrayFromVolume(nodes.sourceMapNode), 0.5, atol=1e-6)  # average: either
+    legend = FusionLogic.showSourceMapLegend(nodes.sourceMapNode)
+    assert legend.IsA("vtkMRMLColorLegendDisplayNode") and legend.GetVisibility()
+    assert legend.GetTitleText() == "0 reference \u00b7 0.5 either \u00b7 1 moving"
+    assert legend.GetNumberOfLabels() == 3 and legend.GetLabelFormat() == "%.1f"
+    assert legend.GetPrimaryDisplayNode() is nodes.sourceMapNode.GetDisplayNode()
+    assert FusionLogic.showSourceMapLegend(nodes.sourceMapNode, False) is legend and not legend.GetVisibility()
+    assert FusionLogic.showSourceMapLegend(nodes.sourceMapNode) is legend  # shown again, not a second one
+    again = FusionLogic().process(mr, pet, registration="resample", model="average", device="cpu", sourceMap=True)
+    assert again.sourceMapNode is nodes.sourceMapNode  # updated in place: the legend stays with it
+    assert scene.GetNumberOfNodesByClass("vtkMRMLColorLegendDisplayNode") == 1
+    assert scene.GetNumberOfNodesByClass("vtkMRMLColorTableNode") == 1  # one table for every source map
+
+
+def test_output_policy_for_colour_fusions_and_source_maps(scene_mr_pet):
+    """A colour fusion has its own node per model and colour map beside the grey one, updated in
+    place like it; so has the source map. A chosen output must hold what the run writes: refused
+    before the run otherwise, the scene unchanged."""
+    scene, mr, pet = scene_mr_pet
+    logic = FusionLogic()
+    run = {"registration": "resample", "model": "average", "device": "cpu"}
+    grey = logic.process(mr, pet, **run, sourceMap=True)
+    colour = logic.process(mr, pet, **run, functional="hot", sourceMap=True)
+    colour_again = logic.process(mr, pet, **run, functional="hot")
+    other_map = logic.process(mr, pet, **run, functional="rainbow")
+    assert grey.fusedNode.GetName() == "MR + PET fused (average)" and not grey.fusedNode.IsA("vtkMRMLVectorVolumeNode")
+    assert colour.fusedNode is not grey.fusedNode and colour.fusedNode.IsA("vtkMRMLVectorVolumeNode")
+    assert colour_again.fusedNode is colour.fusedNode and colour_again.sourceMapNode is None
+    assert other_map.fusedNode not in (grey.fusedNode, colour.fusedNode)
+    assert colour.sourceMapNode is not grey.sourceMapNode
+    assert logic.resultNode(scene, "sourcemap", mr, pet, "average, hot") is colour.sourceMapNode
+    assert logic.resultNode(scene, "fused", mr, pet, "average") is grey.fusedNode
+
+    scalar_output = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "my grey")
+    colour_output = scene.AddNewNodeByClass("vtkMRMLVectorVolumeNode", "my colour")
+    assert "RGB" in FusionLogic.inputProblem(mr, pet, scalar_output, "resample", "hot")
+    assert "colour (vector) volume" in FusionLogic.inputProblem(mr, pet, colour_output, "resample", None)
+    assert FusionLogic.inputProblem(mr, pet, colour_output, "resample", "hot") is None
+    before = _node_ids(scene)
+    with pytest.raises(InputError, match="RGB volume"):
+        logic.process(mr, pet, scalar_output, **run, functional="hot")
+    with pytest.raises(InputError, match="grey fusion needs a scalar output"):
+        logic.startJob(mr, pet, colour_output, **run)
+    assert _node_ids(scene) == before
+    written = logic.process(mr, pet, colour_output, **run, functional="hot").fusedNode
+    assert written is colour_output and colour_output.GetName() == "my colour"
+    np.testing.assert_array_equal(
+        slicer.util.arrayFromVolume(colour_output), slicer.util.arrayFromVolume(colour.fusedNode)
+    )
+    # Vector (colour) volumes are never offered as inputs, and never refused with a traceback.
+    assert "grey-scale" in FusionLogic.inputProblem(colour_output, pet, None, "resample")
+    assert colour_output not in FusionLogic.defaultInputs(scene, colour_output, None)
+
+
+def test_demo_pet_lies_in_the_demo_mrs_frame_of_reference():
+    """'Load demo volumes' adds a PET a user can fuse into the demo MR in colour at once: the PET
+    on a grid of its own (so 'none' is refused) but in the MR's frame (its uptake covers the MR's
+    head after resampling by coordinates)."""
+    scene = slicer.vtkMRMLScene()
+    _, mr = FusionLogic.loadDemoVolumes(scene, size=(32, 40, 28))
+    pet = FusionLogic.loadFunctionalDemoVolume(scene)
+    assert pet.GetName() == "MedFusion demo PET" and FusionLogic.defaultInputs(scene)[1] is mr
+    assert FusionLogic.inputProblem(mr, pet, None, "resample", "harvard-pet") is None
+    assert FusionLogic.inputProblem(mr, pet, None, "none", "harvard-pet") is not None
+    mr_image = image_from_volume_node(mr)
+    on_mr = sitk.GetArrayFromImage(sitk.Resample(image_from_volume_node(pet), mr_image, sitk.Transform(),
+                                                 sitk.sitkLinear, 0.0))  # fmt: skip
+    head = sitk.GetArrayFromImage(mr_image) > np.percentile(sitk.GetArrayFromImage(mr_image), 60)
+    uptake = on_mr > 0.5
+    dice = 2 * (head & uptake).sum() / (head.sum() + uptake.sum())
+    assert dice > 0.7, dice
+
+
+def test_worker_colour_job_with_source_map_matches_in_process(scene_mr_pet, logic):
+    """The panel's path for a colour fusion with the source map: the worker writes both as
+    uncompressed NRRD, and the imported nodes equal the console's."""
+    scene, mr, pet = scene_mr_pet
+    run = {"registration": "resample", "functional": "harvard-pet", "model": "laplacian", "device": "cpu"}
+    direct = logic.process(mr, pet, **run, sourceMap=True)
+    fused_direct = slicer.util.arrayFromVolume(direct.fusedNode).copy()
+    share_direct = slicer.util.arrayFromVolume(direct.sourceMapNode).copy()
+    job = logic.startJob(mr, pet, **run, sourceMap=True, keepFiles=True)
+    try:
+        job.wait(timeout=300)
+        assert job.state == "succeeded", job.error
+        assert job.source_map_path.is_file() and b"encoding: raw" in job.source_map_path.read_bytes()[:1000]
+        via_worker = logic.finishJob(job)
+    finally:
+        job.keep_files = False
+        job.cleanup()
+    assert via_worker.fusedNode is direct.fusedNode and via_worker.sourceMapNode is direct.sourceMapNode
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(via_worker.fusedNode), fused_direct)
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(via_worker.sourceMapNode), share_direct)
+    plain = logic.startJob(mr, pet, **run)  # without the source map: no file, no node
+    try:
+        plain.wait(timeout=300)
+        assert plain.state == "succeeded", plain.error
+        assert not plain.source_map_path.exists()
+        assert logic.finishJob(plain).sourceMapNode is None
+    finally:
+        plain.cleanup()
+
+
+def test_registration_report_carries_the_confidence_fields(misaligned_phantom):
+    """The worker's registration event carries RegistrationResult.confidence's documented fields
+    as JSON, and the summary line shows the confidence."""
+    import json
+
+    from MedFusionLib.registration import register
+    from MedFusionSlicer.server import CONFIDENCE_FIELDS, registration_report
+
+    result = register(misaligned_phantom.ct, misaligned_phantom.mr, "rigid", "simpleitk")
+    report = json.loads(json.dumps(registration_report(result)))
+    assert set(report) == {"preset", "backend", "metric_before", "metric_after", "seconds", "confidence"}
+    assert set(report["confidence"]) == {*CONFIDENCE_FIELDS, "reasons"}
+    assert report["confidence"]["doubtful"] is result.confidence.doubtful
+    assert report["confidence"]["mutual_information"] == pytest.approx(result.confidence.mutual_information)
+    summary = RegistrationSummary.from_report(report)
+    assert summary.doubtful is result.confidence.doubtful and result.confidence.summary in summary.text()

@@ -10,6 +10,14 @@ the CSV's folder; the same format as ``medfusion batch``)::
 
     Slicer --no-main-window --python-script MedFusionBatch.py -- --cases cases.csv --output-dir fused/
 
+A PET from a PET/MR scanner, fused in colour (RGB output), with the source map::
+
+    Slicer --no-main-window --python-script MedFusionBatch.py -- --reference mr.nii.gz --moving pet.nii.gz \\
+        --output fused_rgb.nrrd --functional harvard-pet --registration resample --source-map share.nrrd
+
+The fusion options (``--model``, ``--registration``, ``--functional``, ...) are
+``FusionOptions``' own flags, with the same names, choices and defaults as ``medfusion fuse``.
+
 Volumes are read with Slicer's own reader into the MRML scene, fused by the module's logic (the
 same code as the panel and the Python console) and written atomically. No dialog is ever shown;
 progress goes to standard output. Exit status: 0 when every case succeeded, 1 when one failed
@@ -34,7 +42,7 @@ if str(MODULE_FOLDER) not in sys.path:
     sys.path.insert(0, str(MODULE_FOLDER))
 
 from MedFusionSlicer import dependencies
-from MedFusionSlicer.choices import AXIS_CHOICES, BACKEND_CHOICES, DEFAULTS, DEVICE_CHOICES, REGISTRATION_CHOICES
+from MedFusionSlicer.choices import FusionOptions, OptionsError
 
 EXIT_OK, EXIT_CASE_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -49,15 +57,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", type=Path, help="fused volume to write (.nrrd, .nii.gz, .mha)")
     parser.add_argument("--cases", type=Path, help="CSV with columns reference, moving[, output] instead of one pair")
     parser.add_argument("--output-dir", type=Path, help="folder for the outputs of --cases")
-    # Defaults are FusionOptions' own: the same as the panel, the console and `medfusion fuse`.
-    parser.add_argument("--registration", default=DEFAULTS.registration, choices=REGISTRATION_CHOICES)
-    parser.add_argument("--backend", default=DEFAULTS.backend, choices=BACKEND_CHOICES)
+    # Every fusion option, with FusionOptions' names, choices and defaults: the same as the panel,
+    # the console and `medfusion fuse` (values are checked by FusionOptions.from_namespace).
+    FusionOptions.add_arguments(parser)
     parser.add_argument(
-        "--model", default=DEFAULTS.model, help=f"fusion model (default {DEFAULTS.model}; see `medfusion models`)"
+        "--source-map",
+        type=Path,
+        help="also write the source map: per voxel, the moving volume's share of the fused value "
+        "(float 0-1: 0 the reference, 0.5 either, 1 the moving volume; one pair only)",
     )
-    parser.add_argument("--device", default=DEFAULTS.device, choices=DEVICE_CHOICES)
-    parser.add_argument("--axis", default=DEFAULTS.axis, choices=AXIS_CHOICES)
-    parser.add_argument("--batch-size", type=int, default=None, help="slices per forward pass")
     parser.add_argument("--save-registered", type=Path, help="also write the registered moving volume (one pair only)")
     parser.add_argument(
         "--save-checkerboard",
@@ -103,12 +111,13 @@ def ensure_dependencies(install_allowed: bool) -> bool:
     return True
 
 
-def fuse_one(logic, scene, reference: Path, moving: Path, output: Path, args, extra: dict[str, Path | None]) -> None:
-    """Load, fuse, write one pair (and the ``extra`` outputs: ``registered``, ``checkerboard``);
-    remove its nodes from the scene afterwards."""
+def fuse_one(
+    logic, scene, reference: Path, moving: Path, output: Path, args, options, extra: dict[str, Path | None]
+) -> None:
+    """Load, fuse with ``options`` (a ``FusionOptions``), write one pair (and the ``extra`` outputs:
+    ``registered``, ``checkerboard``, ``sourcemap``); remove its nodes from the scene afterwards."""
     from MedFusionLib.core.errors import OutputExistsError
     from MedFusionLib.io import write_image
-    from MedFusionSlicer.choices import make_options
     from MedFusionSlicer.volumes import image_from_volume_node, load_volume_node
 
     for path in (output, *extra.values()):
@@ -124,28 +133,32 @@ def fuse_one(logic, scene, reference: Path, moving: Path, output: Path, args, ex
         def progress(stage: str, done: int, total: int) -> None:
             print(f"  {stage} {done}/{total}", flush=True)
 
-        options = make_options(
-            registration=args.registration,
-            model=args.model,
-            device=args.device,
-            axis=args.axis,
-            backend=args.backend,
-            batch_size=args.batch_size,
-        )
         nodes = logic.process(
             referenceNode,
             movingNode,
             options=options,
             progress=progress,
             log=lambda message: print(f"  {message}", flush=True),
+            sourceMap=extra.get("sourcemap") is not None,
         )  # registration summary included
         added += [
             node
-            for node in (nodes.fusedNode, nodes.registeredNode, nodes.transformNode, nodes.checkerboardNode)
+            for node in (
+                nodes.fusedNode,
+                nodes.sourceMapNode,
+                nodes.registeredNode,
+                nodes.transformNode,
+                nodes.checkerboardNode,
+            )
             if node
         ]
-        write_image(image_from_volume_node(nodes.fusedNode), output, overwrite=args.overwrite)
-        for role, node in (("registered", nodes.registeredNode), ("checkerboard", nodes.checkerboardNode)):
+        # vector=True: a colour (functional) fusion is an RGB vector volume node.
+        write_image(image_from_volume_node(nodes.fusedNode, vector=True), output, overwrite=args.overwrite)
+        for role, node in (
+            ("registered", nodes.registeredNode),
+            ("checkerboard", nodes.checkerboardNode),
+            ("sourcemap", nodes.sourceMapNode),
+        ):
             if extra.get(role) is not None and node is not None:
                 write_image(image_from_volume_node(node), extra[role], overwrite=args.overwrite)
     finally:
@@ -166,6 +179,11 @@ def run(argv: list[str]) -> int:
         return EXIT_USAGE
     if args.cases is not None and args.output_dir is None:
         print("--cases needs --output-dir", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        options = FusionOptions.from_namespace(args)
+    except OptionsError as error:
+        print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
     if not ensure_dependencies(args.install_dependencies):
         return EXIT_USAGE
@@ -194,8 +212,14 @@ def run(argv: list[str]) -> int:
         print(f"case {index}/{len(cases)}: {reference.name} + {moving.name} -> {output}", flush=True)
         started = time.perf_counter()
         try:
-            extra = {"registered": args.save_registered, "checkerboard": args.save_checkerboard} if single else {}
-            fuse_one(logic, scene, reference, moving, output, args, extra)
+            extra = {}
+            if single:
+                extra = {
+                    "registered": args.save_registered,
+                    "checkerboard": args.save_checkerboard,
+                    "sourcemap": args.source_map,
+                }
+            fuse_one(logic, scene, reference, moving, output, args, options, extra)
         except MedFusionError as error:
             failed += 1
             print(f"case {index} failed: {error}", file=sys.stderr, flush=True)
