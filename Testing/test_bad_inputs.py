@@ -79,7 +79,22 @@ CASES = [
 def test_bad_moving_input_exits_2_with_message_and_no_output(inputs, tmp_path, capsys, label, key, message):
     moving = inputs.get(key, tmp_path / "does-not-exist.nii.gz")
     output = tmp_path / "out" / "fused.nii.gz"
-    assert main(["fuse", str(inputs["good"]), str(moving), "-o", str(output), "--progress", "none", "--registration", "none"]) == 2
+    assert (
+        main(
+            [
+                "fuse",
+                str(inputs["good"]),
+                str(moving),
+                "-o",
+                str(output),
+                "--progress",
+                "none",
+                "--registration",
+                "none",
+            ]
+        )
+        == 2
+    )
     error = capsys.readouterr().err
     assert error.startswith("medfusion: error:")
     assert any(part.lower() in error.lower() for part in message.split("|")), error
@@ -89,7 +104,10 @@ def test_bad_moving_input_exits_2_with_message_and_no_output(inputs, tmp_path, c
 
 def test_inputs_are_never_modified(inputs, tmp_path):
     before = {path: path.read_bytes() for path in (inputs["good"],)}
-    assert main(["fuse", str(inputs["good"]), str(inputs["good"]), "-o", str(tmp_path / "f.nii.gz"), "--progress", "none"]) == 0
+    assert (
+        main(["fuse", str(inputs["good"]), str(inputs["good"]), "-o", str(tmp_path / "f.nii.gz"), "--progress", "none"])
+        == 0
+    )
     assert all(path.read_bytes() == data for path, data in before.items())
 
 
@@ -125,7 +143,10 @@ def test_several_dicom_series_must_be_chosen_then_fuse(inputs, tmp_path, capsys)
     error = capsys.readouterr().err
     assert "--moving-series" in error and "good" in error and "other" in error and not output.exists()
     uid = next(series.uid for series in list_dicom_series(mixed) if series.description == "good")
-    assert main(["fuse", str(inputs["good"]), str(mixed), "-o", str(output), "--moving-series", uid, "--progress", "none"]) == 0
+    assert (
+        main(["fuse", str(inputs["good"]), str(mixed), "-o", str(output), "--moving-series", uid, "--progress", "none"])
+        == 0
+    )
     assert sitk.ReadImage(str(output)).GetSize() == good.GetSize()
 
 
@@ -134,7 +155,19 @@ def test_no_physical_overlap_is_a_registration_error_without_output(inputs, tmp_
     far.SetOrigin((1000.0, 1000.0, 1000.0))
     write_image(far, tmp_path / "far.nii.gz")
     output = tmp_path / "f.nii.gz"
-    code = main(["fuse", str(inputs["good"]), str(tmp_path / "far.nii.gz"), "-o", str(output), "--registration", "rigid", "--progress", "none"])
+    code = main(
+        [
+            "fuse",
+            str(inputs["good"]),
+            str(tmp_path / "far.nii.gz"),
+            "-o",
+            str(output),
+            "--registration",
+            "rigid",
+            "--progress",
+            "none",
+        ]
+    )
     assert code == 2
     error = capsys.readouterr().err
     assert "share no physical space" in error and "--init" in error and not output.exists()
@@ -147,8 +180,23 @@ def test_the_advised_geometry_initialisation_registers_far_apart_scans(phantom_p
     write_image(phantom_pair.ct, tmp_path / "ct.nii.gz")
     write_image(far, tmp_path / "far.nii.gz")
     output, registered = tmp_path / "f.nii.gz", tmp_path / "r.nii.gz"
-    arguments = ["fuse", str(tmp_path / "ct.nii.gz"), str(tmp_path / "far.nii.gz"), "-o", str(output), "--registration", "rigid",
-                 "--init", "geometry", "--save-registered", str(registered), "--model", "average", "--progress", "none"]
+    arguments = [
+        "fuse",
+        str(tmp_path / "ct.nii.gz"),
+        str(tmp_path / "far.nii.gz"),
+        "-o",
+        str(output),
+        "--registration",
+        "rigid",
+        "--init",
+        "geometry",
+        "--save-registered",
+        str(registered),
+        "--model",
+        "average",
+        "--progress",
+        "none",
+    ]
     assert main(arguments) == 0
     aligned = sitk.GetArrayFromImage(phantom_pair.mr)
     assert np.corrcoef(sitk.GetArrayFromImage(sitk.ReadImage(str(registered))).ravel(), aligned.ravel())[0, 1] > 0.95

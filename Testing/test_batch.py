@@ -7,9 +7,9 @@ import csv
 import pytest
 import SimpleITK as sitk
 
-from MedFusionLib.fusion.batch import completion_record_path, parse_shard, read_manifest, select_shard
 from MedFusionLib.cli import main
 from MedFusionLib.core.errors import InputError
+from MedFusionLib.fusion.batch import completion_record_path, parse_shard, read_manifest, select_shard
 from MedFusionLib.io import write_image
 
 
@@ -56,7 +56,9 @@ def test_batch_records_failures_and_goes_on_then_resumes_without_redoing(cohort,
 
     first_bytes = (out / "a.nii.gz").read_bytes()
     (out / "c.nrrd").write_bytes(b"truncated by a crash")  # present but not the completed output
-    assert main(["batch", str(cohort), "--out", str(out), "--model", "average", "--registration", "none", "--resume"]) == 1
+    assert (
+        main(["batch", str(cohort), "--out", str(out), "--model", "average", "--registration", "none", "--resume"]) == 1
+    )
     report = _report(out / "batch_report.csv")
     assert [report[i]["status"] for i in range(1, 7)] == ["skipped", "failed", "done", "failed", "skipped", "skipped"]
     assert (out / "a.nii.gz").read_bytes() == first_bytes
@@ -102,6 +104,9 @@ def test_manifest_errors_are_clear(tmp_path):
 def test_parallel_workers_give_the_same_outputs_as_one(cohort, tmp_path):
     serial, parallel = tmp_path / "serial", tmp_path / "parallel"
     assert main(["batch", str(cohort), "--out", str(serial), "--model", "laplacian", "--shard", "1/2"]) == 0
-    assert main(["batch", str(cohort), "--out", str(parallel), "--model", "laplacian", "--shard", "1/2", "--workers", "2"]) == 0
+    assert (
+        main(["batch", str(cohort), "--out", str(parallel), "--model", "laplacian", "--shard", "1/2", "--workers", "2"])
+        == 0
+    )
     for name in ("a.nii.gz", "c.nrrd", "e.mha"):
         assert (serial / name).read_bytes() == (parallel / name).read_bytes()

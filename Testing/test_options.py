@@ -24,8 +24,18 @@ def test_defaults_are_the_documented_ones():
 
 def test_argv_dict_and_json_round_trip_every_field():
     options = FusionOptions(
-        model="haf", registration="affine", backend="simpleitk", init="moments", device="cpu", precision="fp32",
-        axis="coronal", batch_size=4, threads=2, compile=True, reference_window=(40, 80), moving_window="bone",
+        model="haf",
+        registration="affine",
+        backend="simpleitk",
+        init="moments",
+        device="cpu",
+        precision="fp32",
+        axis="coronal",
+        batch_size=4,
+        threads=2,
+        compile=True,
+        reference_window=(40, 80),
+        moving_window="bone",
     )
     assert FusionOptions.from_argv(options.to_argv()) == options
     assert FusionOptions.from_dict(json.loads(options.to_json())) == options
@@ -97,7 +107,10 @@ def test_choices_module_lists_exactly_the_registered_models():
 
 def test_options_import_neither_torch_nor_simpleitk():
     """The Slicer module reads the options before its dependencies are installed."""
-    code = "import sys; import MedFusionLib.fusion.options; print(sorted({'torch', 'SimpleITK', 'numpy'} & set(sys.modules)))"
+    code = (
+        "import sys; import MedFusionLib.fusion.options; "
+        "print(sorted({'torch', 'SimpleITK', 'numpy'} & set(sys.modules)))"
+    )
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert loaded == "[]"
 

@@ -47,7 +47,11 @@ def volume_pairs(draw):
 
 
 @settings(max_examples=25, deadline=None)
-@given(volume_pairs(), st.sampled_from(["laplacian", "average", "maximum"]), st.sampled_from(["axial", "coronal", "sagittal"]))
+@given(
+    volume_pairs(),
+    st.sampled_from(["laplacian", "average", "maximum"]),
+    st.sampled_from(["axial", "coronal", "sagittal"]),
+)
 def test_fusion_keeps_geometry_and_range_for_any_grid(pair, model, axis):
     reference, moving = pair
     fused = fuse_volumes(reference, moving, model=model, axis=axis, device="cpu").fused

@@ -35,10 +35,14 @@ def run(args: argparse.Namespace) -> int:
 
     def report(outcome) -> None:
         case = outcome.case
-        detail = f": {outcome.error}" if outcome.error else f" ({outcome.seconds:.1f} s)" if outcome.status == "done" else ""
+        detail = (
+            f": {outcome.error}" if outcome.error else f" ({outcome.seconds:.1f} s)" if outcome.status == "done" else ""
+        )
         print(f"case {case.index}: {outcome.status}{detail}", file=sys.stderr, flush=True)
 
-    summary = run_batch(args.manifest, args.out, options, shard=shard, resume=args.resume, workers=args.workers, on_outcome=report)
+    summary = run_batch(
+        args.manifest, args.out, options, shard=shard, resume=args.resume, workers=args.workers, on_outcome=report
+    )
     print(
         f"{summary.count('done')} done, {summary.count('skipped')} skipped, {summary.count('failed')} failed; "
         f"report: {summary.report}"

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from MedFusionLib.core.errors import InputError, MedFusionError
-from MedFusionLib.fusion.options import FusionOptions
 from MedFusionLib.core.files import atomic_output, sha256_of
+from MedFusionLib.fusion.options import FusionOptions
 from MedFusionLib.io import write_image
 
 REPORT_COLUMNS = ("case", "reference", "moving", "output", "status", "seconds", "error")
@@ -135,7 +135,12 @@ def fuse_case(case: BatchCase, options: FusionOptions) -> CaseOutcome:
         # An earlier record must not vouch for a file this run is replacing.
         completion_record_path(case.output).unlink(missing_ok=True)
         write_image(result.fused, case.output, overwrite=True)
-        record = {"sha256": sha256_of(case.output), "options": options.to_dict(), "reference": str(case.reference), "moving": str(case.moving)}
+        record = {
+            "sha256": sha256_of(case.output),
+            "options": options.to_dict(),
+            "reference": str(case.reference),
+            "moving": str(case.moving),
+        }
         with atomic_output(completion_record_path(case.output), overwrite=True) as temporary:
             temporary.write_text(json.dumps(record, indent=1))
         return CaseOutcome(case, "done", time.perf_counter() - started)
@@ -208,5 +213,15 @@ def run_batch(
             writer.writerow(REPORT_COLUMNS)
             for outcome in summary.outcomes:
                 case = outcome.case
-                writer.writerow([case.index, case.reference, case.moving, case.output, outcome.status, f"{outcome.seconds:.2f}", outcome.error])
+                writer.writerow(
+                    [
+                        case.index,
+                        case.reference,
+                        case.moving,
+                        case.output,
+                        outcome.status,
+                        f"{outcome.seconds:.2f}",
+                        outcome.error,
+                    ]
+                )
     return summary

@@ -12,7 +12,6 @@ import SimpleITK as sitk
 from MedFusionLib.core.choices import CT_WINDOWS
 from MedFusionLib.core.errors import InputError
 
-
 NORMALIZATION_EPS = 1e-7
 
 
