@@ -190,3 +190,55 @@ def test_brats_t1_t2_fused_headless_on_the_reference_grid(shared_data, tmp_path)
     t1, t2 = sitk.GetArrayFromImage(reference), sitk.GetArrayFromImage(sitk.ReadImage(str(case / "t2.nii.gz")))
     assert values[t1 > 0].mean() > 0.1  # the brain is there
     assert np.percentile(values[(t1 == 0) & (t2 == 0)], 99) < 0.01  # air stays dark
+
+
+def test_functional_pair_in_colour_with_the_source_map_equals_the_medfusion_command(tmp_path):
+    """--functional, --functional-range (FusionOptions' own flags) and --source-map: the RGB volume
+    and the source map written headless are `medfusion fuse`'s, voxel for voxel, on the MR's grid."""
+    from conftest import SMALL_SIZE, SMALL_SPACING
+
+    from MedFusionLib.imaging.functional_phantom import make_functional_phantom
+    from MedFusionLib.imaging.phantom import DEMO_MISALIGNMENT, make_head_phantom
+
+    phantom = make_head_phantom(size=SMALL_SIZE, spacing=SMALL_SPACING, misalignment=DEMO_MISALIGNMENT,
+                                moving_spacing=(3.0, 3.0, 4.0), seed=1)  # fmt: skip
+    sitk.WriteImage(phantom.mr, str(tmp_path / "mr.nrrd"))
+    sitk.WriteImage(make_functional_phantom("pet", misalignment=DEMO_MISALIGNMENT), str(tmp_path / "pet.nrrd"))
+    flags = ["--functional", "hot", "--functional-range", "0,12", "--registration", "resample",
+             "--model", "laplacian", "--device", "cpu"]  # fmt: skip
+    result = run_script(
+        *("--reference", "mr.nrrd", "--moving", "pet.nrrd", "--output", "slicer_rgb.nrrd"),
+        *flags,
+        *("--source-map", "slicer_share.nrrd"),
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    command = subprocess.run(
+        [sys.executable, "-m", "MedFusionLib", "fuse", "mr.nrrd", "pet.nrrd", "-o", "cli_rgb.nrrd", *flags,
+         "--source-map", "cli_share.nrrd", "--progress", "none"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert command.returncode == 0, command.stderr
+    headless, cli = (sitk.ReadImage(str(tmp_path / name)) for name in ("slicer_rgb.nrrd", "cli_rgb.nrrd"))
+    assert headless.GetNumberOfComponentsPerPixel() == 3 and headless.GetPixelID() == sitk.sitkVectorUInt8
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(headless), sitk.GetArrayFromImage(cli))
+    assert headless.GetSize() == phantom.mr.GetSize()
+    np.testing.assert_allclose(headless.GetOrigin(), phantom.mr.GetOrigin(), atol=1e-4)
+    np.testing.assert_allclose(headless.GetDirection(), phantom.mr.GetDirection(), atol=1e-6)
+    share, cli_share = (sitk.ReadImage(str(tmp_path / name)) for name in ("slicer_share.nrrd", "cli_share.nrrd"))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(share), sitk.GetArrayFromImage(cli_share))
+    np.testing.assert_allclose(share.GetOrigin(), phantom.mr.GetOrigin(), atol=1e-4)
+
+
+def test_a_bad_fusion_option_value_exits_2_naming_it(tmp_path):
+    result = run_script(
+        *("--reference", "mr.nrrd", "--moving", "pet.nrrd", "--output", "rgb.nrrd"),
+        *("--functional", "harvard-pet", "--functional-range", "10,0"),
+        cwd=tmp_path,
+    )
+    assert result.returncode == 2 and "LOW < HIGH" in result.stderr
+    result = run_script(
+        *("--reference", "mr.nrrd", "--moving", "pet.nrrd", "--output", "rgb.nrrd", "--functional", "jet"),
+        cwd=tmp_path,
+    )
+    assert result.returncode == 2 and "unknown colour map 'jet'" in result.stderr and "harvard-pet" in result.stderr

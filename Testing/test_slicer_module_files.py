@@ -4,6 +4,7 @@ widget code uses, the parameter node, the module CMake, the choices and the depe
 from __future__ import annotations
 
 import ast
+import dataclasses
 import re
 import subprocess
 import sys
@@ -204,20 +205,98 @@ def test_choices_are_the_librarys_fusion_options():
 
 
 def test_headless_script_defaults_are_the_librarys():
+    """MedFusionBatch.py has every fusion option from FusionOptions.add_arguments (so --functional,
+    --functional-range and any later option come by themselves), with its defaults, plus --source-map."""
     sys.path.insert(0, str(MODULE / "Resources" / "Scripts"))
     import MedFusionBatch
 
     from MedFusionLib.fusion.options import FusionOptions
 
-    args = MedFusionBatch.build_parser().parse_args(["--reference", "a", "--moving", "b", "--output", "c"])
-    defaults = FusionOptions()
-    assert (args.registration, args.backend, args.model, args.device, args.axis) == (
-        defaults.registration,
-        defaults.backend,
-        defaults.model,
-        defaults.device,
-        defaults.axis,
+    parser = MedFusionBatch.build_parser()
+    args = parser.parse_args(["--reference", "a", "--moving", "b", "--output", "c"])
+    assert FusionOptions.from_namespace(args) == FusionOptions() and args.source_map is None
+    flags = {option for action in parser._actions for option in action.option_strings}
+    assert {spec.metadata["flag"] for spec in dataclasses.fields(FusionOptions)} <= flags
+    args = parser.parse_args(
+        ["--reference", "mr", "--moving", "pet", "--output", "rgb.nrrd", "--functional", "--registration", "resample",
+         "--functional-range", "0,10", "--source-map", "share.nrrd"]
+    )  # fmt: skip
+    assert FusionOptions.from_namespace(args) == FusionOptions(
+        functional="harvard-pet", registration="resample", functional_range="0,10"
     )
+    assert args.source_map == Path("share.nrrd")
+
+
+# What Slicer's parameterNodeWrapper connects a .ui widget to, by the parameter's annotation
+# (Base/Python/slicer/parameterNodeWrapper/guiConnectors.py): a wrong pairing raises in connectGui.
+_CONNECTABLE = {
+    "str+Choice": {"QComboBox"},
+    "str": {"QLineEdit", "QTextEdit"},
+    "bool": {"QCheckBox", "QPushButton"},
+    "float+WithinRange": {"ctkSliderWidget", "QDoubleSpinBox"},
+    "node": {"qMRMLNodeComboBox"},
+}
+
+
+def _annotation_kind(annotation: str) -> str:
+    if annotation.startswith("Annotated[str, Choice("):
+        return "str+Choice"
+    if annotation.startswith("Annotated[float, WithinRange("):
+        return "float+WithinRange"
+    if annotation in ("str", "bool"):
+        return annotation
+    if re.fullmatch(r"vtkMRML\w+|Union\[(vtkMRML\w+, )+None\]", annotation):
+        return "node"
+    raise AssertionError(f"no connector known for {annotation}")
+
+
+def test_every_bound_widget_is_of_a_class_the_wrapper_connects_to_its_parameter(ui, module_tree):
+    wrapper = next(
+        node for node in module_tree.body if isinstance(node, ast.ClassDef) and node.name == "MedFusionParameterNode"
+    )
+    annotations = {
+        statement.target.id: ast.unparse(statement.annotation)
+        for statement in wrapper.body
+        if isinstance(statement, ast.AnnAssign)
+    }
+    for widget in ui.iter("widget"):
+        for prop in widget.findall("property"):
+            if prop.get("name") == "SlicerParameterName":
+                name = prop.findtext("string")
+                assert widget.get("class") in _CONNECTABLE[_annotation_kind(annotations[name])], name
+    # Functional fusion and the source map (issue #14) are in the panel and bound.
+    bound = {
+        prop.findtext("string"): widget.get("name")
+        for widget in ui.iter("widget")
+        for prop in widget.findall("property")
+        if prop.get("name") == "SlicerParameterName"
+    }
+    assert bound["functional"] == "functionalComboBox" and bound["functionalRange"] == "functionalRangeLineEdit"
+    assert bound["sourceMap"] == "sourceMapCheckBox" and bound["sourceMapLegend"] == "sourceMapLegendCheckBox"
+    # The wrapper sets a node selector's types from the annotation: the output's lists RGB volumes.
+    assert annotations["outputVolume"] == "Union[vtkMRMLScalarVolumeNode, vtkMRMLVectorVolumeNode, None]"
+    output = next(w for w in ui.iter("widget") if w.get("name") == "outputVolumeSelector")
+    node_types = [s.text for p in output.findall("property") if p.get("name") == "nodeTypes" for s in p.iter("string")]
+    assert node_types == ["vtkMRMLScalarVolumeNode", "vtkMRMLVectorVolumeNode"]
+
+
+def test_widget_reads_the_functional_options_through_the_panel_helper(module_tree):
+    """The panel builds its FusionOptions with choices.panel_options (a range only with a colour
+    map), and Apply asks the worker for the source map the checkbox asks for."""
+    source = MODULE_SCRIPT.read_text()
+    widget = ast.unparse(
+        next(node for node in module_tree.body if isinstance(node, ast.ClassDef) and node.name == "MedFusionWidget")
+    )
+    assert "panel_options(" in widget and "functional_range=parameters.functionalRange" in widget
+    assert "sourceMap=parameters.sourceMap" in widget and "showSourceMapLegend" in widget
+    assert "loadFunctionalDemoVolume" in widget and "make_options" not in source
+    assert choices.panel_options(functional="off", functional_range="0,10") == choices.FusionOptions()
+    assert choices.panel_options(functional="hot", functional_range=" ", model="") == choices.FusionOptions(
+        functional="hot"
+    )
+    with pytest.raises(choices.OptionsError, match="LOW < HIGH"):
+        choices.panel_options(functional="hot", functional_range="10,0")
+    assert choices.FUNCTIONAL_CHOICES == ("off", *choices.FusionOptions.CHOICES["functional"])
 
 
 def _cmake_list(text: str, variable: str) -> list[str]:

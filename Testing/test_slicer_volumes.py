@@ -150,3 +150,30 @@ def test_itk_transform_file_is_read_as_transform_from_parent(tmp_path):
     expected_ras = np.array(euler.TransformPoint(point_lps.tolist())) * [-1, -1, 1]
     got_ras = np.array(from_parent.MultiplyPoint((*(point_lps * [-1, -1, 1]), 1.0))[:3])
     np.testing.assert_allclose(got_ras, expected_ras, atol=1e-9)
+
+
+def test_rgb_images_become_vector_nodes_and_come_back_only_when_asked():
+    """A colour fusion's RGB uint8 result is a vtkMRMLVectorVolumeNode with its geometry; it is read
+    back (to be written) with vector=True, and never taken as a grey-scale input."""
+    from MedFusionSlicer.volumes import is_scalar_volume, update_volume_node_from_image
+
+    scene = slicer.vtkMRMLScene()
+    grey = _image(dtype=np.uint8)
+    channel = sitk.GetArrayFromImage(grey)
+    values = np.stack([channel, 255 - channel, channel], -1)
+    rgb = sitk.GetImageFromArray(values.astype(np.uint8), isVector=True)
+    rgb.CopyInformation(grey)
+    node = add_volume_node_from_image(scene, rgb, "colour")
+    assert node.GetClassName() == "vtkMRMLVectorVolumeNode"
+    assert node.GetDisplayNode().IsA("vtkMRMLVectorVolumeDisplayNode")
+    back = image_from_volume_node(node, vector=True)
+    _assert_same_geometry(rgb, back)
+    assert back.GetPixelID() == sitk.sitkVectorUInt8 and back.GetNumberOfComponentsPerPixel() == 3
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(back), values)
+    with pytest.raises(InputError, match="grey-scale"):
+        image_from_volume_node(node)  # as an input: refused, with what to do
+    assert not is_scalar_volume(node) and is_scalar_volume(add_volume_node_from_image(scene, grey, "grey"))
+    with pytest.raises(InputError, match="cannot hold"):
+        update_volume_node_from_image(node, grey)
+    with pytest.raises(InputError, match="cannot hold"):
+        update_volume_node_from_image(scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode"), rgb)
