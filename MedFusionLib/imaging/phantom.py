@@ -177,6 +177,7 @@ def make_head_phantom(
     misalignment: sitk.Euler3DTransform | None = None,
     moving_spacing: tuple[float, float, float] | None = None,
     seed: int = 0,
+    face: bool = False,
 ) -> HeadPhantom:
     """Render a CT/MR pair of the phantom head.
 
@@ -187,18 +188,22 @@ def make_head_phantom(
             head in the MR and renders it on its own grid (``moving_spacing``, default 1×1×2 mm,
             a field of view that covers the CT's), like a scan from another session.
         seed: noise seed; the same arguments give the same images.
+        face: add the face, eyes and neck of :data:`CLINICAL_ANATOMY`. Without them the head is
+            nearly symmetric, so a pose turned 180° fits it almost as well, which the orientation
+            search of a registration then reports as doubtful.
     """
     rng = np.random.default_rng(seed)
+    anatomy = CLINICAL_ANATOMY if face else _ANATOMY
     reference_grid = _grid(size, spacing)
-    ct = _render(reference_grid, 0, None, rng)
+    ct = _render(reference_grid, 0, None, rng, anatomy)
     if misalignment is None:
-        return HeadPhantom(ct, _render(reference_grid, 1, None, rng), sitk.Euler3DTransform())
+        return HeadPhantom(ct, _render(reference_grid, 1, None, rng, anatomy), sitk.Euler3DTransform())
     moving_spacing = moving_spacing or (1.0, 1.0, 2.0)
     extent = np.asarray(size) * np.asarray(spacing) * 1.1
     moving_grid = _grid(tuple(int(np.ceil(e / s)) for e, s in zip(extent, moving_spacing)), moving_spacing)
     # The MR voxel at physical point q shows anatomy at misalignment⁻¹(q); the inverse is what
     # the renderer needs, and `misalignment` itself is the reference-to-moving map.
-    mr = _render(moving_grid, 1, misalignment.GetInverse(), rng)
+    mr = _render(moving_grid, 1, misalignment.GetInverse(), rng, anatomy)
     return HeadPhantom(ct, mr, misalignment)
 
 
