@@ -138,7 +138,7 @@ class MedFusionParameterNode:
     functional: Annotated[str, Choice(list(FUNCTIONAL_CHOICES))] = FUNCTIONAL_OFF  # off, or a colour map
     functionalRange: str = "auto"  # auto, or LOW,HIGH in the functional volume's units
     sourceMap: bool = False
-    sourceMapLegend: bool = True
+    sourceMapLegend: bool = False  # the legend is shown on request
     # None: the fused node of these inputs (see logic's output policy). A Union, so that the selector lists
     # vector (RGB) volumes too: for a colour fusion (the wrapper sets a node selector's types from this).
     outputVolume: Union[vtkMRMLScalarVolumeNode, vtkMRMLVectorVolumeNode, None]  # noqa: UP007 (the wrapper needs Union)
