@@ -156,6 +156,7 @@ def test_registered_pair_prints_the_registration_and_writes_the_checkerboard(tmp
         ((), "either --reference"),
         (("--reference", "a.nii.gz", "--moving", "b.nii.gz"), "all of --reference, --moving and --output"),
         (("--cases", "cases.csv"), "--cases needs --output-dir"),
+        (("--cases", "cases.csv", "--output-dir", "out", "--source-map", "s.nrrd"), "are for one pair"),
     ],
 )
 def test_unusable_arguments_exit_2_without_a_dialog(arguments, message, tmp_path):

@@ -180,6 +180,9 @@ def run(argv: list[str]) -> int:
     if args.cases is not None and args.output_dir is None:
         print("--cases needs --output-dir", file=sys.stderr)
         return EXIT_USAGE
+    if args.cases is not None and any((args.save_registered, args.save_checkerboard, args.source_map)):
+        print("--save-registered, --save-checkerboard and --source-map are for one pair, not --cases", file=sys.stderr)
+        return EXIT_USAGE
     try:
         options = FusionOptions.from_namespace(args)
     except OptionsError as error:
