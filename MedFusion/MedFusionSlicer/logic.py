@@ -605,7 +605,10 @@ class FusionLogic:
         def store_volume(image, role, name, chosen=None, model_key=None):
             node = chosen or self.resultNode(scene, role, referenceNode, movingNode, model_key)
             if node is not None and chosen is None and node.GetClassName() != volume_node_class(image):
-                node = None  # a node of another kind (an older scene's): leave it, make the right one
+                # A node of another kind (from an older scene): leave it, no longer as MedFusion's, and make the
+                # right one, so later runs find that one.
+                node.RemoveAttribute(ROLE_ATTRIBUTE)
+                node = None
             if node is None:
                 node = add_volume_node_from_image(scene, image, name)
             else:
