@@ -79,6 +79,17 @@ def test_phantom_mr_turned_and_shifted_is_found(turn, phantom):
     assert result.confidence.pose == rotation_label(TURNS[turn])
 
 
+def test_a_start_that_keeps_the_wrong_orientation_is_doubtful(phantom):
+    """--init moments (centres of mass, no search) cannot turn a head by 180°: the result is wrong,
+    and the search that checks it finds the other orientation better."""
+    ct, mr, head = phantom
+    moving, truth = turned(mr, TURNS["180 about z"], SHIFT_MM, centre=(0.0, 0.0, 0.0))
+    result = register(ct, moving, initializer="moments")
+    assert target_registration_errors(result.transform, truth, ct, head).mean() > 20.0
+    assert result.confidence.doubtful and result.confidence.margin < 0
+    assert "fits better than" in result.confidence.summary
+
+
 @pytest.fixture(scope="module")
 def brats(shared_data):
     case = shared_data / "brats" / "TCGA-DU-7294"

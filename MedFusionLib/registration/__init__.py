@@ -76,8 +76,9 @@ class RegistrationResult:
     ``seconds``: wall-clock time of the registration, checks and resampling (not the one-off
     loading of itk-elastix, seconds once per process). ``confidence``: whether to trust the
     result (:class:`~MedFusionLib.registration.confidence.Confidence`: ``doubtful``, ``summary``
-    and the figures behind them). ``search``: the orientation search's candidates, best first
-    (``None`` when the start was not ``auto``). ``search_seconds``: its share of ``seconds``.
+    and the figures behind them). ``search``: the orientation search's candidates, best first (for
+    a start the user chose, the search that checked the result against the other orientations).
+    ``search_seconds``: its share of ``seconds``.
     """
 
     registered: sitk.Image
@@ -144,9 +145,10 @@ def _as_float_volume(image: sitk.Image, role: str) -> sitk.Image:
             "register a single-channel (grey-scale) image, e.g. the luminance"
         )
     floating = sitk.Cast(image, sitk.sitkFloat32)
-    if image.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64) and not np.isfinite(
-        sitk.GetArrayViewFromImage(floating)
-    ).all():  # integer voxels are always finite: no second pass over a large CT
+    if (
+        image.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64)
+        and not np.isfinite(sitk.GetArrayViewFromImage(floating)).all()
+    ):  # integer voxels are always finite: no second pass over a large CT
         raise InputError(f"the {role} image contains NaN or infinite values; fix or mask them before registering")
     return floating
 
@@ -276,7 +278,14 @@ def register(
     metric_before = checks.mutual_information(fixed_region.grid, moving_float, start, fixed_mask)
     checks.check_plausible(transform, fixed_region, moving_float)
     checks.check_metric(metric_before, metric_after)
-    confidence = _confidence(transform, metric_after, fixed_region, moving_region, moving_float, search, runs)
+    started_by_search = search is not None
+    if not started_by_search:
+        # A start the user chose skips the search, not the question it answers: did another
+        # orientation fit better than the result? (About a second; the 24 poses, scored as usual.)
+        search = search_orientations(fixed, moving_float, fixed_region, moving_region, seed)
+    confidence = _confidence(
+        transform, metric_after, fixed_region, moving_region, moving_float, search, runs, started_by_search
+    )
     if strict and confidence.doubtful:
         raise RegistrationError(confidence.summary + " (--strict: nothing was written)")
     registered = apply_transform(
@@ -325,15 +334,15 @@ def _confidence(
     fixed_region: checks.Foreground,
     moving_region: checks.Foreground,
     moving: sitk.Image,
-    search: SearchResult | None,
+    search: SearchResult,
     runs: list,
+    started_by_search: bool,
 ) -> Confidence:
     """The confidence of the chosen ``transform``. Its orientation margin compares it with the
     best other pose (more than 45° away): by the full-resolution metric when other poses had a
-    full run (``runs``), else by the search's coarse scores."""
+    full run (``runs``), else by the search's coarse scores (the result's own, from
+    :meth:`~.orientation.SearchResult.score`, when the search only checked a given start)."""
     overlap = foreground_overlap(transform, fixed_region, moving_region, moving)
-    if search is None:
-        return assess(-metric_after, overlap)
     centre = fixed_region.centroid
 
     def pose_of(candidate_transform) -> str:
@@ -349,9 +358,11 @@ def _confidence(
     winner = search.candidates[int(np.argmin(angles))]
     others = [c for c, angle in zip(search.candidates, angles) if angle > DISTINCT_POSE_DEG]
     runner_up = max(others, key=lambda c: c.metric) if others else None
-    if runner_up is None or winner.metric <= 0:
+    # Where the search did not start the registration (a given start), the result's own coarse score.
+    score = winner.metric if started_by_search else search.score(transform)
+    if runner_up is None or score <= 0:
         return assess(-metric_after, overlap, pose=winner.label)
-    margin = (winner.metric - runner_up.metric) / winner.metric
+    margin = (score - runner_up.metric) / score
     return assess(-metric_after, overlap, margin, pose=winner.label, runner_up_pose=runner_up.label)
 
 

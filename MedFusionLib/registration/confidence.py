@@ -9,8 +9,9 @@ overlaps and still shares some structure. Three figures tell a right pose from a
 * ``margin``: how far the winning pose of the orientation search
   (:mod:`~MedFusionLib.registration.orientation`) scored above the best pose that differs from it
   by more than 45°, relative to the winner: ``(best - runner_up) / best``. A right pose stands
-  out; when every pose fits about as well, the search did not recognise the anatomy. ``None``
-  when no search ran (``--init moments|geometry|none`` or a given transform).
+  out; when every pose fits about as well, the search did not recognise the anatomy. When the
+  user chose the start (``--init moments|geometry|none`` or a transform), the search still runs
+  and the result's own score is compared with the other poses': negative when one fits better.
 * ``overlap``: Dice coefficient of the two foregrounds (reference's, and the moving one's
   carried onto the reference grid), counted where both fields of view have data. The two
   bodies fill the same space when aligned.
@@ -88,8 +89,9 @@ def assess(
             f"aligned scans of one patient score {MIN_MUTUAL_INFORMATION} or more)"
         )
     if margin is not None and margin < MIN_MARGIN:
+        how = "better than" if margin < 0 else "almost as well as"
         reasons.append(
-            f"another orientation ({runner_up_pose}) fits almost as well as the one chosen ({pose}): "
+            f"another orientation ({runner_up_pose}) fits {how} the one found ({pose}): "
             f"margin {margin:.1%}, at least {MIN_MARGIN:.0%} expected"
         )
     if overlap < MIN_OVERLAP:

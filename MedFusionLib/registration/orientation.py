@@ -57,15 +57,33 @@ class Candidate:
 class SearchResult:
     """All 24 candidates, best first (``candidates[0]`` is the winner). ``runner_up`` is the best
     candidate whose pose differs from the winner's by more than :data:`DISTINCT_POSE_DEG` (None
-    if none does); ``seconds`` the wall time of the search."""
+    if none does); ``seconds`` the wall time of the search. ``fixed_coarse``/``moving_coarse``:
+    the coarse, smoothed copies the poses were scored on (for :meth:`score`)."""
 
     candidates: tuple[Candidate, ...]
     runner_up: Candidate | None
     seconds: float
+    fixed_coarse: sitk.Image
+    moving_coarse: sitk.Image
 
     @property
     def best(self) -> Candidate:
         return self.candidates[0]
+
+    def score(self, transform: sitk.Transform) -> float:
+        """The search's score (mutual information on the coarse copies, positive nats) of any
+        reference → moving ``transform``, e.g. a registration's result, to compare with the poses."""
+        method = sitk.ImageRegistrationMethod()
+        method.SetMetricAsMattesMutualInformation(METRIC_BINS)
+        method.MetricUseFixedImageGradientFilterOff()
+        method.MetricUseMovingImageGradientFilterOff()
+        method.SetInterpolator(sitk.sitkLinear)
+        method.SetMovingInitialTransform(transform)
+        method.SetInitialTransform(sitk.TranslationTransform(3))
+        try:
+            return -float(method.MetricEvaluate(self.fixed_coarse, self.moving_coarse))
+        except RuntimeError:  # ITK: too few samples inside the moving image
+            return 0.0
 
 
 def axis_rotations() -> list[np.ndarray]:
@@ -196,7 +214,7 @@ def search_orientations(
         ),
         None,
     )
-    return SearchResult(tuple(candidates), runner_up, time.perf_counter() - started)
+    return SearchResult(tuple(candidates), runner_up, time.perf_counter() - started, fixed_coarse, moving_coarse)
 
 
 def _optimise(
