@@ -59,7 +59,7 @@ def test_one_pair_gives_the_same_volume_as_the_medfusion_command(phantom_files):
         cwd=phantom_files,
     )
     assert result.returncode == 0, result.stderr
-    assert "fuse" in result.stdout and "1 of 1 cases fused" in result.stdout
+    assert "fusing ct.nii.gz + mr.nii.gz" in result.stdout and "done in" in result.stdout
     command = subprocess.run(
         [sys.executable, "-m", "MedFusionLib", "fuse", "ct.nii.gz", "mr.nii.gz", "-o", "cli.nii.gz",
          "--model", "laplacian", "--device", "cpu", "--progress", "none"],
@@ -105,6 +105,24 @@ def test_case_list_goes_on_after_a_bad_case_and_exits_non_zero(phantom_files, tm
     assert (tmp_path / "out" / "good.nrrd").is_file() and not (tmp_path / "out" / "bad.nrrd").exists()
 
 
+def test_case_list_runs_on_the_librarys_cohort_runner_report_and_resume(phantom_files, tmp_path):
+    """The headless list and `medfusion batch` share one runner: report CSV, completion records, --resume."""
+    cases = tmp_path / "cases.csv"
+    cases.write_text(f"reference,moving,output\n{phantom_files / 'ct.nii.gz'},{phantom_files / 'mr.nii.gz'},a.nrrd\n")
+    arguments = ("--cases", str(cases), "--output-dir", "out", "--model", "average", "--device", "cpu")
+    first = run_script(*arguments, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    report = (tmp_path / "out" / "batch_report.csv").read_text()
+    assert ",done," in report and (tmp_path / "out" / ".a.nrrd.done.json").is_file()
+    fused = (tmp_path / "out" / "a.nrrd").read_bytes()
+    again = run_script(*arguments, "--resume", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert "case 1 skipped" in again.stdout and ",skipped," in (tmp_path / "out" / "batch_report.csv").read_text()
+    assert (tmp_path / "out" / "a.nrrd").read_bytes() == fused
+    other_model = run_script(*arguments[:-4], "--model", "maximum", "--device", "cpu", "--resume", cwd=tmp_path)
+    assert other_model.returncode == 0 and "case 1 done" in other_model.stdout  # other options: redone
+
+
 def test_existing_output_is_kept_without_overwrite(phantom_files, tmp_path):
     output = tmp_path / "fused.nrrd"
     output.write_bytes(b"keep me")
@@ -119,7 +137,7 @@ def test_existing_output_is_kept_without_overwrite(phantom_files, tmp_path):
         "none",
         cwd=tmp_path,
     )
-    assert result.returncode == 1 and "already exists; pass --overwrite" in result.stderr
+    assert result.returncode == 1 and "already exists. Pass --overwrite" in result.stderr
     assert output.read_bytes() == b"keep me"
 
 

@@ -17,6 +17,7 @@ import multiprocessing
 import os
 import time
 import traceback
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -125,16 +126,25 @@ def is_complete(case: BatchCase, options: FusionOptions) -> bool:
     return same_options and record.get("sha256") == sha256_of(case.output)
 
 
-def fuse_case(case: BatchCase, options: FusionOptions) -> CaseOutcome:
-    """Fuse one case, write its output and completion record; errors become a failed outcome."""
+# Fuses one case and writes ``case.output`` (replacing it): the library's own below, or another
+# front end's (the headless Slicer script reads and fuses through MRML nodes).
+CaseWriter = Callable[[BatchCase, FusionOptions], None]
+
+
+def write_fused_case(case: BatchCase, options: FusionOptions) -> None:
+    """The library's case writer: :func:`fuse_volumes` and an atomic write of the fused image."""
     from MedFusionLib.fusion.pipeline import fuse_volumes  # imported in the worker process
 
+    write_image(fuse_volumes(case.reference, case.moving, options).fused, case.output, overwrite=True)
+
+
+def fuse_case(case: BatchCase, options: FusionOptions, write_case: CaseWriter = write_fused_case) -> CaseOutcome:
+    """Fuse one case with ``write_case``, then write its completion record; errors become a failed outcome."""
     started = time.perf_counter()
     try:
-        result = fuse_volumes(case.reference, case.moving, options)
         # An earlier record must not vouch for a file this run is replacing.
         completion_record_path(case.output).unlink(missing_ok=True)
-        write_image(result.fused, case.output, overwrite=True)
+        write_case(case, options)
         record = {
             "sha256": sha256_of(case.output),
             "options": options.to_dict(),
@@ -166,6 +176,7 @@ def run_batch(
     resume: bool = False,
     workers: int = 1,
     on_outcome=None,
+    write_case: CaseWriter = write_fused_case,
 ) -> BatchSummary:
     """Fuse every case of ``manifest`` in ``shard`` into ``output_dir``; write a report CSV.
 
@@ -173,7 +184,9 @@ def run_batch(
     folder is the batch's own: without ``resume`` every selected case is fused again and its
     output replaced. ``shard=(K, N)`` keeps every N-th case starting at K (see
     :func:`select_shard`). ``workers > 1`` fuses cases in parallel processes, splitting the CPU
-    threads between them. ``on_outcome(outcome)`` is called as each case ends. The report CSV
+    threads between them (``write_case`` must then be a module-level function, to reach the
+    processes). ``write_case`` fuses and writes one case: the library's :func:`write_fused_case`
+    unless a front end brings its own. ``on_outcome(outcome)`` is called as each case ends. The report CSV
     (one row per selected case: done, skipped or failed with its error) is returned in the
     summary.
     """
@@ -192,7 +205,7 @@ def run_batch(
             pending.append(case)
     if workers <= 1:
         for case in pending:
-            summary.outcomes.append(fuse_case(case, options))
+            summary.outcomes.append(fuse_case(case, options, write_case))
             if on_outcome:
                 on_outcome(summary.outcomes[-1])
     else:
@@ -200,7 +213,7 @@ def run_batch(
         # "spawn", not fork: forking a process whose torch/OpenMP thread pools are running can hang.
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(threads,)) as pool:
-            for outcome in pool.map(fuse_case, pending, [options] * len(pending)):
+            for outcome in pool.map(fuse_case, pending, [options] * len(pending), [write_case] * len(pending)):
                 summary.outcomes.append(outcome)
                 if on_outcome:
                     on_outcome(outcome)

@@ -73,7 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="also write the checkerboard of reference and registered volume, to judge the registration "
         "(one pair only)",
     )
-    parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing output files (one pair)")
+    parser.add_argument("--shard", default="1/1", metavar="K/N", help="--cases: run every N-th case starting at K")
+    parser.add_argument(
+        "--resume", action="store_true", help="--cases: skip cases an earlier run completed with the same options"
+    )
     parser.add_argument("--install-dependencies", action="store_true", help="install missing Python packages first")
     return parser
 
@@ -112,17 +116,15 @@ def ensure_dependencies(install_allowed: bool) -> bool:
 
 
 def fuse_one(
-    logic, scene, reference: Path, moving: Path, output: Path, args, options, extra: dict[str, Path | None]
+    logic, scene, reference: Path, moving: Path, output: Path, overwrite: bool, options, extra: dict[str, Path | None]
 ) -> None:
     """Load, fuse with ``options`` (a ``FusionOptions``), write one pair (and the ``extra`` outputs:
     ``registered``, ``checkerboard``, ``sourcemap``); remove its nodes from the scene afterwards."""
-    from MedFusionLib.core.errors import OutputExistsError
+    from MedFusionLib.core.files import refuse_existing_outputs
     from MedFusionLib.io import write_image
     from MedFusionSlicer.volumes import image_from_volume_node, load_volume_node
 
-    for path in (output, *extra.values()):
-        if path is not None and path.exists() and not args.overwrite:
-            raise OutputExistsError(f"{path} already exists; pass --overwrite to replace it")
+    refuse_existing_outputs((output, *extra.values()), overwrite=overwrite)
     added = []
     try:
         referenceNode = load_volume_node(scene, reference)
@@ -153,14 +155,14 @@ def fuse_one(
             if node
         ]
         # vector=True: a colour (functional) fusion is an RGB vector volume node.
-        write_image(image_from_volume_node(nodes.fusedNode, vector=True), output, overwrite=args.overwrite)
+        write_image(image_from_volume_node(nodes.fusedNode, vector=True), output, overwrite=overwrite)
         for role, node in (
             ("registered", nodes.registeredNode),
             ("checkerboard", nodes.checkerboardNode),
             ("sourcemap", nodes.sourceMapNode),
         ):
             if extra.get(role) is not None and node is not None:
-                write_image(image_from_volume_node(node), extra[role], overwrite=args.overwrite)
+                write_image(image_from_volume_node(node), extra[role], overwrite=overwrite)
     finally:
         for node in added:
             scene.RemoveNode(node)
@@ -194,47 +196,60 @@ def run(argv: list[str]) -> int:
     import slicer  # after checking the arguments: loading the MRML libraries takes seconds
 
     from MedFusionLib.core.errors import MedFusionError
-    from MedFusionLib.fusion.batch import read_manifest
     from MedFusionSlicer.logic import FusionLogic
 
-    if single:
-        cases = [(args.reference, args.moving, args.output)]
-    else:
-        try:
-            cases = [(case.reference, case.moving, case.output) for case in read_manifest(args.cases, args.output_dir)]
-        except MedFusionError as error:
-            print(f"error: {error}", file=sys.stderr)
-            return EXIT_USAGE
     # Slicer has its scene; with slicer-core alone, make one.
     scene = getattr(slicer, "mrmlScene", None)
     if scene is None:
         scene = slicer.vtkMRMLScene()
     logic = FusionLogic()
-    failed = 0
-    for index, (reference, moving, output) in enumerate(cases, start=1):
-        print(f"case {index}/{len(cases)}: {reference.name} + {moving.name} -> {output}", flush=True)
-        started = time.perf_counter()
-        try:
-            extra = {}
-            if single:
-                extra = {
-                    "registered": args.save_registered,
-                    "checkerboard": args.save_checkerboard,
-                    "sourcemap": args.source_map,
-                }
-            fuse_one(logic, scene, reference, moving, output, args, options, extra)
-        except MedFusionError as error:
-            failed += 1
-            print(f"case {index} failed: {error}", file=sys.stderr, flush=True)
-            continue
-        except Exception:  # noqa: BLE001  (a bug or a library error: report it fully, go on with the next case)
-            failed += 1
-            print(f"case {index} failed:", file=sys.stderr)
-            traceback.print_exc()
-            continue
-        print(f"case {index} done in {time.perf_counter() - started:.1f} s", flush=True)
-    print(f"{len(cases) - failed} of {len(cases)} cases fused", flush=True)
-    return EXIT_CASE_FAILED if failed else EXIT_OK
+    if args.cases is not None:
+        return run_cases(args, options, logic, scene)
+
+    print(f"fusing {args.reference.name} + {args.moving.name} -> {args.output}", flush=True)
+    started = time.perf_counter()
+    extra = {"registered": args.save_registered, "checkerboard": args.save_checkerboard, "sourcemap": args.source_map}
+    try:
+        fuse_one(logic, scene, args.reference, args.moving, args.output, args.overwrite, options, extra)
+    except MedFusionError as error:
+        print(f"failed: {error}", file=sys.stderr, flush=True)
+        return EXIT_CASE_FAILED
+    print(f"done in {time.perf_counter() - started:.1f} s", flush=True)
+    return EXIT_OK
+
+
+def run_cases(args, options, logic, scene) -> int:
+    """Every case of ``--cases`` through MedFusionLib's cohort runner (the one ``medfusion batch`` uses:
+    the same manifest, shards, resume records, report CSV and failure handling), each case read,
+    fused and written through the module's logic and MRML nodes."""
+    from MedFusionLib.core.errors import MedFusionError
+    from MedFusionLib.fusion.batch import parse_shard, run_batch
+
+    def write_case(case, case_options) -> None:
+        print(f"case {case.index}: {case.reference.name} + {case.moving.name} -> {case.output}", flush=True)
+        fuse_one(logic, scene, case.reference, case.moving, case.output, True, case_options, {})
+
+    def report(outcome) -> None:
+        if outcome.status == "failed":
+            print(f"case {outcome.case.index} failed: {outcome.error}", file=sys.stderr, flush=True)
+        else:
+            print(f"case {outcome.case.index} {outcome.status} ({outcome.seconds:.1f} s)", flush=True)
+
+    try:
+        summary = run_batch(
+            args.cases, args.output_dir, options, shard=parse_shard(args.shard), resume=args.resume,
+            on_outcome=report, write_case=write_case,
+        )
+    except MedFusionError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    done, skipped = summary.count("done"), summary.count("skipped")
+    print(
+        f"{done + skipped} of {len(summary.outcomes)} cases fused ({skipped} already complete); "
+        f"report: {summary.report}",
+        flush=True,
+    )
+    return EXIT_CASE_FAILED if summary.count("failed") else EXIT_OK
 
 
 def exit_with(status: int) -> None:
