@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -100,6 +101,8 @@ def test_doctor_reports_versions_and_devices(capsys):
     assert main(["doctor"]) == 0
     out = capsys.readouterr().out
     assert "torch" in out and "SimpleITK" in out and "CUDA" in out and "weights:" in out
+    # bf16 advice is a measurement made now, never a claim from CPU flags alone.
+    assert re.search(r"bf16 on CPU .*measured now on a conv stack: \d+\.\d\d× fp32 time \((faster|slower)\)", out)
 
 
 def test_demo_registers_fuses_and_writes_volume_and_figure(tmp_path, capsys):
