@@ -91,9 +91,8 @@ def run(args: argparse.Namespace) -> int:
     options = FusionOptions.from_namespace(args)
     # Refuse before the slow part, not after it.
     if options.registration in ("none", "resample") and (args.save_transform is not None or args.qa is not None):
-        raise InputError(
-            "--save-transform and --qa need a registration (--registration auto, rigid, affine or bspline)"
-        )
+        flag = "--save-transform" if args.save_transform is not None else "--qa"
+        raise InputError(f"{flag} needs a registration (--registration auto, rigid, affine or bspline)")
     qa_files = () if args.qa is None else tuple(args.qa / name for name in QA_FILES)
     refuse_existing_outputs(
         (args.output, args.save_registered, args.save_transform, args.source_map, *qa_files), overwrite=args.overwrite
