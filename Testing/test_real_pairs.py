@@ -22,7 +22,7 @@ import SimpleITK as sitk
 from MedFusionLib.cli import main
 from MedFusionLib.core.errors import RegistrationError
 from MedFusionLib.devtools.registration_accuracy import target_registration_errors
-from MedFusionLib.imaging.phantom import make_clinical_pair
+from MedFusionLib.imaging.phantom import make_clinical_pair, rigid_motion
 from MedFusionLib.registration import register
 from MedFusionLib.registration.orientation import axis_rotations, rotation_label
 
@@ -109,6 +109,36 @@ def test_brats_t2_turned_and_shifted_is_registered_onto_t1(turn, brats):
     assert tre.mean() <= 1.0, f"mean TRE {tre.mean():.2f} mm; pose {result.confidence.pose}"
     assert not result.confidence.doubtful, result.confidence.summary
     assert result.confidence.pose == rotation_label(TURNS[turn])
+
+
+# Between the axes: the search's short optimisations must carry a pose up to 45° from an axis
+# rotation (here about 40° from 180° about z and from 90° about z).
+OBLIQUE = {
+    "(35, 17.5, 180)": rigid_motion((35.0, 17.5, 180.0), (0.0, 0.0, 0.0)),
+    "(40, 20, 90)": rigid_motion((40.0, 20.0, 90.0), (0.0, 0.0, 0.0)),
+}
+
+
+@pytest.mark.parametrize("turn", OBLIQUE)
+def test_oblique_turns_are_found_on_the_phantom(turn, phantom):
+    ct, mr, head = phantom
+    rotation = np.asarray(OBLIQUE[turn].GetMatrix()).reshape(3, 3)
+    moving, truth = turned(mr, rotation, SHIFT_MM, centre=(0.0, 0.0, 0.0))
+    result = register(ct, moving)
+    tre = target_registration_errors(result.transform, truth, ct, head)
+    assert tre.mean() <= 1.0, f"mean TRE {tre.mean():.2f} mm; {result.confidence.summary}"
+    assert not result.confidence.doubtful, result.confidence.summary
+
+
+@pytest.mark.parametrize("turn", OBLIQUE)
+def test_brats_t2_turned_obliquely_is_registered_onto_t1(turn, brats):
+    t1, t2, brain, centre = brats
+    rotation = np.asarray(OBLIQUE[turn].GetMatrix()).reshape(3, 3)
+    moving, truth = turned(t2, rotation, SHIFT_MM, centre)
+    result = register(t1, moving)
+    tre = target_registration_errors(result.transform, truth, t1, brain)
+    assert tre.mean() <= 1.0, f"mean TRE {tre.mean():.2f} mm; {result.confidence.summary}"
+    assert not result.confidence.doubtful, result.confidence.summary
 
 
 # --- an unrelated moving image ------------------------------------------------------------------

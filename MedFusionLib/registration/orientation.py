@@ -28,9 +28,12 @@ SEARCH_SPACING_MM = 6.0
 SMOOTHING_MM = 4.0
 # Optimiser iterations for every pose, then for the REFINED_POSES best of them: enough to take up
 # the shift that unequal fields of view leave between the centres of mass.
-FIRST_ITERATIONS = 8
-REFINED_POSES = 6
-SEARCH_ITERATIONS = 25
+# Measured on BraTS T2 turned by axis rotations plus obliques up to 40°: with 6 refined poses and
+# 25 iterations, the right pose was missed in three of four oblique cases; these settings left
+# every winner within 19° of the truth, which the full-resolution run then closes.
+FIRST_ITERATIONS = 10
+REFINED_POSES = 8
+SEARCH_ITERATIONS = 40
 # Share of the coarse reference's voxels that the optimiser samples (the final score uses all).
 SAMPLING_SHARE = 0.3
 # Two poses closer than this (degrees) are one answer found twice, not a runner-up.
@@ -231,10 +234,10 @@ def _optimise(
     method.SetMetricSamplingStrategy(method.RANDOM)
     method.SetMetricSamplingPercentage(SAMPLING_SHARE, seed + 1)  # seed 0 would mean "from the clock"
     method.SetOptimizerAsRegularStepGradientDescent(
-        learningRate=SEARCH_SPACING_MM,
+        learningRate=2.0 * SEARCH_SPACING_MM,
         minStep=0.5,
         numberOfIterations=iterations,
-        relaxationFactor=0.6,
+        relaxationFactor=0.8,
         gradientMagnitudeTolerance=1e-8,
     )
     method.SetOptimizerScalesFromPhysicalShift()
