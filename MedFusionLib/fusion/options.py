@@ -23,6 +23,7 @@ from MedFusionLib.core.choices import (
     AXIS_CHOICES,
     BACKEND_CHOICES,
     CT_WINDOWS,
+    DEFAULT_CT_WINDOW,
     DEFAULT_FUNCTIONAL_COLOUR_MAP,
     DEFAULT_MODEL,
     DEFAULT_REGISTRATION,
@@ -139,9 +140,8 @@ class FusionOptions:
     compile: bool = _option(False, "--compile", "torch.compile the model (pays off only over many volumes)", kind="switch")
     reference_window: str = _option(
         "auto", "--reference-window",
-        "display window of the reference: auto (for an image recognised as CT, the window that shows it as the "
-        "models were trained; else percentiles), none (percentiles), a name (" + ", ".join(CT_WINDOWS) + ") "
-        "or LEVEL,WIDTH in HU",
+        f"display window of the reference: auto ({DEFAULT_CT_WINDOW} for an image recognised as CT, else "
+        "percentiles), none (percentiles), a name (" + ", ".join(CT_WINDOWS) + ") or LEVEL,WIDTH in HU",
         kind="window",
     )
     moving_window: str = _option(
