@@ -7,7 +7,8 @@ Two pairs, written once into ``--data`` (never into the repository):
   record it), from ``../shared/data/brats``.
 * ``large``: the clinical phantom (:func:`MedFusionLib.imaging.phantom.make_clinical_pair`) at
   clinical size: CT 512×512×400 (0.45×0.45×0.5 mm, int16 HU, -2048 outside the reconstruction
-  circle, a table) and a T2-like MR 512×512×80 (2.5 mm slices) turned 180° and shifted 30 mm.
+  circle, a table) and a T2-like MR 512×512×80 (2.5 mm slices) turned 180° and shifted 30 mm;
+  ``large400``: the same with an MR of 512×512×400 (0.5 mm slices), two volumes of that size.
 
 Each command runs under ``/usr/bin/time -v`` (wall seconds, peak resident set size); with
 ``--baseline DIR`` the same command also runs on another checkout (e.g. a ``git worktree`` of an
@@ -49,7 +50,7 @@ def turned(image: sitk.Image, centre) -> sitk.Image:
     return moved
 
 
-def make_pairs(folder: Path) -> dict[str, tuple[Path, Path]]:
+def make_pairs(folder: Path, wanted: tuple[str, ...] = ("brats", "large")) -> dict[str, tuple[Path, Path]]:
     from MedFusionLib.imaging.phantom import make_clinical_pair
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -65,13 +66,16 @@ def make_pairs(folder: Path) -> dict[str, tuple[Path, Path]]:
             sitk.WriteImage(t1, str(reference))
             sitk.WriteImage(turned(sitk.ReadImage(str(BRATS / "t2.nii.gz")), centre), str(moving))
         pairs["brats"] = (reference, moving)
-    reference, moving = folder / "large_ct.nii", folder / "large_mr.nii"
-    if not moving.exists():
-        print("rendering the 512×512×400 phantom pair ...", file=sys.stderr)
-        pair = make_clinical_pair(size=(512, 512, 400), spacing=(0.45, 0.45, 0.5), moving_spacing=(0.45, 0.45, 2.5))
-        sitk.WriteImage(pair.ct, str(reference))
-        sitk.WriteImage(pair.mr, str(moving))
-    pairs["large"] = (reference, moving)
+    for name, slice_mm in (("large", 2.5), ("large400", 0.5)):
+        reference, moving = folder / "large_ct.nii", folder / f"{name}_mr.nii"
+        if name in wanted and not moving.exists():
+            print(f"rendering the 512×512×400 phantom pair ({name}) ...", file=sys.stderr)
+            pair = make_clinical_pair(
+                size=(512, 512, 400), spacing=(0.45, 0.45, 0.5), moving_spacing=(0.45, 0.45, slice_mm)
+            )
+            sitk.WriteImage(pair.ct, str(reference))
+            sitk.WriteImage(pair.mr, str(moving))
+        pairs[name] = (reference, moving)
     return pairs
 
 
@@ -101,10 +105,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=Path(tempfile.gettempdir()) / "medfusion-clinical")
     parser.add_argument("--baseline", type=Path, default=None, help="another checkout to run the same commands in")
-    parser.add_argument("--pairs", default="brats,large")
+    parser.add_argument("--pairs", default="brats,large", help="brats, large, large400 (comma-separated)")
     parser.add_argument("--extra", default="", help="extra flags for medfusion fuse, e.g. '--backend elastix'")
     args = parser.parse_args()
-    pairs = make_pairs(args.data)
+    pairs = make_pairs(args.data, tuple(args.pairs.split(",")))
     checkouts = [("after", REPO)] + ([("before", args.baseline)] if args.baseline else [])
     print("| pair | code | wall s | CPU s | peak RSS GiB | exit | last line |")
     print("|---|---|---|---|---|---|---|")
