@@ -244,7 +244,7 @@ def test_cli_writes_rgb_nifti_and_the_source_map(pet, phantom_pair, tmp_path, ca
     np.testing.assert_allclose(values, 0.5, atol=1e-5)  # the average rule
     # A transform needs a registration; resample is none.
     assert main(argv[:-2] + ["--overwrite", "--save-transform", str(tmp_path / "t.tfm"), "--progress", "none"]) == 2
-    assert "need a registration" in capsys.readouterr().err
+    assert "needs a registration" in capsys.readouterr().err
 
 
 # -- the Harvard pictures (shared data) ----------------------------------------------------

@@ -177,7 +177,7 @@ def make_head_phantom(
     misalignment: sitk.Euler3DTransform | None = None,
     moving_spacing: tuple[float, float, float] | None = None,
     seed: int = 0,
-    face: bool = False,
+    face: bool | None = None,
 ) -> HeadPhantom:
     """Render a CT/MR pair of the phantom head.
 
@@ -189,11 +189,13 @@ def make_head_phantom(
             a field of view that covers the CT's), like a scan from another session.
         seed: noise seed; the same arguments give the same images.
         face: add the face, eyes and neck of :data:`CLINICAL_ANATOMY`. Without them the head is
-            nearly symmetric, so a pose turned 180° fits it almost as well, which the orientation
-            search of a registration then reports as doubtful.
+            nearly symmetric, so a pose turned 180° fits it almost as well and the orientation
+            search of a registration cannot tell them apart (and says so). ``None`` (default):
+            with a face when ``misalignment`` is given (a pair to register), without for an
+            aligned pair (a pair to fuse, as before).
     """
     rng = np.random.default_rng(seed)
-    anatomy = CLINICAL_ANATOMY if face else _ANATOMY
+    anatomy = CLINICAL_ANATOMY if (face if face is not None else misalignment is not None) else _ANATOMY
     reference_grid = _grid(size, spacing)
     ct = _render(reference_grid, 0, None, rng, anatomy)
     if misalignment is None:
