@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 from PIL import Image
+from test_pipeline import assert_same_geometry
 
 from MedFusionLib.cli import main
 from MedFusionLib.io import read_image, write_image
 from MedFusionLib.models import create_model, parameter_count
-from test_pipeline import assert_same_geometry
 
 
 @pytest.fixture()
@@ -41,7 +41,9 @@ def test_fuse_volumes_writes_reference_geometry(phantom_files, tmp_path, capsys)
 
 def test_fuse_json_progress_is_machine_readable(phantom_files, tmp_path, capsys):
     ct, mr = phantom_files
-    assert main(["fuse", str(ct), str(mr), "-o", str(tmp_path / "f.nrrd"), "--progress", "json", "--batch-size", "8"]) == 0
+    assert (
+        main(["fuse", str(ct), str(mr), "-o", str(tmp_path / "f.nrrd"), "--progress", "json", "--batch-size", "8"]) == 0
+    )
     events = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
     fuse_events = [event for event in events if event["stage"] == "fuse"]
     assert fuse_events[0]["done"] == 0 and fuse_events[-1]["done"] == fuse_events[-1]["total"] > 8
@@ -69,9 +71,28 @@ def test_fuse_errors_exit_2_with_a_message_and_no_output(phantom_pair, phantom_f
     write_image(shifted, tmp_path / "shifted.nii.gz")
     assert main(["fuse", str(ct), str(tmp_path / "shifted.nii.gz"), "-o", str(output), "--registration", "none"]) == 2
     assert "different voxel grids" in capsys.readouterr().err
-    assert main(["fuse", str(ct), str(mr), "-o", str(output), "--registration", "none", "--save-transform", str(tmp_path / "t.tfm")]) == 2
+    assert (
+        main(
+            [
+                "fuse",
+                str(ct),
+                str(mr),
+                "-o",
+                str(output),
+                "--registration",
+                "none",
+                "--save-transform",
+                str(tmp_path / "t.tfm"),
+            ]
+        )
+        == 2
+    )
     assert "needs a registration" in capsys.readouterr().err
-    assert not output.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["ct.nii.gz", "mr.nrrd", "shifted.nii.gz"]
+    assert not output.exists() and sorted(p.name for p in tmp_path.iterdir()) == [
+        "ct.nii.gz",
+        "mr.nrrd",
+        "shifted.nii.gz",
+    ]
 
 
 def test_fuse_png_pair_gray_and_colour(tmp_path):
@@ -80,10 +101,36 @@ def test_fuse_png_pair_gray_and_colour(tmp_path):
     colour = (rng.random((48, 40, 3)) * 255).astype(np.uint8)
     Image.fromarray(gray).save(tmp_path / "mri.png")
     Image.fromarray(colour).save(tmp_path / "pet.png")
-    assert main(["fuse", str(tmp_path / "mri.png"), str(tmp_path / "pet.png"), "-o", str(tmp_path / "f.png"), "--model", "maximum"]) == 0
+    assert (
+        main(
+            [
+                "fuse",
+                str(tmp_path / "mri.png"),
+                str(tmp_path / "pet.png"),
+                "-o",
+                str(tmp_path / "f.png"),
+                "--model",
+                "maximum",
+            ]
+        )
+        == 0
+    )
     fused = Image.open(tmp_path / "f.png")
     assert fused.mode == "RGB" and fused.size == (40, 48)
-    assert main(["fuse", str(tmp_path / "mri.png"), str(tmp_path / "mri.png"), "-o", str(tmp_path / "g.png"), "--model", "maximum"]) == 0
+    assert (
+        main(
+            [
+                "fuse",
+                str(tmp_path / "mri.png"),
+                str(tmp_path / "mri.png"),
+                "-o",
+                str(tmp_path / "g.png"),
+                "--model",
+                "maximum",
+            ]
+        )
+        == 0
+    )
     same = np.asarray(Image.open(tmp_path / "g.png"))
     assert same.ndim == 2 and np.array_equal(same, gray)  # max(x, x) = x, on the 8-bit scale
 
@@ -120,7 +167,17 @@ def test_demo_registers_fuses_and_writes_volume_and_figure(tmp_path, capsys):
 def _shared_fuse(shared_data, tmp_path, task, other, stem, model):
     harvard = shared_data / "harvard" / task
     output = tmp_path / f"{stem}.png"
-    code = main(["fuse", str(harvard / "MRI" / f"{stem}.png"), str(harvard / other / f"{stem}.png"), "-o", str(output), "--model", model])
+    code = main(
+        [
+            "fuse",
+            str(harvard / "MRI" / f"{stem}.png"),
+            str(harvard / other / f"{stem}.png"),
+            "-o",
+            str(output),
+            "--model",
+            model,
+        ]
+    )
     return code, output
 
 
@@ -134,5 +191,20 @@ def test_fuse_harvard_ct_mri_and_pet_mri(shared_data, tmp_path):
 def test_fuse_brats_volume_keeps_reference_geometry(shared_data, tmp_path):
     case = shared_data / "brats" / "TCGA-DU-7294"
     output = tmp_path / "f.nii.gz"
-    assert main(["fuse", str(case / "t1.nii.gz"), str(case / "t2.nii.gz"), "-o", str(output), "--model", "laplacian", "--progress", "none"]) == 0
+    assert (
+        main(
+            [
+                "fuse",
+                str(case / "t1.nii.gz"),
+                str(case / "t2.nii.gz"),
+                "-o",
+                str(output),
+                "--model",
+                "laplacian",
+                "--progress",
+                "none",
+            ]
+        )
+        == 0
+    )
     assert_same_geometry(read_image(output), read_image(case / "t1.nii.gz"))

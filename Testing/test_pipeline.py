@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-
 from conftest import oblique
+
 from MedFusionLib.core.errors import FusionCancelled, GridMismatchError, InputError
-from MedFusionLib.fusion.options import OptionsError
 from MedFusionLib.fusion.engine import SliceFuser
-from MedFusionLib.imaging.colour import rgb_to_ycbcr
+from MedFusionLib.fusion.options import OptionsError
 from MedFusionLib.fusion.pipeline import FOREGROUND_MARGIN, FOREGROUND_THRESHOLD, fuse_volumes
+from MedFusionLib.imaging.colour import rgb_to_ycbcr
 from MedFusionLib.imaging.normalization import normalize_intensity
 from MedFusionLib.models import FusionNet
 
@@ -81,8 +81,12 @@ def test_slicing_axis_does_not_change_a_pixelwise_rule(phantom_pair, axis):
 
 
 def test_slicing_axis_matters_for_a_spatial_model(phantom_pair):
-    axial = sitk.GetArrayFromImage(fuse_volumes(phantom_pair.ct, phantom_pair.mr, model="laplacian", axis="axial").fused)
-    coronal = sitk.GetArrayFromImage(fuse_volumes(phantom_pair.ct, phantom_pair.mr, model="laplacian", axis="coronal").fused)
+    axial = sitk.GetArrayFromImage(
+        fuse_volumes(phantom_pair.ct, phantom_pair.mr, model="laplacian", axis="axial").fused
+    )
+    coronal = sitk.GetArrayFromImage(
+        fuse_volumes(phantom_pair.ct, phantom_pair.mr, model="laplacian", axis="coronal").fused
+    )
     assert not np.allclose(axial, coronal, atol=1e-3)
 
 

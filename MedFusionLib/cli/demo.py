@@ -80,10 +80,10 @@ def run(args: argparse.Namespace) -> int:
             registration=args.registration,
             device=args.device,
             progress=show_progress,
+            on_registration=lambda registration: report_registration(registration, "bar"),
         )
     finally:
         close_progress()
-    report_registration(result.registration, "bar")
     paths = {name: out / name for name in DEMO_FILES}
     write_image(phantom.ct, paths["reference_ct.nii.gz"], overwrite=True)
     write_image(phantom.mr, paths["moving_mr.nii.gz"], overwrite=True)

@@ -6,8 +6,8 @@ import argparse
 import dataclasses
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from tqdm import tqdm
 
@@ -16,7 +16,9 @@ from MedFusionLib.core.errors import InputError
 from MedFusionLib.fusion.options import FusionOptions
 
 
-def progress_reporter(style: str, model: str, registration: str) -> tuple[Callable[[str, int, int], None], Callable[[], None]]:
+def progress_reporter(
+    style: str, model: str, registration: str
+) -> tuple[Callable[[str, int, int], None], Callable[[], None]]:
     """A ``progress(stage, done, total)`` callback for :func:`fuse_volumes` and its ``close()``.
 
     ``bar``: a tqdm bar for fusion and a line when registration starts; ``json``: one JSON object
@@ -54,19 +56,46 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     parser.add_argument("reference", type=Path, help="reference image: its grid is the output's grid")
     parser.add_argument("moving", type=Path, help="image to fuse into the reference")
-    parser.add_argument("-o", "--output", type=Path, required=True, help="fused image (.nii.gz, .nrrd, .mha, .png, ...)")
-    FusionOptions.add_arguments(parser)
-    parser.add_argument("--reference-series", default=None, metavar="UID", help="DICOM SeriesInstanceUID when REFERENCE holds several series")
-    parser.add_argument("--moving-series", default=None, metavar="UID", help="DICOM SeriesInstanceUID when MOVING holds several series")
-    parser.add_argument("--save-registered", type=Path, default=None, metavar="PATH", help="also write the moving image resampled on the reference grid")
-    parser.add_argument("--save-transform", type=Path, default=None, metavar="PATH", help="also write the registration transform (.tfm or .h5)")
     parser.add_argument(
-        "--source-map", type=Path, default=None, metavar="PATH",
+        "-o", "--output", type=Path, required=True, help="fused image (.nii.gz, .nrrd, .mha, .png, ...)"
+    )
+    FusionOptions.add_arguments(parser)
+    parser.add_argument(
+        "--reference-series",
+        default=None,
+        metavar="UID",
+        help="DICOM SeriesInstanceUID when REFERENCE holds several series",
+    )
+    parser.add_argument(
+        "--moving-series", default=None, metavar="UID", help="DICOM SeriesInstanceUID when MOVING holds several series"
+    )
+    parser.add_argument(
+        "--save-registered",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="also write the moving image resampled on the reference grid",
+    )
+    parser.add_argument(
+        "--save-transform",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="also write the registration transform (.tfm or .h5)",
+    )
+    parser.add_argument(
+        "--source-map",
+        type=Path,
+        default=None,
+        metavar="PATH",
         help="also write the source map: per voxel, the moving image's share of the fused value (float 0-1, "
         "0 = reference, 1 = moving, 0.5 = either), on the reference grid",
     )
     parser.add_argument(
-        "--qa", type=Path, default=None, metavar="DIR",
+        "--qa",
+        type=Path,
+        default=None,
+        metavar="DIR",
         help="write QA pictures of the registration into DIR: qa.png (checkerboard and edge overlay of reference vs "
         "registered moving on three planes) and qa.json (its figures and confidence)",
     )
@@ -83,8 +112,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     # Imported here, not at the top: `medfusion --help` and argument errors need neither torch nor ITK.
-    from MedFusionLib.fusion.pipeline import fuse_volumes
     from MedFusionLib.core.files import refuse_existing_outputs
+    from MedFusionLib.fusion.pipeline import fuse_volumes
     from MedFusionLib.io import read_image, write_image
     from MedFusionLib.registration.qa import QA_FILES
 
@@ -103,7 +132,13 @@ def run(args: argparse.Namespace) -> int:
     show_progress, close_progress = progress_reporter(args.progress, options.model, options.registration)
     try:
         result = fuse_volumes(
-            reference, moving, options, progress=show_progress, source_map=args.source_map is not None
+            reference,
+            moving,
+            options,
+            progress=show_progress,
+            source_map=args.source_map is not None,
+            # Said as soon as registration ends: a doubtful alignment is news before a long fusion.
+            on_registration=lambda registration: report_registration(registration, args.progress),
         )
     finally:
         close_progress()
@@ -112,8 +147,6 @@ def run(args: argparse.Namespace) -> int:
             "--save-transform/--qa: no registration ran (with --registration auto, images on one voxel grid are "
             "taken as aligned); pass --registration rigid to register them anyway"
         )
-    if result.registration is not None:
-        report_registration(result.registration, args.progress)
     write_image(result.fused, args.output, overwrite=args.overwrite)
     if args.save_registered is not None:
         write_image(result.registered_moving, args.save_registered, overwrite=args.overwrite)
@@ -145,8 +178,11 @@ def report_registration(registration, progress_style: str) -> None:
     confidence = registration.confidence
     if progress_style == "json":
         event = {
-            "event": "registration", "preset": registration.preset, "backend": registration.backend,
-            "seconds": round(registration.seconds, 3), "metric_before": registration.metric_before,
+            "event": "registration",
+            "preset": registration.preset,
+            "backend": registration.backend,
+            "seconds": round(registration.seconds, 3),
+            "metric_before": registration.metric_before,
             "metric_after": registration.metric_after,
         }
         if confidence is not None:

@@ -102,44 +102,62 @@ class FusionOptions:
     choices); ``FusionOptions()`` holds the defaults every entry point uses.
     """
 
-    model: str = _option(DEFAULT_MODEL, "--model", "fusion network or rule (see `medfusion models`)", choices=MODEL_CHOICES)
+    model: str = _option(
+        DEFAULT_MODEL, "--model", "fusion network or rule (see `medfusion models`)", choices=MODEL_CHOICES
+    )
     registration: str = _option(
-        DEFAULT_REGISTRATION, "--registration",
+        DEFAULT_REGISTRATION,
+        "--registration",
         "register MOVING onto REFERENCE first: auto (none when both share a voxel grid, else rigid), none, "
         "resample (no registration: resample by physical coordinates, for hybrid PET/CT, SPECT/CT, PET/MR), "
         "rigid, affine, bspline",
         choices=REGISTRATION_CHOICES,
     )
     backend: str = _option(
-        "auto", "--backend", "registration backend: auto (simpleitk for rigid and affine, elastix for bspline)",
+        "auto",
+        "--backend",
+        "registration backend: auto (simpleitk for rigid and affine, elastix for bspline)",
         choices=BACKEND_CHOICES,
     )
     init: str = _option(
-        "auto", "--init",
+        "auto",
+        "--init",
         "registration's starting alignment: auto (the best of the 24 axis-aligned orientations about the centres of "
         "mass, for images that overlap), moments (centres of mass), geometry (image centres) or none",
         choices=INIT_CHOICES,
     )
     initial_transform: str | None = _option(
-        None, "--initial-transform", "start registration from this ITK transform file (reference -> moving points) instead of --init",
+        None,
+        "--initial-transform",
+        "start registration from this ITK transform file (reference -> moving points) instead of --init",
         kind="path",
     )
     strict: bool = _option(
-        False, "--strict", "a doubtful registration (see its confidence) is an error: exit 2, nothing written",
+        False,
+        "--strict",
+        "a doubtful registration (see its confidence) is an error: exit 2, nothing written",
         kind="switch",
     )
-    device: str = _option("auto", "--device", "compute device: auto (CUDA when usable), cpu, cuda or cuda:N", choices=DEVICE_CHOICES)
+    device: str = _option(
+        "auto", "--device", "compute device: auto (CUDA when usable), cpu, cuda or cuda:N", choices=DEVICE_CHOICES
+    )
     precision: str = _option(
-        "auto", "--precision",
+        "auto",
+        "--precision",
         "auto (fp16 on CUDA, fp32 on the CPU), fp32, bf16 (fast only on CPUs with AMX/AVX512-BF16) or fp16 (CUDA)",
         choices=PRECISION_CHOICES,
     )
     axis: str = _option("axial", "--axis", "slicing plane for 3D fusion", choices=AXIS_CHOICES)
-    batch_size: int | None = _option(None, "--batch-size", "slices per forward pass (default 1 on the CPU, 32 on CUDA)", kind="count")
+    batch_size: int | None = _option(
+        None, "--batch-size", "slices per forward pass (default 1 on the CPU, 32 on CUDA)", kind="count"
+    )
     threads: int | None = _option(None, "--threads", "torch CPU threads (default: one per core)", kind="count")
-    compile: bool = _option(False, "--compile", "torch.compile the model (pays off only over many volumes)", kind="switch")
+    compile: bool = _option(
+        False, "--compile", "torch.compile the model (pays off only over many volumes)", kind="switch"
+    )
     reference_window: str = _option(
-        "auto", "--reference-window",
+        "auto",
+        "--reference-window",
         f"display window of the reference: auto ({DEFAULT_CT_WINDOW} for an image recognised as CT, else "
         "percentiles), none (percentiles), a name (" + ", ".join(CT_WINDOWS) + ") or LEVEL,WIDTH in HU",
         kind="window",
@@ -148,13 +166,16 @@ class FusionOptions:
         "auto", "--moving-window", "display window of the moving image (as --reference-window)", kind="window"
     )
     functional: str | None = _option(
-        None, "--functional",
+        None,
+        "--functional",
         "MOVING is a functional volume (PET, SPECT): fuse it in colour through this colour map (the flag alone: "
         f"{DEFAULT_FUNCTIONAL_COLOUR_MAP}); the output is RGB",
-        choices=FUNCTIONAL_COLOUR_MAPS, kind="colour-map",
+        choices=FUNCTIONAL_COLOUR_MAPS,
+        kind="colour-map",
     )
     functional_range: str = _option(
-        "auto", "--functional-range",
+        "auto",
+        "--functional-range",
         "display range of the functional volume, in its units (e.g. SUV 0,10): LOW,HIGH, or auto (0 to the "
         f"{FUNCTIONAL_RANGE_PERCENTILE:g}th percentile of its voxels above 0)",
         kind="range",
@@ -168,7 +189,9 @@ class FusionOptions:
             value = getattr(self, spec.name)
             object.__setattr__(self, spec.name, _checked(spec, value))
         if self.initial_transform is not None and self.registration in ("none", "resample"):
-            raise OptionsError("--initial-transform starts a registration; it needs --registration auto, rigid, affine or bspline")
+            raise OptionsError(
+                "--initial-transform starts a registration; it needs --registration auto, rigid, affine or bspline"
+            )
         if self.functional is None and self.functional_range != "auto":
             raise OptionsError(
                 "--functional-range sets the display range of a functional volume; it needs --functional"
@@ -195,8 +218,13 @@ class FusionOptions:
                 continue
             if meta["kind"] == "colour-map":
                 parser.add_argument(
-                    meta["flag"], dest=spec.name, nargs="?", const=meta["choices"][0], default=None,
-                    metavar="COLOURMAP", help=help_text,
+                    meta["flag"],
+                    dest=spec.name,
+                    nargs="?",
+                    const=meta["choices"][0],
+                    default=None,
+                    metavar="COLOURMAP",
+                    help=help_text,
                 )
                 continue
             if spec.default is not None:
@@ -206,7 +234,11 @@ class FusionOptions:
     @classmethod
     def from_namespace(cls, namespace: argparse.Namespace) -> FusionOptions:
         """The options parsed by a parser that :meth:`add_arguments` set up; unset flags keep defaults."""
-        given = {spec.name: getattr(namespace, spec.name) for spec in dataclasses.fields(cls) if getattr(namespace, spec.name, None) is not None}
+        given = {
+            spec.name: getattr(namespace, spec.name)
+            for spec in dataclasses.fields(cls)
+            if getattr(namespace, spec.name, None) is not None
+        }
         return cls(**given)
 
     def to_argv(self) -> list[str]:

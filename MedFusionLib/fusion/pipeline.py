@@ -11,27 +11,33 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from os import PathLike
-from typing import Callable
 
 import numpy as np
 import SimpleITK as sitk
 import torch
 
+from MedFusionLib.core.choices import DEFAULT_CT_WINDOW, DEFAULT_MODEL, REGISTRATION_CHOICES  # noqa: F401  (callers read them here)
 from MedFusionLib.core.errors import GridMismatchError, InputError
 from MedFusionLib.core.geometry import grid_differences, slicing_array_axis
-from MedFusionLib.core.choices import DEFAULT_CT_WINDOW, DEFAULT_MODEL, REGISTRATION_CHOICES  # noqa: F401  (callers read them here)
-from MedFusionLib.fusion.options import FusionOptions
+from MedFusionLib.core.resources import require_memory
 from MedFusionLib.fusion.engine import Box, CancelCallback, SliceFuser
 from MedFusionLib.fusion.functional import colourise, functional_bounds, functional_luminance, resample_by_coordinates
+from MedFusionLib.fusion.options import FusionOptions
 from MedFusionLib.fusion.source_map import source_map_array
 from MedFusionLib.imaging.colour import rgb_to_ycbcr, ycbcr_to_rgb
 from MedFusionLib.imaging.ct import body_mask, looks_like_ct
+from MedFusionLib.imaging.normalization import (
+    apply_ct_window,
+    percentile_bounds,
+    resolve_ct_window,
+    scale_to_bounds,
+    slice_boxes,
+)
 from MedFusionLib.io import read_image
 from MedFusionLib.models import create_model
-from MedFusionLib.core.resources import require_memory
-from MedFusionLib.imaging.normalization import apply_ct_window, percentile_bounds, resolve_ct_window, scale_to_bounds, slice_boxes
 
 ImageSource = str | PathLike | sitk.Image
 # progress(stage, done, total): stage "register" (done/total in percent) or "fuse" (slices).
@@ -128,7 +134,9 @@ def _split_luminance(image: sitk.Image) -> tuple[sitk.Image, np.ndarray | None]:
 Scaling = Callable[[np.ndarray], np.ndarray]
 
 
-def intensity_scaling(values: np.ndarray, window: str | tuple[float, float] | None = None, eight_bit: bool = False) -> Scaling:
+def intensity_scaling(
+    values: np.ndarray, window: str | tuple[float, float] | None = None, eight_bit: bool = False
+) -> Scaling:
     """The map of raw intensities to [0, 1] for one image, to apply slab by slab.
 
     A CT window if given; ``x / 255`` for 8-bit pictures (already display-scaled, and the
@@ -154,6 +162,7 @@ def fuse_volumes(
     cancel: CancelCallback | None = None,
     pretrained: bool = True,
     source_map: bool = False,
+    on_registration: Callable[[object], None] | None = None,
     **overrides,
 ) -> FusionResult:
     """Fuse ``moving`` into ``reference`` and return the result on the reference grid.
@@ -171,6 +180,8 @@ def fuse_volumes(
             :class:`~MedFusionLib.core.errors.FusionCancelled`. Nothing is written by this function.
         pretrained: load the shipped weights of a named network (``False``: random weights, for tests).
         source_map: also compute :attr:`FusionResult.source_map` (one more float32 volume).
+        on_registration: called with the registration's result (its ``confidence`` included) as
+            soon as it is known, before fusion, e.g. to report a doubtful alignment at once.
 
     The options, as applied here: ``registration`` ``none`` requires the two to share a voxel
     grid; ``auto`` registers rigidly unless they do; ``rigid``/``affine``/``bspline`` register
@@ -184,7 +195,9 @@ def fuse_volumes(
     (:mod:`~MedFusionLib.fusion.functional`): ``fused`` is then RGB uint8 on the reference grid.
     """
     network = overrides.pop("model") if isinstance(overrides.get("model"), torch.nn.Module) else None
-    transform = overrides.pop("initial_transform") if isinstance(overrides.get("initial_transform"), sitk.Transform) else None
+    transform = (
+        overrides.pop("initial_transform") if isinstance(overrides.get("initial_transform"), sitk.Transform) else None
+    )
     options = dataclasses.replace(options or FusionOptions(), **overrides)
     model = network if network is not None else options.model
     started = time.perf_counter()
@@ -211,8 +224,11 @@ def fuse_volumes(
     # Build the model before the slow steps, so a wrong name or missing weights fail at once.
     fuser = SliceFuser(
         network if network is not None else create_model(options.model, pretrained=pretrained),
-        device=options.device, batch_size=options.batch_size,
-        precision=options.precision, compile=options.compile, threads=options.threads,
+        device=options.device,
+        batch_size=options.batch_size,
+        precision=options.precision,
+        compile=options.compile,
+        threads=options.threads,
     )
     stage_seconds = {"load": time.perf_counter() - started}
 
@@ -247,12 +263,16 @@ def fuse_volumes(
             initializer=transform if transform is not None else options.init,
             strict=options.strict,
             # Registration reports a fraction; the pipeline's stages count steps: percent.
-            progress=(lambda fraction, _message: progress("register", int(round(100 * fraction)), 100)) if progress else None,
+            progress=(lambda fraction, _message: progress("register", int(round(100 * fraction)), 100))
+            if progress
+            else None,
         )
         registered_luminance = registration_result.registered
         confidence = registration_result.confidence
         if confidence is not None and confidence.doubtful:
             _log.warning("%s", confidence.summary)
+        if on_registration is not None:
+            on_registration(registration_result)
         if progress:
             progress("register", 100, 100)
         stage_seconds["register"] = registration_result.seconds
