@@ -325,23 +325,3 @@ def test_server_answers_an_unknown_request_and_shuts_down_on_request():
     assert process.returncode == 0
 
 
-def test_warm_up_uses_the_registrations_public_preload(monkeypatch):
-    """The worker warms itk-elastix through MedFusionLib.registration.preload(): it loads the
-    libraries when itk-elastix is installed (and SimpleITK lacks elastix) and does nothing otherwise."""
-    from MedFusionLib import registration
-    from MedFusionLib.registration import elastix_backend
-    from MedFusionSlicer import server
-
-    loads = []
-    monkeypatch.setattr(elastix_backend, "load_itk_elastix", lambda: loads.append(1))
-    monkeypatch.setattr(elastix_backend, "simpleitk_has_elastix", lambda: False)
-    monkeypatch.setattr(elastix_backend, "itk_elastix_installed", lambda: True)
-    assert registration.preload() == "itk-elastix" and loads == [1]
-    warmed = server.warm_up()
-    assert warmed["what"] == "itk-elastix" and warmed["seconds"] >= 0 and loads == [1, 1]
-    monkeypatch.setattr(elastix_backend, "itk_elastix_installed", lambda: False)
-    assert registration.preload() is None and server.warm_up() is None and loads == [1, 1]
-    monkeypatch.setattr(elastix_backend, "itk_elastix_installed", lambda: True)
-    monkeypatch.setattr(elastix_backend, "simpleitk_has_elastix", lambda: True)
-    assert registration.preload() is None and loads == [1, 1]
-    assert "elastix_backend" not in (REPO_ROOT / "MedFusion" / "MedFusionSlicer" / "server.py").read_text()

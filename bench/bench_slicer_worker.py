@@ -7,10 +7,10 @@ timer does, every 0.2 s) -> ``FusionLogic.finishJob`` (reads the results, create
 nodes). Timed from the call to startJob to finishJob's return, as the user sees it from pressing
 Apply to the fused volume in the views (the views' redraw excluded).
 
-* run 1: the first Apply of a session; the worker is started by it (imports torch, loads
-  itk-elastix: the cost every Apply paid before the worker was kept warm);
+* run 1: the first Apply of a session; the worker is started by it (imports torch, and with
+  ``--backend elastix`` loads itk-elastix: the costs every Apply paid before the worker was kept warm);
 * run 2, 3, ...: the next Applies on the same worker;
-* entered: a worker started at module entry and given time to warm up before Apply.
+* entered: a worker started at module entry and ready (torch imported) before Apply.
 
 For comparison, "before": each Apply a new ``medfusion fuse`` process, as the panel ran it
 before the warm worker (the same options, the same import into the scene).
@@ -102,12 +102,12 @@ def main() -> int:
     parser.add_argument("--case", type=Path, default=DEFAULT_CASE, help="folder with t1.nii.gz and t2.nii.gz")
     parser.add_argument("--registration", default="rigid")
     parser.add_argument(
-        "--backend", default="elastix", help="registration backend (elastix: the one with the start-up cost)"
+        "--backend", default="auto", help="registration backend (auto: SimpleITK for rigid; elastix pays its load once)"
     )
     parser.add_argument("--runs", type=int, default=3, help="Applies on the same worker (the first starts it)")
     parser.add_argument("--model", default="emfusion")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--warm-wait", type=float, default=60.0, help="seconds the 'entered' worker may warm up")
+    parser.add_argument("--warm-wait", type=float, default=60.0, help="seconds an 'entered' worker may take to start")
     args = parser.parse_args()
 
     import slicer
@@ -140,8 +140,8 @@ def main() -> int:
         worker = entered.startWorker(cpu_only=args.device == "cpu")
         deadline = time.monotonic() + args.warm_wait
         warmed = False
-        while time.monotonic() < deadline and not warmed:  # until itk-elastix is loaded (its "warm" event)
-            warmed = any(line is not None and '"event": "warm"' in line for line in worker.take_lines(block_s=0.5))
+        while time.monotonic() < deadline and not warmed:  # until torch is imported (the "ready" event)
+            warmed = any(line is not None and '"event": "ready"' in line for line in worker.take_lines(block_s=0.5))
         seconds, nodes, report = apply_once(entered, reference, moving, options)
         rows.append(("entered (worker warmed at module entry)", seconds, report))
     finally:

@@ -18,7 +18,6 @@ of the library such as a GPU out-of-memory fallback)::
 
     {"event": "started", "pid": 1234}
     {"event": "ready", "models": [...], "device": "GPU: ...", "seconds": 4.1}
-    {"event": "warm", "what": "itk-elastix", "seconds": 14.9}
     {"stage": "register", "done": 0, "total": 100}            (progress, as medfusion fuse --progress json)
     {"event": "registration", "id": 3, "metric_before": ..., "metric_after": ..., "confidence": {...}}
     {"event": "fused", "id": 3, "device": "cpu", "seconds": 7.2, ...}
@@ -170,19 +169,6 @@ def run_fuse(job: dict) -> None:
     )
 
 
-def warm_up() -> dict | None:
-    """Load itk-elastix's libraries now, while no job waits (about 15 s once per process), so the
-    first registration does not pay it (:func:`MedFusionLib.registration.preload`; nothing to do
-    without itk-elastix)."""
-    from MedFusionLib.registration import preload
-
-    started = time.perf_counter()
-    loaded = preload()
-    if loaded is None:
-        return None
-    return {"what": loaded, "seconds": round(time.perf_counter() - started, 3)}
-
-
 def _read_requests(stream, requests: queue.Queue) -> None:
     for line in stream:
         if line.strip():
@@ -214,14 +200,9 @@ def serve(idle_timeout: float, stdin=None) -> int:
             "seconds": round(time.perf_counter() - started, 3),
         }
     )
-    if requests.empty():
-        try:
-            warmed = warm_up()
-        except Exception as error:  # noqa: BLE001  (the job that needs elastix reports it properly)
-            print(f"medfusion: could not preload itk-elastix: {error}", flush=True)
-            warmed = None
-        if warmed:
-            emit({"event": "warm", **warmed})
+    # Nothing else is preloaded: rigid and affine register with SimpleITK (backend auto), which
+    # costs nothing to load; itk-elastix (seconds to load) is needed only by a B-spline job, which
+    # loads it once for the worker's life. A preload here would delay a job sent meanwhile.
 
     while True:
         try:

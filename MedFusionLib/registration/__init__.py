@@ -56,7 +56,6 @@ __all__ = [
     "RegistrationResult",
     "apply_transform",
     "available_backends",
-    "preload",
     "read_transform",
     "register",
     "write_transform",
@@ -100,17 +99,6 @@ def available_backends() -> list[str]:
         backends.append("elastix")
     backends.append("simpleitk")
     return backends
-
-
-def preload() -> str | None:
-    """Load itk-elastix's libraries now (seconds, once per process), so that a later registration
-    does not pay it: for a long-lived process (the Slicer worker) while it waits for work. Returns
-    ``"itk-elastix"`` when it loaded them; ``None``, doing nothing, when there is nothing to load
-    (itk-elastix not installed, or SimpleITK built with elastix)."""
-    if elastix_backend.simpleitk_has_elastix() or not elastix_backend.itk_elastix_installed():
-        return None
-    elastix_backend.load_itk_elastix()
-    return "itk-elastix"
 
 
 def _elastix_importable() -> bool:
