@@ -32,6 +32,7 @@ from MedFusionLib.imaging.ct import (
 from MedFusionLib.imaging.normalization import normalize_intensity, slice_boxes
 from MedFusionLib.imaging.phantom import CT_PADDING_HU, TABLE_HU, make_clinical_pair
 from MedFusionLib.io import read_image
+from MedFusionLib.io.dicom import write_dicom_series
 from MedFusionLib.registration import apply_transform
 
 SIZE, SPACING = (96, 96, 48), (2.5, 2.5, 3.5)
@@ -63,6 +64,17 @@ def test_ct_is_recognised_from_its_values_and_pictures_or_mr_are_not(clinical, p
     labelled = sitk.Image(mr)
     labelled.SetMetaData("0008|0060", "CT")
     assert looks_like_ct(labelled)  # the DICOM Modality decides where the image carries it
+
+
+def test_a_dicom_series_carries_its_modality_to_the_ct_check(phantom_pair, tmp_path):
+    """A DICOM series read from a folder keeps its Modality on the volume, so a CT series is a CT
+    by its header, and an MR series whose values happen to reach -1000 is not taken for one."""
+    mr = sitk.Cast(phantom_pair.mr * 1000.0 - 1000.0, sitk.sitkFloat32)  # MR with HU-like values
+    write_dicom_series(mr, tmp_path / "mr", modality="MR")
+    write_dicom_series(phantom_pair.ct, tmp_path / "ct", modality="CT")
+    read_mr, read_ct = read_image(tmp_path / "mr"), read_image(tmp_path / "ct")
+    assert read_mr.GetMetaData("0008|0060") == "MR" and not looks_like_ct(read_mr)
+    assert read_ct.GetMetaData("0008|0060") == "CT" and looks_like_ct(read_ct)
 
 
 def test_padding_becomes_air(clinical):

@@ -151,6 +151,9 @@ def read_dicom_directory(directory: Path, series_uid: str | None) -> sitk.Image:
             "Check that all files of the series are present and complete."
         ) from error
     _require_even_slice_spacing(image, reader, chosen, directory)
+    if chosen.modality:
+        # The series reader keeps no header on the volume; the Modality tells later steps it is a CT.
+        image.SetMetaData("0008|0060", chosen.modality)
     return image
 
 
