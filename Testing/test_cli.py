@@ -13,7 +13,7 @@ import SimpleITK as sitk
 from PIL import Image
 from test_pipeline import assert_same_geometry
 
-from MedFusionLib.cli import main
+from MedFusionLib.cli import COMMANDS, main
 from MedFusionLib.io import read_image, write_image
 from MedFusionLib.models import create_model, parameter_count
 
@@ -208,3 +208,18 @@ def test_fuse_brats_volume_keeps_reference_geometry(shared_data, tmp_path):
         == 0
     )
     assert_same_geometry(read_image(output), read_image(case / "t1.nii.gz"))
+
+
+def test_help_and_register_load_no_torch():
+    """`medfusion --help` lists every command from the summaries alone; `register` needs no torch either."""
+    code = (
+        "import sys; from MedFusionLib.cli import main\n"
+        "for argv in (['--help'], ['register', '--help']):\n"
+        "    try: main(argv)\n"
+        "    except SystemExit: pass\n"
+        "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH')"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert run.stdout.strip().endswith("NO-TORCH")
+    for name, summary in COMMANDS.items():
+        assert name in run.stdout and summary.split()[0] in run.stdout

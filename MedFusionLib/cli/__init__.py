@@ -18,11 +18,27 @@ import sys
 
 from MedFusionLib.core.errors import FusionCancelled, MedFusionError
 
-# Order is the order of `medfusion --help`.
-COMMANDS = ("fuse", "register", "demo", "batch", "models", "doctor", "evaluate", "train", "benchmark")
+# Subcommand -> its one-line summary; the order is the order of `medfusion --help`.
+COMMANDS = {
+    "fuse": "fuse a moving image into a reference image",
+    "register": "register a moving image to a fixed (reference) image",
+    "demo": "register and fuse a built-in CT/MR head phantom",
+    "batch": "fuse many cases listed in a CSV manifest",
+    "models": "list the fusion models",
+    "doctor": "report versions, CUDA, elastix and weights integrity",
+    "evaluate": "score fusion methods with EN, SD, SF, MI, SCD, VIF, Qabf, SSIM, ...",
+    "train": "train EMFusion, HAF or DenseFuse on paired images and export weights + model card",
+    "benchmark": "time fusion (naive loop vs product path) and registration on this machine",
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The ``medfusion`` parser with ``command``'s full options (every command's when ``None``;
+    none when ``command`` names no subcommand, e.g. for ``medfusion --help``).
+
+    The other subcommands are listed by name and summary only: importing a subcommand's module
+    can import torch (seconds), which ``medfusion --help`` or ``medfusion register`` do not need.
+    """
     from MedFusionLib import __version__
 
     parser = argparse.ArgumentParser(
@@ -31,15 +47,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"medfusion {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in COMMANDS:
-        module = importlib.import_module(f".{name}", __name__)
-        sub = module.add_parser(subparsers)
-        sub.set_defaults(handler=module.run)
+    for name, summary in COMMANDS.items():
+        if command is None or name == command:
+            module = importlib.import_module(f".{name}", __name__)
+            module.add_parser(subparsers).set_defaults(handler=module.run)
+        else:
+            subparsers.add_parser(name, help=summary)
     return parser
 
 
+def _command_in(argv: list[str]) -> str:
+    """The subcommand named in ``argv``: its first word that is not an option ("" if none)."""
+    return next((word for word in argv if not word.startswith("-")), "")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(_command_in(argv))
     args = parser.parse_args(argv)
     # The library reports fallbacks (e.g. GPU out of memory -> smaller batches) on its logger.
     logging.basicConfig(format="medfusion: %(message)s", level=logging.INFO)

@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from MedFusionLib.cli import COMMANDS
 from MedFusionLib.fusion.batch import parse_shard, run_batch
 from MedFusionLib.fusion.options import FusionOptions
 
@@ -13,7 +14,7 @@ from MedFusionLib.fusion.options import FusionOptions
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "batch",
-        help="fuse many cases listed in a CSV manifest",
+        help=COMMANDS["batch"],
         description="Fuse every case of MANIFEST (CSV with columns reference, moving and optionally output; "
         "relative paths start at the manifest's folder) into --out. A failing case is recorded in the "
         "report CSV and the others go on; the exit status is 1 if any case failed. --shard K/N runs every "

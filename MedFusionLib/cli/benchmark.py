@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from MedFusionLib.cli import COMMANDS
 from MedFusionLib.cli.arguments import comma_separated
 from MedFusionLib.core.choices import BACKEND_CHOICES, DEVICE_CHOICES, PRECISION_CHOICES, REGISTRATION_PRESETS
 from MedFusionLib.core.files import atomic_output
@@ -28,7 +29,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     presets = comma_separated("preset", REGISTRATION_PRESETS)
     parser = subparsers.add_parser(
         "benchmark",
-        help="time fusion (naive loop vs product path) and registration on this machine",
+        help=COMMANDS["benchmark"],
         description="Fuse one volume pair with every model twice in one process, the naive way (each whole "
         "slice alone, fp32, eager) and the product way, and print a Markdown table: seconds per volume, "
         "ms per slice, voxels per second, speed-up, peak memory and the largest difference between the two "

@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+from MedFusionLib.cli import COMMANDS
 from MedFusionLib.core.choices import (
     DEFAULT_CT_WINDOW,
     DEFAULT_MODEL,
@@ -30,7 +31,7 @@ DEMO_FILES = (
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "demo",
-        help="register and fuse a built-in CT/MR head phantom",
+        help=COMMANDS["demo"],
         description="Builds a procedural head phantom seen by a CT (Hounsfield units, -2048 outside the "
         "reconstruction circle, the patient table) and by an MRI on another grid with the patient turned 180° "
         "and shifted 30 mm, registers the MR to the CT from the default start (the orientation search), fuses "

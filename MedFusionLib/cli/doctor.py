@@ -10,6 +10,7 @@ import platform
 import torch
 
 from MedFusionLib import __version__
+from MedFusionLib.cli import COMMANDS
 from MedFusionLib.core.precision import cpu_has_native_bf16, measure_cpu_bf16_ratio
 from MedFusionLib.models import list_models, model_spec
 from MedFusionLib.models.pretrained import weights_status
@@ -20,7 +21,7 @@ _PACKAGES = ("torch", "SimpleITK", "numpy", "nibabel", "pydicom", "safetensors",
 def add_parser(subparsers) -> argparse.ArgumentParser:
     return subparsers.add_parser(
         "doctor",
-        help="report versions, CUDA, elastix and weights integrity",
+        help=COMMANDS["doctor"],
         description="Diagnose this installation. Exit status 1 if a shipped weights file is corrupt.",
     )
 

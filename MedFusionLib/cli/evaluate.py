@@ -20,6 +20,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from MedFusionLib.cli import COMMANDS
 from MedFusionLib.cli.arguments import comma_separated
 from MedFusionLib.core.devices import DEVICE_CHOICES, describe_device, resolve_device
 from MedFusionLib.core.errors import InputError
@@ -34,7 +35,7 @@ from MedFusionLib.models import list_models
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "evaluate",
-        help="score fusion methods with EN, SD, SF, MI, SCD, VIF, Qabf, SSIM, ...",
+        help=COMMANDS["evaluate"],
         description="Score fusion models (and directories of fused images) on the Harvard pairs, "
         "or one fused volume against its sources; write CSV, Markdown, figures and an HTML report.",
     )

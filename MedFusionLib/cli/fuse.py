@@ -11,6 +11,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from MedFusionLib.cli import COMMANDS
 from MedFusionLib.core.choices import PROGRESS_CHOICES
 from MedFusionLib.core.errors import InputError
 from MedFusionLib.fusion.options import FusionOptions
@@ -50,7 +51,7 @@ def progress_reporter(
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "fuse",
-        help="fuse a moving image into a reference image",
+        help=COMMANDS["fuse"],
         description="Fuse MOVING into REFERENCE (3D volumes or 2D images; a DICOM series is a directory). "
         "The output has the reference's geometry; its format follows OUTPUT's extension.",
     )

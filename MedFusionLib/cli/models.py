@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 
+from MedFusionLib.cli import COMMANDS
 from MedFusionLib.models import create_model, list_models, model_spec, parameter_count
 from MedFusionLib.models.pretrained import weights_status
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    return subparsers.add_parser("models", help="list the fusion models", description="List every fusion model.")
+    return subparsers.add_parser("models", help=COMMANDS["models"], description="List every fusion model.")
 
 
 def model_rows() -> list[tuple[str, str, str, str, str]]:

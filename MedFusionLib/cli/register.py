@@ -6,13 +6,14 @@ import argparse
 import sys
 from pathlib import Path
 
+from MedFusionLib.cli import COMMANDS
 from MedFusionLib.core.choices import BACKEND_CHOICES, INIT_CHOICES, REGISTRATION_PRESETS
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "register",
-        help="register a moving image to a fixed (reference) image",
+        help=COMMANDS["register"],
         description="Register MOVING to FIXED with mutual information (works across modalities) and write MOVING "
         "resampled on FIXED's grid. Nothing is written when the registration fails its checks (no overlap, "
         "no improvement, implausible transform), or, with --strict, when its result is doubtful.",

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from MedFusionLib.cli import COMMANDS
 from MedFusionLib.core.devices import DEVICE_CHOICES
 from MedFusionLib.core.errors import InputError
 from MedFusionLib.datasets.harvard import (
@@ -40,7 +41,7 @@ VALIDATION_EVERY_NTH_CASE = 5
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "train",
-        help="train EMFusion, HAF or DenseFuse on paired images and export weights + model card",
+        help=COMMANDS["train"],
         description="Train a learned fusion model (AdamW, warm-up + cosine, checkpoints, TensorBoard) "
         "and export <model>.safetensors with its model card from the best validation epoch.",
     )
