@@ -27,27 +27,15 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
+from bench_fusion import make_large_pair  # this folder is on sys.path when a bench script runs
 
 from MedFusionLib.imaging.functional_phantom import make_functional_phantom
-from MedFusionLib.imaging.phantom import make_head_phantom
 
 # A child process that runs the CLI, then prints its own peak resident memory (KiB on Linux).
 _CHILD = (
     "import resource, sys; from MedFusionLib.cli import main; code = main(sys.argv[1:]); "
     "print('PEAK_KIB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); sys.exit(code)"
 )
-
-
-def make_reference(folder: Path, size: tuple[int, int, int], spacing: tuple[float, float, float]) -> Path:
-    coarse_size = tuple(max(8, s // 4) for s in size)
-    coarse_spacing = tuple(sp * s / c for sp, s, c in zip(spacing, size, coarse_size))
-    phantom = make_head_phantom(size=coarse_size, spacing=coarse_spacing, seed=4)
-    fine = sitk.Image(size, sitk.sitkInt16)
-    fine.SetSpacing(spacing)
-    fine.SetOrigin(phantom.mr.GetOrigin())
-    path = folder / "mr.nrrd"
-    sitk.WriteImage(sitk.Resample(phantom.mr, fine, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkInt16), str(path))
-    return path
 
 
 def run(arguments: list[str]) -> tuple[float, float, str]:
@@ -72,7 +60,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
         started = time.perf_counter()
-        reference = make_reference(folder, size, spacing)
+        reference = make_large_pair(folder, size, spacing)[1]  # the MR of bench_fusion's large pair
         pet_path = folder / "pet.nii.gz"
         sitk.WriteImage(make_functional_phantom("pet", seed=4), str(pet_path))
         made = time.perf_counter() - started
