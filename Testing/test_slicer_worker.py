@@ -23,6 +23,7 @@ from MedFusionLib.fusion.options import FusionOptions
 from MedFusionLib.imaging.phantom import make_head_phantom
 from MedFusionLib.io import write_image
 from MedFusionSlicer.worker import (
+    Finished,
     FusionJob,
     Message,
     Notice,
@@ -325,3 +326,49 @@ def test_server_answers_an_unknown_request_and_shuts_down_on_request():
     assert process.returncode == 0
 
 
+
+
+def test_requests_arrive_through_the_mailbox_with_standard_input_left_silent(tmp_path):
+    """A launcher that does not forward standard input (CTK's PythonSlicer starts python-real as
+    a child) must not starve the worker: requests come as files in the mailbox folder, and the
+    folder's removal ends the worker. Standard input stays open and is never written here."""
+    mailbox = tmp_path / "mailbox"
+    mailbox.mkdir()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "MedFusionSlicer.server", "--idle-timeout", "120", "--mailbox", str(mailbox)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=worker_environment(dict(os.environ), cpu_only=True, search_path=[str(REPO_ROOT / "MedFusion")]),
+    )  # fmt: skip
+    try:
+        (mailbox / "000000001.part").write_text(json.dumps({"op": "explode", "id": 9}))
+        os.replace(mailbox / "000000001.part", mailbox / "000000001.json")
+        finished = None
+        for line in process.stdout:
+            event = parse_line(line)
+            if isinstance(event, Notice) and event.name == "finished":
+                finished = event
+                break
+        assert finished == Notice("finished", {"id": 9, "state": "failed", "error": "unknown request 'explode'"})
+        assert not any(mailbox.iterdir())  # taken out of the mailbox once read
+        mailbox.rmdir()
+        assert process.wait(60) == 0  # Slicer removed the mailbox: the worker ends
+    finally:
+        kill_process_tree(process)
+
+
+def test_worker_process_hands_requests_over_as_files_and_removes_its_mailbox(job_folder_factory):
+    worker = WorkerProcess(cpu_only=True, idle_timeout=120)
+    worker.start()
+    try:
+        mailbox = worker.mailbox
+        assert mailbox is not None and mailbox.is_dir() and str(mailbox) in worker.process.args
+        options = FusionOptions(model="average", registration="none", device="cpu").to_dict()
+        job = FusionJob(job_folder_factory(), options, worker, keep_files=True)
+        job.start()
+        events = []
+        while not any(isinstance(event, Finished) for event in events):
+            events += job.poll(block_s=1.0)
+        assert job.state == "succeeded", events
+    finally:
+        worker.stop()
+    assert not mailbox.exists()

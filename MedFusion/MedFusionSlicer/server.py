@@ -1,13 +1,17 @@
-"""The warm worker process: ``PythonSlicer -m MedFusionSlicer.server [--idle-timeout S]``.
+"""The warm worker process: ``PythonSlicer -m MedFusionSlicer.server [--idle-timeout S] [--mailbox DIR]``.
 
 Started by :class:`MedFusionSlicer.worker.WorkerProcess`; never imports Slicer, Qt or VTK. It
-imports torch and MedFusionLib once, loads itk-elastix's libraries while the user is still
-choosing inputs, then serves jobs until its standard input closes, a ``shutdown`` arrives, or
+imports torch and MedFusionLib once while the user is still choosing inputs, then serves jobs
+until its standard input closes, its mailbox folder is removed, a ``shutdown`` arrives, or
 ``--idle-timeout`` seconds pass without a job.
 
-Protocol: one JSON object per line, both ways.
+Protocol: JSON objects, one per line out, one per line or per file in.
 
-In (standard input)::
+In: one file per request in the ``--mailbox`` folder (``NNNNNN.json``, written to a temporary
+name and renamed, so the worker never reads half a file), or one line per request on standard
+input. The panel uses the mailbox: ``PythonSlicer`` is CTK's app launcher, which starts
+``python-real`` as a child, and a launcher that does not forward its standard input would leave
+the worker waiting for lines that never come; a folder needs nothing from the launcher::
 
     {"op": "fuse", "id": 3, "folder": "/tmp/MedFusion-x", "options": {...FusionOptions.to_dict()...},
      "source_map": false}
@@ -176,11 +180,32 @@ def _read_requests(stream, requests: queue.Queue) -> None:
     requests.put(None)  # standard input closed: Slicer is gone
 
 
-def serve(idle_timeout: float, stdin=None) -> int:
-    """Answer jobs until standard input closes, ``shutdown``, or ``idle_timeout`` s without a job."""
+MAILBOX_POLL_S = 0.05  # how often the mailbox is looked at: far below a job's own time
+
+
+def _watch_mailbox(folder: Path, requests: queue.Queue) -> None:
+    """Requests from ``folder``, oldest name first; its removal means Slicer has let the worker go."""
+    while True:
+        try:
+            names = sorted(path for path in folder.iterdir() if path.suffix == ".json")
+        except FileNotFoundError:
+            requests.put(None)
+            return
+        for path in names:
+            text = path.read_text(encoding="utf-8")
+            path.unlink()
+            requests.put(text)
+        time.sleep(MAILBOX_POLL_S)
+
+
+def serve(idle_timeout: float, stdin=None, mailbox: Path | None = None) -> int:
+    """Answer jobs until standard input closes or ``mailbox`` is removed, ``shutdown``, or
+    ``idle_timeout`` s without a job."""
     emit({"event": "started", "pid": os.getpid()})
     requests: queue.Queue = queue.Queue()
     threading.Thread(target=_read_requests, args=(stdin or sys.stdin, requests), daemon=True).start()
+    if mailbox is not None:
+        threading.Thread(target=_watch_mailbox, args=(mailbox, requests), daemon=True).start()
     # The library's notes (e.g. a GPU out-of-memory fallback) as the medfusion command prints them.
     logging.basicConfig(format="medfusion: %(message)s", level=logging.INFO, stream=sys.stdout)
 
@@ -248,10 +273,11 @@ def _run_job(request: dict) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m MedFusionSlicer.server", description=__doc__.splitlines()[0])
     parser.add_argument("--idle-timeout", type=float, default=900.0, help="end after this many seconds without a job")
+    parser.add_argument("--mailbox", type=Path, default=None, help="folder to take request files from")
     args = parser.parse_args(argv)
     # Messages of the library and of tracebacks must not interleave with protocol lines mid-line.
     sys.stderr = sys.stdout
-    return serve(args.idle_timeout)
+    return serve(args.idle_timeout, mailbox=args.mailbox)
 
 
 if __name__ == "__main__":

@@ -2,18 +2,19 @@
 
 Why a separate process: a crash or an out-of-memory kill there cannot take Slicer down, torch is
 never imported into Slicer's own Python, and killing it is a real Cancel. Why a *warm* one:
-starting Python, importing torch and MedFusionLib and loading itk-elastix costs seconds to tens of
-seconds (elastix's first object alone about 15 s on two cores); a worker that stays alive for the
-Slicer session pays that once, not at every Apply.
+starting Python and importing torch and MedFusionLib costs seconds (and a B-spline registration's
+itk-elastix about 15 s more on two cores); a worker that stays alive for the Slicer session pays
+that once, not at every Apply.
 
 * :class:`WorkerProcess` is one ``PythonSlicer -m MedFusionSlicer.server`` process
-  (:mod:`.server`). It receives jobs as JSON lines on its standard input and answers with JSON
-  lines (and plain text) on its standard output; a reader thread queues those lines, and the GUI
-  drains the queue from a timer on the main thread. (``PythonSlicer`` is CTK's app launcher; it
-  starts ``python-real`` with its own standard input forwarded, so the job lines reach Python,
-  and in the launcher's process group, so one kill of the group ends both.) Its idle timeout ends it after
-  :data:`DEFAULT_IDLE_TIMEOUT_S` without a job, and it ends when its standard input closes
-  (Slicer quit or crashed), so it never outlives Slicer.
+  (:mod:`.server`). It receives jobs as files in a mailbox folder of its own and answers with
+  JSON lines (and plain text) on its standard output; a reader thread queues those lines, and the
+  GUI drains the queue from a timer on the main thread. (``PythonSlicer`` is CTK's app launcher:
+  it starts ``python-real`` as a child in its process group, so one kill of the group ends both.
+  Whether a launcher forwards its standard input to that child was not checkable here, so jobs
+  do not depend on it: a folder needs nothing from the launcher.) Its idle timeout ends it after
+  :data:`DEFAULT_IDLE_TIMEOUT_S` without a job, and it ends when its standard input closes or its
+  mailbox is removed (Slicer quit or let it go), so it never outlives its use.
 * :class:`FusionJob` is one fusion on that worker: two input volumes in a folder, uncompressed
   NRRD in and out (``bench/bench_slicer_worker.py`` measured gzip NIfTI against it). Its
   :meth:`FusionJob.poll` returns the events since the last call; :meth:`FusionJob.cancel` kills
@@ -35,6 +36,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -241,6 +243,10 @@ class WorkerProcess:
         self.cpu_only = cpu_only
         self.idle_timeout = idle_timeout
         self.command = command or [self.python, "-m", "MedFusionSlicer.server", "--idle-timeout", str(idle_timeout)]
+        # Requests go as files into a mailbox folder (see MedFusionSlicer.server: the app launcher
+        # need not forward standard input); a test's own ``command`` is spoken to on standard input.
+        self._uses_mailbox = command is None
+        self.mailbox: Path | None = None
         self._environment = environment
         self.process: subprocess.Popen | None = None
         self.info: dict | None = None
@@ -249,6 +255,7 @@ class WorkerProcess:
         self._lines: queue.Queue[str | None] = queue.Queue()
         self._reader: threading.Thread | None = None
         self._ids = itertools.count(1)
+        self._sent = itertools.count(1)
 
     @property
     def alive(self) -> bool:
@@ -266,12 +273,17 @@ class WorkerProcess:
         self._lines = queue.Queue()
         self.info = self.exit_code = None
         self.ending = False
+        command = list(self.command)
+        if self._uses_mailbox:
+            self._remove_mailbox()
+            self.mailbox = Path(tempfile.mkdtemp(prefix="MedFusion-requests-"))
+            command += ["--mailbox", str(self.mailbox)]
         if os.name == "nt":
             options["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP | subprocess.CREATE_NO_WINDOW
         else:
             options["start_new_session"] = True  # its own process group: Cancel ends all of it
         self.process = subprocess.Popen(
-            self.command,
+            command,
             env=environment,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -295,9 +307,17 @@ class WorkerProcess:
         return next(self._ids)
 
     def send(self, message: dict) -> None:
-        """Write one JSON line to the worker; :class:`BrokenPipeError` if it is gone."""
+        """Hand one request to the worker; :class:`BrokenPipeError` if it is gone."""
         if self.process is None or self.process.stdin is None:
             raise BrokenPipeError("the worker process was not started")
+        if self.mailbox is not None:
+            if self.process.poll() is not None or not self.mailbox.is_dir():
+                raise BrokenPipeError("the worker process is gone")
+            name = f"{next(self._sent):09d}"  # numbered: the worker takes them in order
+            temporary = self.mailbox / f"{name}.part"
+            temporary.write_text(json.dumps(message), encoding="utf-8")
+            os.replace(temporary, self.mailbox / f"{name}.json")
+            return
         try:
             self.process.stdin.write(json.dumps(message) + "\n")
             self.process.stdin.flush()
@@ -331,6 +351,12 @@ class WorkerProcess:
         if self.process is not None:
             kill_process_tree(self.process)
             self.exit_code = self.process.returncode
+        self._remove_mailbox()
+
+    def _remove_mailbox(self) -> None:
+        if self.mailbox is not None:
+            shutil.rmtree(self.mailbox, ignore_errors=True)
+            self.mailbox = None
 
     def stop(self, timeout: float = 2.0) -> None:
         """Ask the worker to end (it finishes nothing half-way: it is idle), then kill it if needed."""
