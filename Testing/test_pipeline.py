@@ -14,7 +14,9 @@ from MedFusionLib.fusion.options import OptionsError
 from MedFusionLib.fusion.pipeline import FOREGROUND_MARGIN, FOREGROUND_THRESHOLD, fuse_volumes
 from MedFusionLib.imaging.colour import rgb_to_ycbcr
 from MedFusionLib.imaging.normalization import normalize_intensity
+from MedFusionLib.imaging.phantom import make_clinical_pair
 from MedFusionLib.models import FusionNet
+from MedFusionLib.registration import aligned_as_stored
 
 
 def assert_same_geometry(image: sitk.Image, reference: sitk.Image) -> None:
@@ -129,6 +131,29 @@ def test_default_registration_is_none_on_one_grid_and_rigid_across_grids(phantom
     moved.SetOrigin([o + 4.0 for o in moved.GetOrigin()])
     across = fuse_volumes(phantom_pair.ct, moved, model="average", backend="simpleitk")
     assert across.registration is not None and across.registration.preset == "rigid"
+
+
+def _turned_on_the_same_grid(image: sitk.Image, degrees: float, shift_mm: float) -> sitk.Image:
+    """``image`` turned about z through its centre and shifted, resampled back onto its own grid:
+    a scan resampled onto a standard grid without registration."""
+    centre = image.TransformContinuousIndexToPhysicalPoint([(size - 1) / 2 for size in image.GetSize()])
+    turn = sitk.Euler3DTransform(centre, 0.0, 0.0, np.radians(degrees), (shift_mm, 0.0, 0.0))
+    return sitk.Resample(image, image, turn, sitk.sitkLinear, float(sitk.GetArrayViewFromImage(image).min()))
+
+
+def test_default_registration_checks_a_shared_grid_for_alignment():
+    """One voxel grid is not proof of alignment: a CT turned 180° and shifted onto the same grid is
+    registered (and ends up aligned), where taking the grid at its word would fuse two poses."""
+    ct = make_clinical_pair(size=(64, 64, 48), spacing=(3.75, 3.75, 3.5)).ct
+    turned = _turned_on_the_same_grid(ct, 180.0, 20.0)
+    result = fuse_volumes(ct, turned, model="average")
+    assert result.registration is not None and result.registration.preset == "rigid"
+    assert not result.registration.confidence.doubtful
+    reference = sitk.GetArrayViewFromImage(ct).astype(np.float32)
+    registered = sitk.GetArrayViewFromImage(result.registered_moving).astype(np.float32)
+    body = reference > -300
+    assert np.median(np.abs(registered[body] - reference[body])) < 50  # HU: the same tissue on the same voxel
+    assert aligned_as_stored(ct, ct)[0]  # an image against itself stays unregistered
 
 
 def test_bad_inputs_are_named(phantom_pair):

@@ -367,8 +367,11 @@ def display_window(
 def resolve_registration(options: FusionOptions, reference: sitk.Image, moving: sitk.Image, has_transform: bool) -> str:
     """The registration preset a run uses: ``options.registration``, with ``auto`` made concrete.
 
-    ``auto`` is ``none`` when the two images share a voxel grid (co-registered data; 2D pictures,
-    which are never registered) and no initial transform was given, else ``rigid``.
+    ``auto`` is ``rigid`` when the two images lie on different voxel grids or an initial transform
+    was given; ``none`` for 2D pictures (never registered) and for volumes on one voxel grid that
+    look aligned as stored (co-registered data). One grid alone is not trusted: two scans resampled
+    onto one standard grid share it too, so a shared grid is checked with the orientation search
+    (:func:`~MedFusionLib.registration.aligned_as_stored`) and registered when it is not aligned.
     """
     if options.registration != "auto":
         return options.registration
@@ -376,7 +379,14 @@ def resolve_registration(options: FusionOptions, reference: sitk.Image, moving: 
         return "none"
     if has_transform or options.initial_transform is not None or grid_differences(reference, moving):
         return "rigid"
-    return "none"
+    from MedFusionLib.registration import aligned_as_stored  # the search needs only SimpleITK
+
+    aligned, evidence = aligned_as_stored(reference, moving)
+    if aligned:
+        return "none"
+    _log.info(f"registration auto: the images share a voxel grid but are not aligned as stored ({evidence}); "
+              "registering them rigidly")  # fmt: skip
+    return "rigid"
 
 
 def fuse_arrays(

@@ -35,7 +35,7 @@ from MedFusionLib.core.choices import BACKEND_CHOICES
 from MedFusionLib.core.errors import InputError, RegistrationError
 from MedFusionLib.imaging.ct import AIR_HU, body_mask, looks_like_ct, without_padding
 from MedFusionLib.registration import checks, elastix_backend, simpleitk_backend
-from MedFusionLib.registration.confidence import Confidence, assess, foreground_overlap
+from MedFusionLib.registration.confidence import MIN_MARGIN, Confidence, assess, foreground_overlap
 from MedFusionLib.registration.initialization import INITIALIZERS, fields_of_view_intersect, initial_alignment
 from MedFusionLib.registration.orientation import (
     DISTINCT_POSE_DEG,
@@ -352,6 +352,47 @@ def _confidence(
         return assess(-metric_after, overlap, pose=winner.label)
     margin = (score - runner_up.metric) / score
     return assess(-metric_after, overlap, margin, pose=winner.label, runner_up_pose=runner_up.label)
+
+
+# How far the orientation search's best pose may lie from "as stored" for a pair on one voxel
+# grid to count as aligned: well inside what registration itself would correct, far below the
+# gross errors this check exists for (a turned patient, a shifted series).
+ALIGNED_MAX_DEG = 10.0
+ALIGNED_MAX_MM = 10.0
+
+
+def aligned_as_stored(reference: sitk.Image, moving: sitk.Image, seed: int = 0) -> tuple[bool, str]:
+    """Whether two 3D images look aligned as they are stored, and the evidence in words.
+
+    For ``--registration auto`` on a pair that shares a voxel grid: a shared grid usually means
+    co-registered data, but two scans resampled onto one standard grid without registration
+    (e.g. 1 mm conformed volumes from two sessions) share it too. The orientation search
+    (:mod:`.orientation`, on coarse copies) scores the 24 axis-aligned poses; the pair is aligned
+    unless the best pose fits clearly better (by the confidence's orientation margin) than every
+    pose within :data:`ALIGNED_MAX_DEG` and :data:`ALIGNED_MAX_MM` of the images as stored.
+    """
+    fixed, fixed_body = _prepared(reference, "reference")
+    moving_float, moving_body = _prepared(moving, "moving")
+    try:
+        fixed_region = checks.foreground(fixed, fixed_body)
+        moving_region = checks.foreground(moving_float, moving_body)
+    except RegistrationError:
+        return True, "no foreground to compare"  # fusion itself says what is wrong with such an input
+    search = search_orientations(fixed, moving_float, fixed_region, moving_region, seed)
+    centre = tuple(fixed_region.centroid)
+
+    def offset(candidate) -> tuple[float, float]:
+        """Degrees and millimetres between a pose and the images as stored, at the foreground centre."""
+        transform = candidate.transform
+        shift = float(np.linalg.norm(np.subtract(transform.TransformPoint(centre), centre)))
+        return rotation_angle_between(transform, sitk.Euler3DTransform(), centre), shift
+
+    stored = [c for c in search.candidates if offset(c)[0] <= ALIGNED_MAX_DEG and offset(c)[1] <= ALIGNED_MAX_MM]
+    # Aligned unless another pose fits clearly better (by the confidence's own orientation margin):
+    # a nearly symmetric body fits its mirror pose almost as well, which is no evidence of a turn.
+    aligned = bool(stored) and stored[0].metric >= search.best.metric * (1.0 - MIN_MARGIN)
+    angle, shift = offset(search.best)
+    return aligned, f"best pose {search.best.label}: {angle:.0f}° and {shift:.0f} mm from the images as stored"
 
 
 def _prepared(image: sitk.Image, role: str) -> tuple[sitk.Image, sitk.Image | None]:
