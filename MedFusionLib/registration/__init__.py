@@ -376,9 +376,11 @@ def aligned_as_stored(reference: sitk.Image, moving: sitk.Image, seed: int = 0) 
     try:
         fixed_region = checks.foreground(fixed, fixed_body)
         moving_region = checks.foreground(moving_float, moving_body)
-    except RegistrationError:
-        return True, "no foreground to compare"  # fusion itself says what is wrong with such an input
-    search = search_orientations(fixed, moving_float, fixed_region, moving_region, seed)
+        search = search_orientations(fixed, moving_float, fixed_region, moving_region, seed)
+    except (RegistrationError, RuntimeError) as error:
+        # No foreground, or too few voxels for the coarse search (e.g. a single slice): nothing
+        # to weigh, and nothing registration could do either; fusion reports a bad input itself.
+        return True, f"not checked ({error})"
     centre = tuple(fixed_region.centroid)
 
     def offset(candidate) -> tuple[float, float]:
