@@ -371,9 +371,9 @@ def aligned_as_stored(reference: sitk.Image, moving: sitk.Image, seed: int = 0) 
     unless the best pose fits clearly better (by the confidence's orientation margin) than every
     pose within :data:`ALIGNED_MAX_DEG` and :data:`ALIGNED_MAX_MM` of the images as stored.
     """
-    fixed, fixed_body = _prepared(reference, "reference")
-    moving_float, moving_body = _prepared(moving, "moving")
     try:
+        fixed, fixed_body = _prepared(reference, "reference")
+        moving_float, moving_body = _prepared(moving, "moving")
         fixed_region = checks.foreground(fixed, fixed_body)
         moving_region = checks.foreground(moving_float, moving_body)
         search = search_orientations(fixed, moving_float, fixed_region, moving_region, seed)
