@@ -401,25 +401,10 @@ class MedFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.ui.statusLabel.text = _("MedFusion cannot run without ") + ", ".join(r.specifier for r in required)
             self._optionalDependenciesDeclined = True  # ask again only when a required one is missing
             return not required
-        self._installing = True  # Apply stays disabled until pip is done (a second click would start a second pip)
-        self.updateApplyButton()
         self.ui.statusLabel.text = _("Installing Python packages; this can take minutes ...")
         slicer.app.processEvents()
-        try:
-            with slicer.util.WaitCursor():
-                for line in dependencies.install(
-                    missing, dependencies.slicer_pip_install, dependencies.slicer_torch_index()
-                ):
-                    logger.info(f"{line}")
-        except Exception as error:  # noqa: BLE001  (no network, a proxy, a failed build: say how to do it by hand)
-            logger.error(f"installing dependencies failed: {error}")
-            slicer.util.errorDisplay(
-                dependencies.offline_instructions(missing), windowTitle=_("MedFusion: installation failed")
-            )
+        if not self._install(missing):
             return False
-        finally:
-            self._installing = False
-            self.updateApplyButton()
         if dependencies.needs_restart(missing) and slicer.util.confirmYesNoDisplay(
             _(
                 "A package that was upgraded is already in use; Slicer must restart to load the new version. "
@@ -431,6 +416,27 @@ class MedFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return False
         self.fillModels(None)
         return not dependencies.missing_requirements(include_optional=False)
+
+    def _install(self, requirements, repair: bool = False) -> bool:
+        """pip-install ``requirements`` with Apply disabled meanwhile (a second click would start a
+        second pip); on failure log it, show how to install by hand, and return False."""
+        self._installing = True
+        self.updateApplyButton()
+        try:
+            with slicer.util.WaitCursor():
+                index = dependencies.slicer_torch_index()
+                for line in dependencies.install(requirements, dependencies.slicer_pip_install, index, repair=repair):
+                    logger.info(line)
+        except Exception as error:  # noqa: BLE001  (no network, a proxy, a failed build: say how to do it by hand)
+            logger.error(f"installing {', '.join(r.specifier for r in requirements)} failed: {error}")
+            slicer.util.errorDisplay(
+                dependencies.offline_instructions(requirements), windowTitle=_("MedFusion: installation failed")
+            )
+            return False
+        finally:
+            self._installing = False
+            self.updateApplyButton()
+        return True
 
     def currentOptions(self):
         parameters = self._parameterNode
@@ -457,22 +463,8 @@ class MedFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         ):
             return True  # the run will fail with the same message; the user decided
         torch = [requirement for requirement in dependencies.REQUIREMENTS if requirement.distribution == "torch"]
-        self._installing = True
-        self.updateApplyButton()
-        try:
-            with slicer.util.WaitCursor():
-                index = dependencies.slicer_torch_index()
-                for line in dependencies.install(torch, dependencies.slicer_pip_install, index, repair=True):
-                    logger.info(line)
-        except Exception as error:  # noqa: BLE001  (pip failed: say how to do it by hand)
-            logger.error(f"reinstalling torch failed: {error}")
-            slicer.util.errorDisplay(
-                dependencies.offline_instructions(torch), windowTitle=_("MedFusion: installation failed")
-            )
+        if not self._install(torch, repair=True):
             return False
-        finally:
-            self._installing = False
-            self.updateApplyButton()
         self.logic.stopWorker()  # the next run starts a worker that imports the new torch
         self.fillModels(None)
         return True
