@@ -167,3 +167,60 @@ def test_building_blocks_shapes():
     assert pyramid.shape == (2, 12, 20, 24)
     padded, size = pad_to_multiple(torch.rand(1, 1, 13, 6), 4)
     assert padded.shape[-2:] == (16, 8) and crop_to(padded, size).shape[-2:] == (13, 6)
+
+
+# ----------------------------------------------------------------------------- DenseFuse fusion rules
+
+
+def test_densefuse_ships_the_compensated_rule_and_keeps_the_others():
+    assert create_model("densefuse").fusion_rule == "l1_residual"
+    assert pretrained.load_model_card_verified("densefuse")["config"]["fusion_rule"] == "l1_residual"
+    for rule in ("l1", "addition"):
+        assert create_model("densefuse", fusion_rule=rule).fusion_rule == rule
+    with pytest.raises(ValueError, match="l1_residual"):
+        create_model("densefuse", pretrained=False, fusion_rule="max")
+
+
+def test_densefuse_rule_weights_on_synthetic_feature_maps():
+    """Activity 2:1 gives the l1 rule 2/3 and the squared-activity rule 4/5; weights are symmetric
+    and equal activities share evenly; flat maps (no activity) give no NaN."""
+    features_a = torch.zeros(1, 4, 9, 9)
+    features_a[:, :2] = 1.0  # L1 activity 2 everywhere
+    features_b = torch.zeros(1, 4, 9, 9)
+    features_b[:, 3] = -1.0  # L1 activity 1, carried by a negative value
+    l1 = create_model("densefuse", pretrained=False, fusion_rule="l1")
+    squared = create_model("densefuse", pretrained=False, fusion_rule="l1_residual")
+    torch.testing.assert_close(l1.weights(features_a, features_b), torch.full((1, 1, 9, 9), 2 / 3))
+    torch.testing.assert_close(squared.weights(features_a, features_b), torch.full((1, 1, 9, 9), 4 / 5))
+    torch.testing.assert_close(squared.weights(features_b, features_a), torch.full((1, 1, 9, 9), 1 / 5))
+    torch.testing.assert_close(squared.weights(features_a, features_a), torch.full((1, 1, 9, 9), 0.5))
+    merged = squared.merge(features_a, features_b)
+    torch.testing.assert_close(merged, 0.8 * features_a + 0.2 * features_b)
+    assert torch.isfinite(squared.weights(torch.zeros(1, 4, 5, 5), torch.zeros(1, 4, 5, 5))).all()
+
+
+def test_densefuse_compensated_rule_returns_an_image_fused_with_itself():
+    """The decoder is not an exact inverse: l1 fusion of an image with itself is its (lossy)
+    reconstruction, while l1_residual adds the reconstruction error back and returns the image."""
+    image = torch.rand(1, 1, 48, 40, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        compensated = create_model("densefuse")(image, image)
+        plain = create_model("densefuse", fusion_rule="l1")(image, image)
+    torch.testing.assert_close(compensated, image, atol=1e-5, rtol=0)
+    assert (plain - image).abs().mean() > 1e-3
+
+
+@pytest.mark.parametrize("rule", ["l1_residual", "l1", "addition"])
+def test_densefuse_receptive_radius_holds_for_every_rule(rule):
+    model = create_model("densefuse", fusion_rule=rule)
+    a = torch.rand(1, 1, 48, 48, generator=torch.Generator().manual_seed(1))
+    b = torch.rand(1, 1, 48, 48, generator=torch.Generator().manual_seed(2))
+    reach = 0
+    with torch.no_grad():
+        base = model(a, b)
+        for source in (0, 1):
+            moved = [a.clone(), b.clone()]
+            moved[source][0, 0, 24, 23] += 0.5
+            rows, columns = torch.nonzero((model(*moved) - base)[0, 0].abs() > 0, as_tuple=True)
+            reach = max(reach, int((rows - 24).abs().max()), int((columns - 23).abs().max()))
+    assert 0 < reach <= model.receptive_radius
