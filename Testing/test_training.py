@@ -111,6 +111,20 @@ def test_nonfinite_losses_are_skipped_then_stop_the_run(tmp_path):
         train(config, synthetic_pairs(), tmp_path / "run", progress=False)
 
 
+def test_fp16_overflow_steps_are_skipped_and_the_scale_lowered(tmp_path):
+    """CUDA trains in fp16 with a GradScaler: an overflowing step must be skipped and the scale
+    halved, and training go on (it once raised "unscale_() has already been called" on the next
+    step). The scaler runs on the CPU here, started so high that the first step overflows."""
+    from MedFusionLib.training.trainer import Trainer
+
+    trainer = Trainer(tiny_config(epochs=1, samples_per_epoch=16), synthetic_pairs(), tmp_path / "run",
+                      device="cpu", progress=False)
+    trainer.parts.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**127, growth_interval=1000)
+    result = trainer.fit()
+    assert result.steps == 4 and result.skipped_steps >= 1
+    assert trainer.parts.scaler.get_scale() < 2.0**127
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

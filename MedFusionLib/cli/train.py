@@ -34,7 +34,7 @@ from MedFusionLib.training.config import PRECISIONS, load_config
 from MedFusionLib.training.export import export_weights
 from MedFusionLib.training.trainer import train
 
-TRAINABLE = ("emfusion", "haf", "densefuse")
+TRAINABLE = ("emfusion", "emfusion-full", "haf", "haf-full", "densefuse")
 VALIDATION_EVERY_NTH_CASE = 5
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 # Shipped fusion models and training-free rules; the registry (MedFusionLib.models) must register
 # exactly these (Testing/test_options.py checks it), so this list can be read without torch.
-MODEL_CHOICES = ("emfusion", "haf", "densefuse", "average", "maximum", "laplacian")
+MODEL_CHOICES = ("emfusion", "emfusion-full", "haf", "haf-full", "densefuse", "average", "maximum", "laplacian")
 DEFAULT_MODEL = "emfusion"  # best shipped model on the Harvard val split (see its model card)
 
 # "auto": no registration when both images share a voxel grid (already co-registered, e.g. the

@@ -3,7 +3,9 @@
 A seven-layer CNN on the two sources stacked as channels: four densely connected 3×3 layers
 (each sees the input and every earlier layer's output, so low-level intensity and edge cues
 reach the end unchanged), then three layers that narrow to one channel. No downsampling, so any
-``H, W`` works without padding. It is trained unsupervised with the surface-level constraint
+``H, W`` works without padding. Two sizes are registered: ``emfusion`` (light, 16-channel
+layers, fast on two CPU cores) and ``emfusion-full`` (the published 44-channel width). It is
+trained unsupervised with the surface-level constraint
 (saliency-weighted SSIM and MSE towards each source) plus a gradient loss
 (:mod:`MedFusionLib.training.losses`).
 """
@@ -19,7 +21,8 @@ from MedFusionLib.models.registry import register_model
 
 @register_model(
     "emfusion",
-    description="EMFusion: dense 7-layer CNN trained with saliency-weighted SSIM/MSE and gradient losses",
+    description="EMFusion, light (CPU default): dense 7-layer CNN, 16-channel layers, saliency-weighted SSIM/MSE "
+    "and gradient losses",
     learned=True,
     reference="Xu & Ma, EMFusion, Information Fusion 76 (2021) 177-186",
 )
@@ -61,3 +64,20 @@ class EMFusionNet(FusionNet):
         for layer in self.dense:
             features = torch.cat([features, layer(features)], dim=1)
         return self.head(features)
+
+
+@register_model(
+    "emfusion-full",
+    description="EMFusion, full size: the light network's layout at the published width (44-channel dense layers)",
+    learned=True,
+    reference="Xu & Ma, EMFusion, Information Fusion 76 (2021) 177-186",
+)
+class EMFusionFullNet(EMFusionNet):
+    """EMFusion at the published width: the same layers as :class:`EMFusionNet`, 44 channels each.
+
+    About 7× the light network's parameters and arithmetic; the choice on CUDA, where that costs
+    next to nothing (README, "Choosing a model").
+    """
+
+    def __init__(self, growth: int = 44, dense_layers: int = 4) -> None:
+        super().__init__(growth=growth, dense_layers=dense_layers)

@@ -1,7 +1,7 @@
 """HAF: hierarchically aggregated fusion, the project's light real-time network (seed text §4.1–4.2).
 
 Each modality has its own encoder of depthwise-separable convolutions at three scales (the
-seed's 64, 128, 256 channels; the shipped network uses 16, 32, 64) at full, 1/2 and 1/4
+seed's 64, 128, 256 channels in ``haf-full``; 16, 32, 64 in the light ``haf``) at full, 1/2 and 1/4
 resolution. At every scale two attention gates let each modality weight its features by where
 the *other* one has structure; the gated pair is concatenated, a feature pyramid (1×1 lateral
 convolutions, upsample, sum) brings all scales to one width at full resolution, and a
@@ -56,7 +56,8 @@ class _Encoder(nn.Module):
 
 @register_model(
     "haf",
-    description="HAF: light depthwise-separable encoder, cross-modal attention gates, feature pyramid (real-time)",
+    description="HAF, light (16/32/64 encoder, 16-channel pyramid): depthwise-separable encoder, cross-modal "
+    "attention gates, feature pyramid (real-time)",
     learned=True,
     reference="MedFusion seed text, sections 4.1-4.2",
 )
@@ -119,3 +120,21 @@ class HAFNet(FusionNet):
                 gate_a, gate_b = self.gates_a[index], self.gates_b[index]
                 scales.append(torch.cat([gate_a(feat_b, feat_a), gate_b(feat_a, feat_b)], dim=1))
         return crop_to(self.decoder(self.pyramid(scales)), size)
+
+
+@register_model(
+    "haf-full",
+    description="HAF, full size (the seed's 64/128/256 encoder, 64-channel pyramid and decoder)",
+    learned=True,
+    reference="MedFusion seed text, sections 4.1-4.2",
+)
+class HAFFullNet(HAFNet):
+    """HAF at the seed's widths: encoder 64/128/256 channels, 64-channel pyramid and decoder."""
+
+    def __init__(
+        self,
+        widths: tuple[int, int, int] = (64, 128, 256),
+        pyramid_channels: int = 64,
+        decoder_channels: int = 64,
+    ) -> None:
+        super().__init__(widths=widths, pyramid_channels=pyramid_channels, decoder_channels=decoder_channels)

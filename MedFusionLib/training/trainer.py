@@ -265,7 +265,7 @@ class Trainer:
             with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
                                 enabled=self.amp_dtype is not None):
                 loss, parts = self.trainable(crops)
-            finite = self._all_ranks_agree(bool(torch.isfinite(loss.detach())))
+            finite = loss_finite = self._all_ranks_agree(bool(torch.isfinite(loss.detach())))
             if finite:
                 scaler.scale(loss).backward()
                 scaler.unscale_(optimizer)
@@ -280,6 +280,10 @@ class Trainer:
                     sums[name] = sums.get(name, 0.0) + float(value.detach())
                 counted += 1
             else:
+                if scaler.is_enabled() and loss_finite:
+                    # fp16 overflow: unscale_ recorded it; update() lowers the scale and closes the
+                    # step's bookkeeping (without it the next unscale_ raises).
+                    scaler.update()
                 optimizer.zero_grad(set_to_none=True)
                 state.skipped_steps += 1
                 consecutive_bad += 1
