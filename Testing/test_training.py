@@ -125,6 +125,24 @@ def test_fp16_overflow_steps_are_skipped_and_the_scale_lowered(tmp_path):
     assert trainer.parts.scaler.get_scale() < 2.0**127
 
 
+def test_init_weights_starts_a_run_from_given_weights(tmp_path):
+    from safetensors.torch import save_file
+
+    from MedFusionLib.training.trainer import Trainer
+
+    source = create_model("emfusion", pretrained=False, **TINY_MODELS["emfusion"][0])
+    for parameter in source.parameters():
+        torch.nn.init.constant_(parameter, 0.01)
+    save_file(source.state_dict(), str(tmp_path / "start.safetensors"))
+    trainer = Trainer(tiny_config(init_weights=str(tmp_path / "start.safetensors")), synthetic_pairs(),
+                      tmp_path / "run", device="cpu", progress=False)
+    for name, tensor in trainer.model.state_dict().items():
+        assert torch.equal(tensor, source.state_dict()[name]), name
+    with pytest.raises(InputError, match="init_weights"):
+        Trainer(tiny_config(init_weights=str(tmp_path / "missing.safetensors")), synthetic_pairs(), tmp_path / "r2",
+                device="cpu", progress=False)
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

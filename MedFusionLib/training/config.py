@@ -34,6 +34,8 @@ class TrainingConfig:
     ``bf16`` (autocast on either device), ``fp16`` (CUDA only).
     ``validation_pairs``: validation pairs scored per task (0: all), spread evenly.
     ``num_threads``: torch CPU threads while training (0: leave torch's setting).
+    ``init_weights``: a ``.safetensors`` file of this architecture to start from (fine-tuning);
+    empty: random initialisation from ``seed``.
     """
 
     model: str
@@ -57,6 +59,7 @@ class TrainingConfig:
     max_nonfinite_steps: int = 20
     tensorboard: bool = True
     image_every: int = 1
+    init_weights: str = ""
 
     @classmethod
     def from_dict(cls, values: dict) -> TrainingConfig:

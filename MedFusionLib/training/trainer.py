@@ -164,6 +164,8 @@ class Trainer:
 
         torch.manual_seed(config.seed)  # model initialisation
         self.model = create_model(config.model, pretrained=False, device=device, **config.model_config).train()
+        if config.init_weights:
+            self.model.load_state_dict(_initial_weights(config.init_weights), strict=True)
         objective = TrainingObjective(self.model, config.objective, config.loss).to(device)
         self.trainable: nn.Module = objective
         if self.distributed.world_size > 1:
@@ -382,6 +384,15 @@ def train(
         if resume:
             trainer.resume()
         return trainer.fit(stop_after_epochs)
+
+
+def _initial_weights(path: str) -> dict[str, torch.Tensor]:
+    """The state dict in ``init_weights`` (safetensors only, never a pickle)."""
+    from safetensors.torch import load_file
+
+    if not Path(path).is_file():
+        raise InputError(f"init_weights: no such file {path}; give a .safetensors file of the same architecture")
+    return load_file(path, device="cpu")
 
 
 def _tensorboard_writer(log_dir: Path):
