@@ -110,3 +110,48 @@ def test_parallel_workers_give_the_same_outputs_as_one(cohort, tmp_path):
     )
     for name in ("a.nii.gz", "c.nrrd", "e.mha"):
         assert (serial / name).read_bytes() == (parallel / name).read_bytes()
+
+
+def test_batch_records_the_model_auto_resolved_to_and_resume_checks_it(cohort, tmp_path):
+    """Model "auto" names a different network on another machine: the report and the completion
+    record say which one fused each case, and a resume here redoes a case fused by another one."""
+    import json
+
+    from MedFusionLib.core.choices import DEFAULT_MODEL_BY_DEVICE
+    from MedFusionLib.fusion.batch import run_batch
+    from MedFusionLib.fusion.options import FusionOptions
+
+    out = tmp_path / "out"
+    options = FusionOptions(registration="none", device="cpu")  # model auto: the CPU's network here
+    here = DEFAULT_MODEL_BY_DEVICE["cpu"]
+
+    def writer(network):
+        def write_case(case, case_options):
+            assert case_options.model == "auto"
+            case.output.write_bytes(b"fused")  # the runner only needs the file
+            return network
+
+        return write_case
+
+    summary = run_batch(cohort, out, options, shard=(1, 2), write_case=writer(DEFAULT_MODEL_BY_DEVICE["cuda"]))
+    report = _report(summary.report)
+    assert {row["model"] for row in report.values()} == {DEFAULT_MODEL_BY_DEVICE["cuda"]}
+    record = json.loads(completion_record_path(out / "a.nii.gz").read_text())
+    assert record["model"] == DEFAULT_MODEL_BY_DEVICE["cuda"] and record["options"]["model"] == "auto"
+
+    # Resumed on this CPU machine, auto picks another network: every case is fused again.
+    summary = run_batch(cohort, out, options, shard=(1, 2), resume=True, write_case=writer(here))
+    assert [outcome.status for outcome in summary.outcomes] == ["done"] * 3
+    # Resumed again: the records name the network auto picks here, so nothing is redone.
+    summary = run_batch(cohort, out, options, shard=(1, 2), resume=True, write_case=writer(here))
+    report = _report(summary.report)
+    assert all(row["status"] == "skipped" and row["model"] == here for row in report.values())
+
+
+def test_batch_report_names_the_model_of_each_case(cohort, tmp_path):
+    out = tmp_path / "out"
+    assert main(["batch", str(cohort), "--out", str(out), "--shard", "2/2", "--registration", "none",
+                 "--device", "cpu"]) == 1  # fmt: skip
+    report = _report(out / "batch_report_shard2of2.csv")
+    assert report[6]["status"] == "done" and report[6]["model"] == "emfusion"  # the default, auto, on the CPU
+    assert report[2]["status"] == "failed" and report[2]["model"] == ""

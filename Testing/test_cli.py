@@ -136,12 +136,35 @@ def test_fuse_png_pair_gray_and_colour(tmp_path):
 
 
 def test_models_lists_the_registry(capsys):
+    from MedFusionLib.core.choices import DEFAULT_MODEL_BY_DEVICE
+    from MedFusionLib.models import list_models
+
     assert main(["models"]) == 0
     out = capsys.readouterr().out
-    for name in ("emfusion", "haf", "densefuse", "average", "maximum", "laplacian"):
-        assert name in out
+    lines = out.splitlines()
+    header = lines[0]
+    assert "CPU ms/slice" in header and "val (Harvard)" in header
+    timing = slice(header.index("weights"), header.index("CPU ms/slice") + len("CPU ms/slice"))
+    rows = {line.split()[0]: line for line in lines[1 : 1 + len(list_models())]}
+    assert set(rows) == set(list_models())  # every registered model, "auto" not among them
+    for line in rows.values():
+        assert float(line[timing].split()[-1]) >= 0, line  # a live CPU time, also without weights
     haf_parameters = parameter_count(create_model("haf", pretrained=True))  # the shipped network
-    assert f"{haf_parameters:,}" in out
+    assert f"{haf_parameters:,}" in rows["haf"]
+    # The model card's validation block, summarised: wins over average per task, Qabf per task.
+    assert re.search(r"beats average on \d/\d/\d of 8 \(CT/PET/SPECT\), Qabf \.\d\d/\.\d\d/\.\d\d", rows["emfusion"])
+    assert f"{DEFAULT_MODEL_BY_DEVICE['cpu']} on the CPU" in out and "model auto (the default) picks" in out
+    assert re.search(r"median of 3 forward passes after a warm-up, \d+ torch thread", out)
+
+
+def test_models_without_timing_is_a_quick_listing(capsys):
+    from MedFusionLib.models import list_models
+
+    assert main(["models", "--no-timing"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = lines[1 : 1 + len(list_models())]
+    column = lines[0].index("CPU ms/slice") + len("CPU ms/slice") - 1
+    assert all(row[column] == "-" for row in rows)
 
 
 def test_doctor_reports_versions_and_devices(capsys):

@@ -16,7 +16,7 @@ from MedFusionLib.fusion.options import FusionOptions, OptionsError
 
 def test_defaults_are_the_documented_ones():
     options = FusionOptions()
-    assert options.model == choices.DEFAULT_MODEL == "emfusion"
+    assert options.model == choices.DEFAULT_MODEL == "auto"  # a network chosen by the device
     assert (options.registration, options.backend, options.init) == ("auto", "auto", "auto")
     assert (options.device, options.precision, options.axis) == ("auto", "auto", "axial")
     assert options.batch_size is None and options.threads is None and options.compile is False
@@ -50,7 +50,7 @@ def test_argv_dict_and_json_round_trip_every_field():
         ("batch_size", 0, "--batch-size takes a whole number of at least 1"),
         ("batch_size", 2.5, "--batch-size takes a whole number"),
         ("threads", -2, "--threads takes a whole number of at least 1"),
-        ("model", "densfuse", "unknown model 'densfuse'; choose one of emfusion"),
+        ("model", "densfuse", "unknown model 'densfuse'; choose one of auto, emfusion"),
         ("registration", "elastic", "unknown registration 'elastic'"),
         ("device", "gpu", "unknown device 'gpu'"),
         ("precision", "int8", "unknown precision 'int8'"),
@@ -85,7 +85,7 @@ def test_frozen_and_replaced_not_mutated():
     options = FusionOptions()
     with pytest.raises(dataclasses.FrozenInstanceError):
         options.model = "haf"
-    assert dataclasses.replace(options, model="haf").model == "haf" and options.model == "emfusion"
+    assert dataclasses.replace(options, model="haf").model == "haf" and options.model == "auto"
     with pytest.raises(OptionsError):
         dataclasses.replace(options, threads=0)
 
@@ -102,7 +102,43 @@ def test_parser_flags_come_from_the_fields():
 def test_choices_module_lists_exactly_the_registered_models():
     from MedFusionLib.models import list_models
 
-    assert set(choices.MODEL_CHOICES) == set(list_models())
+    assert choices.MODEL_CHOICES[0] == "auto"  # first in every list, the default
+    assert set(choices.MODEL_CHOICES) - {"auto"} == set(list_models())
+    assert "auto" not in list_models()  # no network of that name: resolved before a model is built
+    assert set(choices.DEFAULT_MODEL_BY_DEVICE.values()) <= set(list_models())
+
+
+def test_auto_model_resolves_by_device_and_explicit_names_are_kept():
+    import torch
+
+    table = choices.DEFAULT_MODEL_BY_DEVICE
+    assert choices.resolve_model_name("auto", "cpu") == table["cpu"]
+    assert choices.resolve_model_name("auto", torch.device("cpu")) == table["cpu"]
+    # A CUDA device object or its text: no GPU is needed to resolve the name.
+    assert choices.resolve_model_name("auto", torch.device("cuda")) == table["cuda"]
+    assert choices.resolve_model_name("auto", torch.device("cuda", 1)) == table["cuda"]
+    assert choices.resolve_model_name("auto", "cuda:0") == table["cuda"]
+    for name in ("emfusion", "emfusion-full", "haf", "laplacian"):
+        for device in ("cpu", "cuda", torch.device("cuda")):
+            assert choices.resolve_model_name(name, device) == name
+    # A device's network whose weights are not installed: the CPU's (light) one instead.
+    assert choices.resolve_model_name("auto", "cuda", usable=lambda name: name == table["cpu"]) == table["cpu"]
+    assert choices.resolve_model_name("auto", "cuda", usable=lambda name: True) == table["cuda"]
+    with pytest.raises(ValueError, match="resolved first"):
+        choices.resolve_model_name("auto", "auto")
+
+
+def test_pipeline_resolves_auto_with_the_weights_installed_here(monkeypatch):
+    from MedFusionLib.fusion import pipeline
+
+    table = choices.DEFAULT_MODEL_BY_DEVICE
+    assert pipeline.resolve_model("auto", "cpu") == table["cpu"]
+    assert pipeline.resolve_model("haf", "cpu") == "haf"
+    monkeypatch.setattr(pipeline, "resolve_device", lambda device: __import__("torch").device("cuda"))
+    monkeypatch.setattr(pipeline, "model_usable", lambda name: name != table["cuda"])
+    assert pipeline.resolve_model("auto", "auto") == table["cpu"]  # the GPU's network has no weights yet
+    monkeypatch.setattr(pipeline, "model_usable", lambda name: True)
+    assert pipeline.resolve_model("auto", "auto") == table["cuda"]
 
 
 def test_options_import_neither_torch_nor_simpleitk():

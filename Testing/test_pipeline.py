@@ -43,6 +43,18 @@ def test_phantom_fusion_keeps_geometry_and_both_modalities(phantom_pair, model):
     assert values[fluid].mean() > values[white].mean() + 0.1
 
 
+def test_default_model_on_the_cpu_is_the_light_network_and_is_recorded(phantom_pair):
+    """The default model is "auto": on the CPU it resolves to the light network (the table in
+    MedFusionLib.core.choices), and the result names the concrete network that ran."""
+    from MedFusionLib.core.choices import DEFAULT_MODEL_BY_DEVICE
+    from MedFusionLib.fusion.options import FusionOptions
+
+    assert FusionOptions().model == "auto"
+    result = fuse_volumes(phantom_pair.ct, phantom_pair.mr, FusionOptions(device="cpu"))
+    assert result.model == DEFAULT_MODEL_BY_DEVICE["cpu"] == "emfusion" and result.device == "cpu"
+    assert result.fused_slices > 0
+
+
 def test_average_fusion_equals_mean_of_volume_normalised_sources(phantom_pair):
     """Checks normalisation per volume, cropping and uncropping against a direct computation
     (percentiles for both: 'none', since the default 'auto' shows the phantom CT through a window)."""

@@ -132,7 +132,7 @@ def test_process_registers_and_reports_the_registration(misaligned_phantom):
     summary = nodes.registration
     assert summary.preset == "rigid" and summary.backend == "simpleitk"
     assert summary.metric_after < summary.metric_before  # Mattes MI as ITK reports it: lower is better
-    assert summary.text() in messages and any("fused on cpu" in message for message in messages)
+    assert summary.text() in messages and any("fused with average on cpu" in message for message in messages)
 
 
 def test_failed_and_cancelled_runs_leave_the_scene_as_it_was(scene_pair, phantom_pair):
@@ -190,6 +190,38 @@ def test_output_policy_one_node_per_inputs_and_model(scene_pair, phantom_pair):
     assert written is chosen and chosen.GetName() == "my fusion" and chosen.GetAttribute("MedFusion.role") is None
     assert scene.GetNumberOfNodes() == before + 1  # only the chosen node's display node
     assert logic.resultNode(scene, "fused", ct, mr, "maximum") is other_model
+
+
+def test_default_model_auto_names_the_network_that_ran(scene_pair):
+    """The default model, "auto", resolves by the device (on the CPU: the light network); the fused
+    node's name and MedFusion.model attribute say which network made it, so a later run of that
+    network by name updates the same node."""
+    from MedFusionLib.core.choices import DEFAULT_MODEL_BY_DEVICE
+
+    scene, ct, mr = scene_pair
+    logic = FusionLogic()
+    messages = []
+    nodes = logic.process(ct, mr, registration="none", device="cpu", log=messages.append)
+    light = DEFAULT_MODEL_BY_DEVICE["cpu"]
+    assert nodes.options.model == "auto" and nodes.model == light == "emfusion"
+    assert nodes.fusedNode.GetName() == f"CT + MR fused ({light})"
+    assert nodes.fusedNode.GetAttribute("MedFusion.model") == light
+    assert any(f"fused with {light} on cpu" in message for message in messages)
+    by_name = logic.process(ct, mr, registration="none", device="cpu", model=light)
+    assert by_name.fusedNode is nodes.fusedNode and by_name.model == light
+
+
+def test_model_choices_offer_auto_first_as_the_default():
+    from MedFusionLib.core.choices import MODEL_CHOICES
+    from MedFusionSlicer.server import model_choices
+
+    choices = FusionLogic.modelChoices()
+    assert [choice.name for choice in choices][0] == MODEL_CHOICES[0] == "auto"
+    assert {choice.name for choice in choices} == set(MODEL_CHOICES)  # the names-only list the panel shows first
+    auto = choices[0]
+    assert auto.name == "auto" and auto.default and auto.usable and auto.note == "emfusion here"
+    assert [choice.name for choice in choices if choice.default] == ["auto"]
+    assert model_choices()[0]["name"] == "auto"
 
 
 def test_registration_results_are_updated_not_piled_up(misaligned_phantom):
@@ -375,6 +407,22 @@ def test_worker_job_matches_in_process_result_and_reports_progress(scene_pair, l
     )
     np.testing.assert_allclose(_ijk_to_ras(via_worker.fusedNode), _ijk_to_ras(ct), atol=1e-6)
     assert via_worker.device == "cpu" and via_worker.seconds is not None
+    assert via_worker.model == "laplacian" and via_worker.fusedNode.GetName() == "CT + MR fused (laplacian)"
+
+
+def test_worker_job_with_the_default_model_names_the_network_that_ran(scene_pair, logic):
+    """Model "auto" on the worker: its report and the imported node name the concrete network."""
+    scene, ct, mr = scene_pair
+    job = logic.startJob(ct, mr, registration="none", device="cpu")
+    try:
+        job.wait(timeout=240)
+        assert job.state == "succeeded", job.error
+        assert job.options["model"] == "auto" and job.report["model"] == "emfusion"
+        nodes = logic.finishJob(job)
+    finally:
+        job.cleanup()
+    assert nodes.model == "emfusion" and nodes.fusedNode.GetName() == "CT + MR fused (emfusion)"
+    assert nodes.fusedNode.GetAttribute("MedFusion.model") == "emfusion"
 
 
 def test_worker_job_with_registration_imports_all_results(misaligned_phantom, logic):

@@ -131,6 +131,7 @@ class FusionNodes:
     registration. The last three and ``registration`` (:class:`RegistrationSummary`) are ``None``
     without registration (also after ``resample``, which does not register).
     ``device``/``seconds``: where and how long the fusion ran; ``options``: what it ran with;
+    ``model``: the network that ran (model ``auto`` resolved by the device, e.g. ``emfusion``);
     ``referenceNode``/``movingNode``: its inputs; ``messages``: what ``log`` received.
     """
 
@@ -143,6 +144,7 @@ class FusionNodes:
     device: str = ""
     seconds: float | None = None
     options: FusionOptions | None = None
+    model: str = ""
     referenceNode: object | None = None
     movingNode: object | None = None
     messages: list[str] = field(default_factory=list)
@@ -352,7 +354,7 @@ class FusionLogic:
         )
         if summary is not None:
             say(summary.text())
-        say(f"fused on {result.device} in {result.seconds:.1f} s")
+        say(f"fused with {result.model} on {result.device} in {result.seconds:.1f} s")
         transform = result.registration.transform if result.registration is not None else None
         nodes = self._storeResults(
             scene,
@@ -364,6 +366,7 @@ class FusionLogic:
             result.registered_moving if transform is not None else None,
             transform,
             result.source_map,
+            model=result.model,
         )
         nodes.registration, nodes.device, nodes.seconds, nodes.messages = (
             summary,
@@ -483,7 +486,7 @@ class FusionLogic:
         source_map = read_image(job.source_map_path) if job.source_map_path.is_file() else None
         nodes = self._storeResults(
             scene, referenceNode, movingNode, outputNode, context.get("options"), fused, registered, transform,
-            source_map,
+            source_map, model=job.report.get("model"),
         )  # fmt: skip
         nodes.registration = RegistrationSummary.from_report(job.registration)
         nodes.device = str(job.report.get("device", job.options.get("device", "")))
@@ -529,10 +532,12 @@ class FusionLogic:
     # --- output policy ----------------------------------------------------------------------------
 
     @staticmethod
-    def resultKey(options) -> str:
+    def resultKey(options, model: str | None = None) -> str:
         """What tells one run's fused node from another's for the same inputs: the model, and for a
-        colour fusion its colour map (``"emfusion, harvard-pet"``)."""
-        model = getattr(options, "model", None) or "fused"
+        colour fusion its colour map (``"emfusion, harvard-pet"``). ``model``: the network that ran
+        (model ``auto`` resolved by the device), which names the node instead of ``options.model``
+        when given, so a node says which network made it."""
+        model = model or getattr(options, "model", None) or "fused"
         functional = getattr(options, "functional", None)
         return f"{model}, {functional}" if functional else model
 
@@ -578,13 +583,15 @@ class FusionLogic:
         return set_source_map_legend(sourceMapNode, visible)
 
     def _storeResults(
-        self, scene, referenceNode, movingNode, outputNode, options, fused, registered, transform, source_map=None
+        self, scene, referenceNode, movingNode, outputNode, options, fused, registered, transform, source_map=None,
+        model: str | None = None,
     ) -> FusionNodes:
         """Put a run's images into the scene following the output policy (module docstring).
 
         ``fused``: scalar, or RGB for a colour fusion (a vector volume node). ``transform``: a
         ``sitk.Transform`` or the path of an ITK transform file, or ``None``. ``source_map``: the
-        source map image, or ``None``.
+        source map image, or ``None``. ``model``: the network that ran (see :meth:`resultKey`): it
+        names MedFusion's fused and source-map nodes and is their ``MedFusion.model`` attribute.
         """
         import SimpleITK as sitk
 
@@ -599,7 +606,7 @@ class FusionLogic:
         )
 
         self._refuseOutput(outputNode, options)  # before anything changes in the scene
-        key = self.resultKey(options)
+        key = self.resultKey(options, model)
         reference_name, moving_name = referenceNode.GetName(), movingNode.GetName()
 
         def store_volume(image, role, name, chosen=None, model_key=None):
@@ -619,7 +626,10 @@ class FusionLogic:
                 self._mark(node, role, referenceNode, movingNode, model_key)
             return node
 
-        nodes = FusionNodes(fusedNode=None, options=options, referenceNode=referenceNode, movingNode=movingNode)
+        nodes = FusionNodes(
+            fusedNode=None, options=options, referenceNode=referenceNode, movingNode=movingNode,
+            model=model or getattr(options, "model", "") or "",
+        )  # fmt: skip
         if registered is not None:
             board = checkerboard_image(image_from_volume_node(referenceNode), registered)
             if transform is not None:

@@ -84,8 +84,11 @@ def describe_device() -> str:
 
 
 def model_choices() -> list[dict]:
-    """Every model of MedFusionLib's registry, in order: name, description, default, usable, note."""
-    from MedFusionLib.fusion.pipeline import DEFAULT_MODEL
+    """Every model choice, in order: ``auto`` (the network chosen by the device), then MedFusionLib's
+    registry; each with name, description, default, usable, note. ``auto``'s note names the network
+    it picks on this process's device (a worker started for CPU runs sees no GPU)."""
+    from MedFusionLib.core.choices import AUTO_MODEL, DEFAULT_MODEL_BY_DEVICE
+    from MedFusionLib.fusion.pipeline import DEFAULT_MODEL, resolve_model
     from MedFusionLib.models import list_models, model_spec
     from MedFusionLib.models.pretrained import weights_status
 
@@ -94,7 +97,17 @@ def model_choices() -> list[dict]:
         "missing": "no trained weights shipped yet",
         "corrupt": "weights file damaged; reinstall MedFusion",
     }
-    choices = []
+    by_device = ", ".join(f"{model} on {'the CPU' if kind == 'cpu' else kind.upper()}"
+                          for kind, model in DEFAULT_MODEL_BY_DEVICE.items())  # fmt: skip
+    choices = [
+        {
+            "name": AUTO_MODEL,
+            "description": f"the network chosen by the device the run uses: {by_device}",
+            "default": AUTO_MODEL == DEFAULT_MODEL,
+            "usable": True,
+            "note": f"{resolve_model(AUTO_MODEL, 'auto', warn=False)} here",
+        }
+    ]
     for name in list_models():
         spec = model_spec(name)
         status = weights_status(name) if spec.learned else "ok"

@@ -46,7 +46,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="where to write (default ./medfusion-demo)",
     )
     parser.add_argument(
-        "--model", default=DEFAULT_MODEL, choices=MODEL_CHOICES, help=f"fusion model (default {DEFAULT_MODEL})"
+        "--model",
+        default=DEFAULT_MODEL,
+        choices=MODEL_CHOICES,
+        help=f"fusion model (default {DEFAULT_MODEL}: chosen by the device, see `medfusion models`)",
     )
     parser.add_argument(
         "--registration", choices=REGISTRATION_PRESETS, default="rigid", help="registration preset (default rigid)"
@@ -72,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     out = args.output_dir
     print("building the CT/MR head phantom pair (MR turned 180° and shifted 30 mm) ...", file=sys.stderr)
     phantom = make_clinical_pair()
-    show_progress, close_progress = progress_reporter("bar", args.model, args.registration)
+    show_progress, close_progress = progress_reporter("bar", args.model, args.registration, args.device)
     try:
         result = fuse_volumes(
             phantom.ct,
@@ -110,5 +113,5 @@ def run(args: argparse.Namespace) -> int:
     print(f"fused volume: {paths['fused.nii.gz']}")
     print(f"figure:       {paths['fusion.png']}")
     print(f"QA picture:   {paths['qa.png']} (and {paths['qa.json'].name})")
-    print(f"demo finished in {time.perf_counter() - started:.1f} s on {result.device}")
+    print(f"demo finished in {time.perf_counter() - started:.1f} s on {result.device} (model {result.model})")
     return 0

@@ -18,13 +18,13 @@ from MedFusionLib.fusion.options import FusionOptions
 
 
 def progress_reporter(
-    style: str, model: str, registration: str
+    style: str, model: str, registration: str, device: str = "auto"
 ) -> tuple[Callable[[str, int, int], None], Callable[[], None]]:
     """A ``progress(stage, done, total)`` callback for :func:`fuse_volumes` and its ``close()``.
 
     ``bar``: a tqdm bar for fusion and a line when registration starts; ``json``: one JSON object
     per line on stderr, flushed at once, for a parent process (the Slicer module) to parse;
-    ``none``: silence.
+    ``none``: silence. The bar names the network that runs: model ``auto`` resolved on ``device``.
     """
     bar = None
     announced_registration = False
@@ -38,7 +38,10 @@ def progress_reporter(
             print(f"registering ({registration}) ...", file=sys.stderr)
         elif style == "bar" and stage == "fuse":
             if bar is None:
-                bar = tqdm(total=total, desc=f"fusing ({model})", unit="slice", file=sys.stderr)
+                from MedFusionLib.fusion.pipeline import resolve_model  # fusion has begun: torch is loaded
+
+                label = resolve_model(model, device, warn=False)
+                bar = tqdm(total=total, desc=f"fusing ({label})", unit="slice", file=sys.stderr)
             bar.update(done - bar.n)
 
     def close() -> None:
@@ -130,7 +133,9 @@ def run(args: argparse.Namespace) -> int:
     reference = read_image(args.reference, series_uid=args.reference_series)
     moving = read_image(args.moving, series_uid=args.moving_series)
 
-    show_progress, close_progress = progress_reporter(args.progress, options.model, options.registration)
+    show_progress, close_progress = progress_reporter(
+        args.progress, options.model, options.registration, options.device
+    )
     try:
         result = fuse_volumes(
             reference,

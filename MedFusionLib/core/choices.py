@@ -8,10 +8,47 @@ here, and :class:`~MedFusionLib.fusion.options.FusionOptions` validates against 
 
 from __future__ import annotations
 
-# Shipped fusion models and training-free rules; the registry (MedFusionLib.models) must register
-# exactly these (Testing/test_options.py checks it), so this list can be read without torch.
-MODEL_CHOICES = ("emfusion", "emfusion-full", "haf", "haf-full", "densefuse", "average", "maximum", "laplacian")
-DEFAULT_MODEL = "emfusion"  # best shipped model on the Harvard val split (see its model card)
+from collections.abc import Callable
+
+# "auto" (a network chosen by the device the run uses: DEFAULT_MODEL_BY_DEVICE), then the shipped
+# fusion models and training-free rules. The registry (MedFusionLib.models) must register exactly
+# these but "auto", which is no network (Testing/test_options.py checks it), so this list can be
+# read without torch.
+AUTO_MODEL = "auto"
+MODEL_CHOICES = (
+    AUTO_MODEL, "emfusion", "emfusion-full", "haf", "haf-full", "densefuse", "average", "maximum", "laplacian"
+)
+DEFAULT_MODEL = AUTO_MODEL
+# The network "auto" stands for on each kind of device: the full-size network where a GPU makes its
+# cost small, the light one on the CPU. The measurements behind it (quality on the Harvard val split,
+# CPU and GPU time per slice) are in README "Choosing a model"; `medfusion models` shows them live.
+DEFAULT_MODEL_BY_DEVICE = {"cuda": "emfusion-full", "cpu": "emfusion"}
+
+
+def resolve_model_name(name: str, device, usable: Callable[[str], bool] | None = None) -> str:
+    """The concrete model a run with model ``name`` uses on ``device``.
+
+    A name other than ``auto`` is returned as it is. ``auto`` becomes the
+    :data:`DEFAULT_MODEL_BY_DEVICE` entry of the device's kind: ``device`` is the run's resolved
+    device, a ``torch.device`` or its text (``"cpu"``, ``"cuda"``, ``"cuda:1"``), not ``"auto"``
+    (resolve that first: :func:`MedFusionLib.core.devices.resolve_device`). ``usable(model)``, if
+    given, says whether a model can be built here (its weights are installed); when the device's
+    entry cannot, ``auto`` falls back to the CPU entry (the light network), so a missing download
+    never stops a default run.
+    """
+    if name != AUTO_MODEL:
+        return name
+    kind = str(device).strip().lower().split(":", 1)[0]
+    if kind not in DEFAULT_MODEL_BY_DEVICE:
+        raise ValueError(
+            f"model 'auto' is chosen by the run's device, which must be resolved first "
+            f"(one of {', '.join(DEFAULT_MODEL_BY_DEVICE)}, or cuda:N), not {device!r}"
+        )
+    choice = DEFAULT_MODEL_BY_DEVICE[kind]
+    if usable is not None and not usable(choice):
+        return DEFAULT_MODEL_BY_DEVICE["cpu"]
+    return choice
+
 
 # "auto": no registration when both images share a voxel grid (already co-registered, e.g. the
 # BraTS volumes or two series of one scan), rigid otherwise (two scans from two machines).

@@ -4,9 +4,11 @@ A manifest is a CSV with the columns ``reference`` and ``moving`` (paths, relati
 the manifest's folder) and optionally ``output`` (a file name or path inside the output folder).
 Each case is fused with :func:`~MedFusionLib.fusion.pipeline.fuse_volumes` and written atomically; then
 a small *completion record* ``.<output name>.done.json`` is written beside it, holding the
-output's sha256 and the options used. ``resume`` trusts an output only when that record exists,
-the options match, and the file still hashes to the recorded value: a file left by a killed run,
-or fused with other options, is redone.
+output's sha256, the options used and the model that ran (the concrete network model ``auto``
+resolved to on that machine's device; the report CSV has it too). ``resume`` trusts an output only
+when that record exists, the options match (with ``auto``, also the model it picks here), and the
+file still hashes to the recorded value: a file left by a killed run, or fused with other options,
+is redone.
 """
 
 from __future__ import annotations
@@ -22,12 +24,13 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from MedFusionLib.core.choices import AUTO_MODEL
 from MedFusionLib.core.errors import InputError, MedFusionError
 from MedFusionLib.core.files import atomic_output, sha256_of
 from MedFusionLib.fusion.options import FusionOptions
 from MedFusionLib.io import write_image
 
-REPORT_COLUMNS = ("case", "reference", "moving", "output", "status", "seconds", "error")
+REPORT_COLUMNS = ("case", "reference", "moving", "output", "status", "model", "seconds", "error")
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,7 @@ class CaseOutcome:
     status: str  # "done", "skipped" (complete from an earlier run) or "failed"
     seconds: float = 0.0
     error: str = ""
+    model: str = ""  # the network that fused it ("auto" resolved), when known
 
 
 @dataclass
@@ -113,29 +117,58 @@ def completion_record_path(output: Path) -> Path:
     return output.with_name(f".{output.name}.done.json")
 
 
-def is_complete(case: BatchCase, options: FusionOptions) -> bool:
-    """Whether an earlier run finished ``case`` with these ``options`` and its output is intact."""
-    record_path = completion_record_path(case.output)
-    if not case.output.is_file() or not record_path.is_file():
-        return False
+def read_completion_record(output: Path) -> dict:
+    """The completion record of ``output`` (``{}`` when there is none or it is unreadable)."""
     try:
-        record = json.loads(record_path.read_text())
-    except ValueError:
+        record = json.loads(completion_record_path(output).read_text())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def is_complete(case: BatchCase, options: FusionOptions, model: str | None = None) -> bool:
+    """Whether an earlier run finished ``case`` with these ``options`` and its output is intact.
+
+    ``model``: the concrete model these options would run now (model ``auto`` depends on the
+    device); a record naming another model is not complete (e.g. fused on a GPU machine by
+    ``emfusion-full``, resumed on a CPU one that picks ``emfusion``). ``None``: not checked."""
+    if not case.output.is_file():
         return False
-    same_options = record.get("options") == options.to_dict()
-    return same_options and record.get("sha256") == sha256_of(case.output)
+    record = read_completion_record(case.output)
+    if not record or record.get("options") != options.to_dict():
+        return False
+    if model is not None and record.get("model") not in (None, model):
+        return False
+    return record.get("sha256") == sha256_of(case.output)
+
+
+def expected_model(options: FusionOptions) -> str | None:
+    """The concrete model a case fused with ``options`` would use on this machine (``auto``
+    resolved by the device), or ``None`` when it cannot be known now (e.g. CUDA asked for but not
+    usable: the cases then fail with that error)."""
+    from MedFusionLib.core.errors import MedFusionError
+    from MedFusionLib.fusion.pipeline import resolve_model  # torch: only when resuming an "auto" run
+
+    try:
+        return resolve_model(options.model, options.device, warn=False)
+    except MedFusionError:
+        return None
 
 
 # Fuses one case and writes ``case.output`` (replacing it): the library's own below, or another
-# front end's (the headless Slicer script reads and fuses through MRML nodes).
-CaseWriter = Callable[[BatchCase, FusionOptions], None]
+# front end's (the headless Slicer script reads and fuses through MRML nodes). Returns the name of
+# the model that ran (FusionResult.model: "auto" resolved), or None if it does not know it.
+CaseWriter = Callable[[BatchCase, FusionOptions], "str | None"]
 
 
-def write_fused_case(case: BatchCase, options: FusionOptions) -> None:
-    """The library's case writer: :func:`fuse_volumes` and an atomic write of the fused image."""
+def write_fused_case(case: BatchCase, options: FusionOptions) -> str:
+    """The library's case writer: :func:`fuse_volumes` and an atomic write of the fused image;
+    returns the model that ran."""
     from MedFusionLib.fusion.pipeline import fuse_volumes  # imported in the worker process
 
-    write_image(fuse_volumes(case.reference, case.moving, options).fused, case.output, overwrite=True)
+    result = fuse_volumes(case.reference, case.moving, options)
+    write_image(result.fused, case.output, overwrite=True)
+    return result.model
 
 
 def fuse_case(case: BatchCase, options: FusionOptions, write_case: CaseWriter = write_fused_case) -> CaseOutcome:
@@ -144,16 +177,18 @@ def fuse_case(case: BatchCase, options: FusionOptions, write_case: CaseWriter = 
     try:
         # An earlier record must not vouch for a file this run is replacing.
         completion_record_path(case.output).unlink(missing_ok=True)
-        write_case(case, options)
+        model = write_case(case, options)
         record = {
             "sha256": sha256_of(case.output),
             "options": options.to_dict(),
             "reference": str(case.reference),
             "moving": str(case.moving),
         }
+        if model:
+            record["model"] = model
         with atomic_output(completion_record_path(case.output), overwrite=True) as temporary:
             temporary.write_text(json.dumps(record, indent=1))
-        return CaseOutcome(case, "done", time.perf_counter() - started)
+        return CaseOutcome(case, "done", time.perf_counter() - started, model=model or "")
     except MedFusionError as error:
         return CaseOutcome(case, "failed", time.perf_counter() - started, str(error))
     except Exception as error:  # a bug or a library failure on one case must not stop the cohort
@@ -196,9 +231,11 @@ def run_batch(
     cases = select_shard(read_manifest(manifest, output_dir), *shard)
     summary = BatchSummary()
     pending = []
+    model = expected_model(options) if resume and options.model == AUTO_MODEL else None
     for case in cases:
-        if resume and is_complete(case, options):
-            summary.outcomes.append(CaseOutcome(case, "skipped"))
+        if resume and is_complete(case, options, model):
+            recorded = read_completion_record(case.output).get("model", "")
+            summary.outcomes.append(CaseOutcome(case, "skipped", model=str(recorded)))
             if on_outcome:
                 on_outcome(summary.outcomes[-1])
         else:
@@ -233,6 +270,7 @@ def run_batch(
                         case.moving,
                         case.output,
                         outcome.status,
+                        outcome.model,
                         f"{outcome.seconds:.2f}",
                         outcome.error,
                     ]

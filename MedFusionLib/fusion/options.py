@@ -26,6 +26,7 @@ from MedFusionLib.core.choices import (
     DEFAULT_CT_WINDOW,
     DEFAULT_FUNCTIONAL_COLOUR_MAP,
     DEFAULT_MODEL,
+    DEFAULT_MODEL_BY_DEVICE,
     DEFAULT_REGISTRATION,
     DEVICE_CHOICES,
     FUNCTIONAL_COLOUR_MAPS,
@@ -103,7 +104,12 @@ class FusionOptions:
     """
 
     model: str = _option(
-        DEFAULT_MODEL, "--model", "fusion network or rule (see `medfusion models`)", choices=MODEL_CHOICES
+        DEFAULT_MODEL,
+        "--model",
+        "fusion network or rule (see `medfusion models`); auto: chosen by the device ("
+        + ", ".join(f"{model} on {kind}" for kind, model in DEFAULT_MODEL_BY_DEVICE.items())
+        + ")",
+        choices=MODEL_CHOICES,
     )
     registration: str = _option(
         DEFAULT_REGISTRATION,

@@ -19,7 +19,14 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from MedFusionLib.core.choices import DEFAULT_CT_WINDOW, DEFAULT_MODEL, REGISTRATION_CHOICES  # noqa: F401  (callers read them here)
+from MedFusionLib.core.choices import (  # noqa: F401  (callers read DEFAULT_CT_WINDOW, DEFAULT_MODEL, REGISTRATION_CHOICES here)
+    AUTO_MODEL,
+    DEFAULT_CT_WINDOW,
+    DEFAULT_MODEL,
+    REGISTRATION_CHOICES,
+    resolve_model_name,
+)
+from MedFusionLib.core.devices import resolve_device
 from MedFusionLib.core.errors import GridMismatchError, InputError
 from MedFusionLib.core.geometry import grid_differences, slicing_array_axis
 from MedFusionLib.core.resources import require_memory
@@ -37,7 +44,8 @@ from MedFusionLib.imaging.normalization import (
     slice_boxes,
 )
 from MedFusionLib.io import read_image
-from MedFusionLib.models import create_model
+from MedFusionLib.models import create_model, model_spec
+from MedFusionLib.models.pretrained import weights_status
 
 ImageSource = str | PathLike | sitk.Image
 # progress(stage, done, total): stage "register" (done/total in percent) or "fuse" (slices).
@@ -68,6 +76,8 @@ class FusionResult:
     ``stage_seconds``: wall time of ``load`` (checks), ``register``, ``fuse`` (normalisation,
     boxes, the model) and ``assemble``; ``seconds`` is the whole call. ``fused_slices``: slices
     the model ran on (the others hold no foreground). ``precision``: fp32, bf16 or fp16.
+    ``model``: the network that ran, by name: the concrete model ``auto`` resolved to on this run's
+    device (:func:`resolve_model`), or the class name of a network passed in.
     ``windows``: how each input was mapped to [0, 1], in words, by role (``reference``,
     ``moving``), e.g. ``"CT soft-tissue (50, 400) HU, the default for a CT"``.
     """
@@ -85,6 +95,32 @@ class FusionResult:
     # Per voxel, the share of the moving image in the fused value (float32 in [0, 1], 0 = reference,
     # 1 = moving; MedFusionLib.fusion.source_map) on the reference grid; None unless asked for.
     source_map: sitk.Image | None = None
+
+
+def model_usable(name: str) -> bool:
+    """Whether :func:`~MedFusionLib.models.create_model` can build ``name`` with its shipped weights
+    here (a training-free rule always can; a learned network when its weights are installed intact)."""
+    return not model_spec(name).learned or weights_status(name) == "ok"
+
+
+def resolve_model(name: str, device: str | torch.device = "auto", warn: bool = True) -> str:
+    """The concrete registry model a run with model ``name`` on ``device`` uses.
+
+    ``auto`` becomes :data:`~MedFusionLib.core.choices.DEFAULT_MODEL_BY_DEVICE`'s entry for the
+    resolved device (:func:`~MedFusionLib.core.choices.resolve_model_name`), or the CPU's (light)
+    entry, with a warning, when that network's weights are not installed; other names are kept.
+    ``device`` may be ``auto`` (resolved here: :func:`~MedFusionLib.core.devices.resolve_device`).
+    ``warn``: log that fallback (a caller that only shows the choice passes False).
+    """
+    if name != AUTO_MODEL:
+        return name
+    resolved_device = resolve_device(device)
+    chosen = resolve_model_name(name, resolved_device)
+    concrete = resolve_model_name(name, resolved_device, usable=model_usable)
+    if warn and concrete != chosen:
+        _log.warning(f"model auto: {chosen} (the choice for {resolved_device.type}) has no installed weights; "
+                     f"using {concrete}")  # fmt: skip
+    return concrete
 
 
 def load_image(source: ImageSource, role: str) -> sitk.Image:
@@ -183,7 +219,9 @@ def fuse_volumes(
         on_registration: called with the registration's result (its ``confidence`` included) as
             soon as it is known, before fusion, e.g. to report a doubtful alignment at once.
 
-    The options, as applied here: ``registration`` ``none`` requires the two to share a voxel
+    The options, as applied here: ``model`` ``auto`` (the default) is the network
+    :func:`resolve_model` picks for the resolved device (:attr:`FusionResult.model` names it);
+    ``registration`` ``none`` requires the two to share a voxel
     grid; ``auto`` registers rigidly unless they do; ``rigid``/``affine``/``bspline`` register
     ``moving`` onto ``reference`` (3D only: 2D pictures must already be aligned, as the benchmark
     pairs are). Windows: a CT window for a CT input; without one, 8-bit pictures are scaled by
@@ -199,7 +237,6 @@ def fuse_volumes(
         overrides.pop("initial_transform") if isinstance(overrides.get("initial_transform"), sitk.Transform) else None
     )
     options = dataclasses.replace(options or FusionOptions(), **overrides)
-    model = network if network is not None else options.model
     started = time.perf_counter()
     reference_image = load_image(reference, "reference")
     moving_image = load_image(moving, "moving")
@@ -221,10 +258,13 @@ def fuse_volumes(
         (3 + (registration != "none") + source_map) * 4 * reference_image.GetNumberOfPixels(),
         f"fusing on a {'×'.join(map(str, reference_image.GetSize()))} reference grid",
     )
-    # Build the model before the slow steps, so a wrong name or missing weights fail at once.
+    # Build the model before the slow steps, so a wrong name or missing weights fail at once; "auto"
+    # becomes a concrete network once the device is known.
+    device = resolve_device(options.device)
+    model_name = type(network).__name__ if network is not None else resolve_model(options.model, device)
     fuser = SliceFuser(
-        network if network is not None else create_model(options.model, pretrained=pretrained),
-        device=options.device,
+        network if network is not None else create_model(model_name, pretrained=pretrained),
+        device=device,
         batch_size=options.batch_size,
         precision=options.precision,
         compile=options.compile,
@@ -326,7 +366,7 @@ def fuse_volumes(
         fused=fused_image,
         registered_moving=registered_moving,
         registration=registration_result,
-        model=model if isinstance(model, str) else type(model).__name__,
+        model=model_name,
         device=str(fuser.device),
         seconds=time.perf_counter() - started,
         precision=fuser.precision,

@@ -117,9 +117,10 @@ def ensure_dependencies(install_allowed: bool) -> bool:
 
 def fuse_one(
     logic, scene, reference: Path, moving: Path, output: Path, overwrite: bool, options, extra: dict[str, Path | None]
-) -> None:
+) -> str:
     """Load, fuse with ``options`` (a ``FusionOptions``), write one pair (and the ``extra`` outputs:
-    ``registered``, ``checkerboard``, ``sourcemap``); remove its nodes from the scene afterwards."""
+    ``registered``, ``checkerboard``, ``sourcemap``); remove its nodes from the scene afterwards.
+    Returns the model that ran (model ``auto`` resolved by the device)."""
     from MedFusionLib.core.files import refuse_existing_outputs
     from MedFusionLib.io import write_image
     from MedFusionSlicer.volumes import image_from_volume_node, load_volume_node
@@ -163,6 +164,7 @@ def fuse_one(
         ):
             if extra.get(role) is not None and node is not None:
                 write_image(image_from_volume_node(node), extra[role], overwrite=overwrite)
+        return nodes.model
     finally:
         for node in added:
             scene.RemoveNode(node)
@@ -225,9 +227,9 @@ def run_cases(args, options, logic, scene) -> int:
     from MedFusionLib.core.errors import MedFusionError
     from MedFusionLib.fusion.batch import parse_shard, run_batch
 
-    def write_case(case, case_options) -> None:
+    def write_case(case, case_options) -> str:
         print(f"case {case.index}: {case.reference.name} + {case.moving.name} -> {case.output}", flush=True)
-        fuse_one(logic, scene, case.reference, case.moving, case.output, True, case_options, {})
+        return fuse_one(logic, scene, case.reference, case.moving, case.output, True, case_options, {})
 
     def report(outcome) -> None:
         if outcome.status == "failed":
