@@ -20,7 +20,7 @@ from MedFusionLib.core.errors import InputError, UnknownModelError
 from MedFusionLib.models import architecture_config, create_model
 from MedFusionLib.models.pretrained import WEIGHTS_DIR, sha256_of
 from MedFusionLib.training.checkpoints import CHECKPOINT_BEST, CHECKPOINT_LAST, TrainState, load_checkpoint
-from MedFusionLib.training.config import TrainingConfig, default_config, load_config
+from MedFusionLib.training.config import CONFIG_DIR, TrainingConfig, default_config, load_config
 from MedFusionLib.training.export import export_weights
 from MedFusionLib.training.trainer import TrainingDivergedError, TrainingObjective, epoch_indices, lr_lambda, train
 
@@ -268,12 +268,25 @@ SHIPPED = sorted(path.stem for path in WEIGHTS_DIR.glob("*.json"))
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_architecture_is_stated_once_and_training_reproduces_from_the_defaults(name):
     """The card's ``config`` is the architecture (the class's defaults); the default training
-    configuration holds none and equals the configuration the card's run used."""
+    configuration holds none and equals the configuration the card's run used. Weights made in two
+    stages (trained, then fine-tuned from them with ``init_weights``) record the first stage as
+    ``training.initialised_from``: the default configuration is that stage's, and the second
+    stage's is the default updated by ``configs/finetune/<name>.json``."""
     card = json.loads((WEIGHTS_DIR / f"{name}.json").read_text())
     defaults = default_config(name)
     assert card["config"] == architecture_config(name)
     assert defaults.model_config == {} and "model_config" not in card["training"]["config"]
-    assert {k: v for k, v in defaults.to_dict().items() if k != "model_config"} == card["training"]["config"]
+    def run_config(values: dict) -> dict:  # init_weights "" is the default (cards older than it lack it)
+        return {k: v for k, v in values.items() if k != "model_config" and not (k == "init_weights" and v == "")}
+
+    first_stage = card["training"].get("initialised_from")
+    if first_stage is None:
+        assert run_config(defaults.to_dict()) == run_config(card["training"]["config"])
+        return
+    assert run_config(defaults.to_dict()) == run_config(first_stage["config"])
+    finetune = load_config(name, CONFIG_DIR / "finetune" / f"{name}.json")
+    assert run_config(finetune.to_dict()) == run_config(card["training"]["config"])
+    assert finetune.init_weights.endswith(f"{name}.safetensors") and first_stage["sha256"]
 
 
 @pytest.mark.parametrize("name", SHIPPED)
