@@ -1,4 +1,4 @@
-"""HAF: hierarchically aggregated fusion, the project's light real-time network (seed text §4.1–4.2).
+"""HAF: hierarchically aggregated fusion, the project's real-time network, light and full size (seed text §4.1–4.2).
 
 Each modality has its own encoder of depthwise-separable convolutions at three scales (the
 seed's 64, 128, 256 channels in ``haf-full``; 16, 32, 64 in the light ``haf``) at full, 1/2 and 1/4

@@ -133,8 +133,9 @@ class TrainingResult:
 class Trainer:
     """One training run of ``config`` on ``train_pairs`` (``(N, 2, H, W)`` uint8) into ``out_dir``.
 
-    Building it initialises the model from ``config.seed`` and the optimiser, schedule, scaler and
-    augmentation; :meth:`resume` loads ``out_dir/last.pt`` into them; :meth:`fit` runs epochs.
+    Building it initialises the model from ``config.seed`` (or loads ``config.init_weights``) and
+    the optimiser, schedule, scaler and augmentation; :meth:`resume` loads ``out_dir/last.pt``
+    into them; :meth:`fit` runs epochs.
     ``val_pairs``/``val_tasks``: validation pairs and each one's task (None: no validation;
     ``best.pt`` is then the last epoch). ``metadata`` (e.g. data and command) is stored in the
     checkpoints and the exported model card.
