@@ -342,8 +342,9 @@ def test_module_cmake_packages_every_file_of_medfusionlib():
     cmake = (MODULE / "CMakeLists.txt").read_text()
     root = REPO_ROOT
     recursive = re.findall(r"\$\{MEDFUSION_SOURCE_ROOT\}/(MedFusionLib/\*\.py)", cmake)
-    flat = re.findall(r"\$\{MEDFUSION_SOURCE_ROOT\}/(MedFusionLib/(?:configs|weights)/\*\.\w+)", cmake)
-    assert recursive == ["MedFusionLib/*.py"] and len(flat) == 3
+    flat = re.findall(r"\$\{MEDFUSION_SOURCE_ROOT\}/(MedFusionLib/(?:configs|configs/finetune|weights)/\*\.\w+)",
+                      cmake)
+    assert recursive == ["MedFusionLib/*.py"] and len(flat) == 4
     packaged = {p.relative_to(root).as_posix() for p in (root / "MedFusionLib").rglob("*.py")}
     for pattern in flat:
         packaged |= {p.relative_to(root).as_posix() for p in root.glob(pattern)}
