@@ -146,7 +146,6 @@ def expected_model(options: FusionOptions) -> str | None:
     """The concrete model a case fused with ``options`` would use on this machine (``auto``
     resolved by the device), or ``None`` when it cannot be known now (e.g. CUDA asked for but not
     usable: the cases then fail with that error)."""
-    from MedFusionLib.core.errors import MedFusionError
     from MedFusionLib.fusion.pipeline import resolve_model  # torch: only when resuming an "auto" run
 
     try:
