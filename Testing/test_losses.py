@@ -8,12 +8,14 @@ import torch
 from skimage.metrics import structural_similarity as skimage_ssim
 
 from MedFusionLib.core.errors import InputError
+from MedFusionLib.evaluation.metrics import visual_information_fidelity
 from MedFusionLib.training.losses import (
     FusionLoss,
     FusionLossWeights,
     ReconstructionLoss,
     gradient_loss,
     image_entropy,
+    pixel_vif,
     saliency_weights,
     ssim,
     ssim_map,
@@ -109,6 +111,31 @@ def test_source_bias_moves_the_surface_constraint_towards_one_source():
     towards_b = FusionLoss(FusionLossWeights(gradient=0.0, source_bias=-5.0))
     assert float(towards_a(a, a, b)[0]) < float(towards_a(b, a, b)[0])
     assert float(towards_b(b, a, b)[0]) < float(towards_b(a, a, b)[0])
+
+
+def test_pixel_vif_agrees_with_the_evaluation_metric_and_has_gradients():
+    # The loss term is worth training on only if it is the metric the val tables report.
+    a, b = _smooth_random(4, 96), _smooth_random(5, 96)
+    a[..., :30, :] = 0.25  # a flat region: no information to keep there
+    fused = (0.6 * a + 0.4 * b).requires_grad_(True)
+    loss_sum = pixel_vif(a, fused) + pixel_vif(b, fused)
+    metric = visual_information_fidelity(*(255.0 * image.detach()[0, 0].double().numpy() for image in (fused, a, b)))
+    assert float(loss_sum[0]) == pytest.approx(metric, rel=1e-3)
+    assert float(pixel_vif(a, a)[0]) == pytest.approx(1.0, abs=1e-5)
+    loss_sum.sum().backward()
+    assert fused.grad is not None and torch.isfinite(fused.grad).all() and fused.grad.abs().sum() > 0
+    with pytest.raises(InputError, match="41 x 41"):
+        pixel_vif(a[..., :40, :40], a[..., :40, :40])
+
+
+def test_fusion_loss_vif_term_is_zero_for_a_kept_source_and_grows_with_noise():
+    a = _smooth_random(6, 64)
+    loss = FusionLoss(FusionLossWeights(ssim=0.0, mse=0.0, gradient=0.0, vif=1.0))
+    kept, parts = loss(a, a, a)
+    noise = 0.1 * torch.randn(a.shape, generator=torch.Generator().manual_seed(8))
+    degraded, _ = loss((a + noise).clamp(0, 1), a, a)
+    assert "vif" in parts and float(kept) == pytest.approx(0.0, abs=1e-5)
+    assert float(degraded) > 0.3
 
 
 def test_fusion_loss_weights_reject_unknown_settings():

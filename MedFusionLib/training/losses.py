@@ -10,6 +10,9 @@ soft tissue (MRI) with ``source_bias``.
 * :func:`saliency_weights`: EMFusion's per-image information measure of each source (entropy and
   brightness), turned into two weights that sum to one.
 * :func:`gradient_loss`: the seed's ``L1(|∇F|, max(|∇A|, |∇B|))``, both directions (Sobel).
+* :func:`pixel_vif`: differentiable pixel-domain VIF (Sheikh & Bovik 2006), the evaluation's VIF
+  on the 8-bit scale; a loss term keeps the functional sources' information where an
+  equal-weight SSIM term alone would trade it away.
 * :class:`FusionLoss`: EMFusion's surface-level constraint (saliency-weighted SSIM and MSE
   towards each source) + gradient loss + an optional pixel-wise maximum-intensity term; used for
   EMFusion and HAF.
@@ -131,6 +134,50 @@ def gradient_loss(fused: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torc
     return F.l1_loss(sobel_magnitude(fused), target)
 
 
+VIF_SCALES = 4
+VIF_NOISE_VARIANCE = 2.0  # on the 8-bit scale, as in the evaluation metric
+VIF_EPS = 1e-10
+
+
+def pixel_vif(reference: torch.Tensor, distorted: torch.Tensor) -> torch.Tensor:
+    """Pixel-domain VIF of ``distorted`` against ``reference`` (``(B, 1, H, W)`` in [0, 1]): ``(B,)``.
+
+    The same four scales, Gaussian windows (17, 9, 5, 3 px; σ = size / 5), 'valid' filtering,
+    dyadic down-sampling and noise variance 2 on the 8-bit scale as
+    :func:`MedFusionLib.evaluation.metrics.visual_information_fidelity`, so that on unquantised
+    images the two agree. The metric's clipping of negative gains and tiny variances is kept, as
+    clamps (sub-gradients), so the term is differentiable in ``distorted``. ~1 for an identical
+    image, < 1 for a loss of information, > 1 for contrast gain; 1 for a flat reference.
+    Needs ``H, W >= 41``.
+    """
+    if reference.shape != distorted.shape or reference.dim() != 4:
+        shapes = f"{tuple(reference.shape)} and {tuple(distorted.shape)}"
+        raise InputError(f"VIF needs two (B, C, H, W) tensors of one shape, got {shapes}")
+    if min(reference.shape[-2:]) < 41:
+        raise InputError(f"VIF needs images of at least 41 x 41 pixels, got {tuple(reference.shape[-2:])}")
+    ref, dist = reference.float() * 255.0, distorted.float() * 255.0
+    numerator = torch.zeros(ref.shape[0], device=ref.device)
+    denominator = torch.zeros_like(numerator)
+    for scale in range(1, VIF_SCALES + 1):
+        size = 2 ** (VIF_SCALES - scale + 1) + 1
+        window = _gaussian_window(size, size / 5.0, ref.dtype, ref.device)
+        if scale > 1:
+            ref = _separable_filter(ref, window)[..., ::2, ::2]
+            dist = _separable_filter(dist, window)[..., ::2, ::2]
+        mu_ref, mu_dist = _separable_filter(ref, window), _separable_filter(dist, window)
+        var_ref = (_separable_filter(ref * ref, window) - mu_ref * mu_ref).clamp_min(0.0)
+        var_dist = (_separable_filter(dist * dist, window) - mu_dist * mu_dist).clamp_min(0.0)
+        covariance = _separable_filter(ref * dist, window) - mu_ref * mu_dist
+        informative = (var_ref >= VIF_EPS).to(ref.dtype)  # a flat reference carries no information
+        var_ref = var_ref * informative
+        gain = covariance.clamp_min(0.0) / (var_ref + VIF_EPS) * informative
+        residual = (var_dist - gain * covariance).clamp_min(VIF_EPS)
+        kept = torch.log10(1.0 + gain * gain * var_ref / (residual + VIF_NOISE_VARIANCE))
+        numerator = numerator + kept.flatten(1).sum(dim=1)
+        denominator = denominator + torch.log10(1.0 + var_ref / VIF_NOISE_VARIANCE).flatten(1).sum(dim=1)
+    return torch.where(denominator > 0, numerator / denominator.clamp_min(VIF_EPS), torch.ones_like(numerator))
+
+
 @dataclass
 class FusionLossWeights:
     """Weights of :class:`FusionLoss` (configuration: ``loss`` in a training config).
@@ -138,7 +185,8 @@ class FusionLossWeights:
     ``ssim``/``mse``: the surface-level constraint's SSIM and MSE terms, each a saliency-weighted
     sum over the two sources. ``gradient``: :func:`gradient_loss`. ``intensity_max``: L1 to the
     pixel-wise maximum of the sources (keeps bright structures of either: bone, tracer uptake).
-    ``entropy_weight``, ``brightness_weight``, ``temperature``, ``source_bias``: see
+    ``vif``: ``1 - (VIF(A→F) + VIF(B→F)) / 2`` with :func:`pixel_vif` (0: off; needs crops of at
+    least 41 px). ``entropy_weight``, ``brightness_weight``, ``temperature``, ``source_bias``: see
     :func:`saliency_weights`.
     """
 
@@ -146,6 +194,7 @@ class FusionLossWeights:
     mse: float = 1.0
     gradient: float = 1.0
     intensity_max: float = 0.0
+    vif: float = 0.0
     entropy_weight: float = 1.0
     brightness_weight: float = 1.0
     temperature: float = 0.1
@@ -193,6 +242,9 @@ class FusionLoss(nn.Module):
         if w.intensity_max:
             parts["intensity_max"] = F.l1_loss(fused, torch.maximum(a, b))
             total = total + w.intensity_max * parts["intensity_max"]
+        if w.vif:
+            parts["vif"] = (1.0 - (pixel_vif(a, fused) + pixel_vif(b, fused)) / 2.0).mean()
+            total = total + w.vif * parts["vif"]
         return total, parts
 
 
