@@ -265,28 +265,38 @@ def test_cli_trains_on_volume_cases_and_exports_a_loadable_model(tmp_path, phant
 SHIPPED = sorted(path.stem for path in WEIGHTS_DIR.glob("*.json"))
 
 
+def finetune_config_path(name: str, stage: int) -> Path:
+    """The configuration of the ``stage``-th fine-tuning stage (1, 2, …) of the shipped ``name``."""
+    return CONFIG_DIR / "finetune" / (f"{name}.json" if stage == 1 else f"{name}.{stage}.json")
+
+
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_architecture_is_stated_once_and_training_reproduces_from_the_defaults(name):
     """The card's ``config`` is the architecture (the class's defaults); the default training
-    configuration holds none and equals the configuration the card's run used. Weights made in two
-    stages (trained, then fine-tuned from them with ``init_weights``) record the first stage as
-    ``training.initialised_from``: the default configuration is that stage's, and the second
-    stage's is the default updated by ``configs/finetune/<name>.json``."""
+    configuration holds none and equals the configuration of the run that started from scratch.
+    Weights fine-tuned from earlier weights (``init_weights``) record that run as
+    ``training.initialised_from``, which may itself have been fine-tuned: stage 1 is the default
+    configuration, fine-tuning stage k the default updated by ``configs/finetune/<name>.json``
+    (k = 1) or ``configs/finetune/<name>.<k>.json``, each starting from the weights of the stage
+    before it, and no fine-tuning configuration is left over."""
     card = json.loads((WEIGHTS_DIR / f"{name}.json").read_text())
     defaults = default_config(name)
     assert card["config"] == architecture_config(name)
     assert defaults.model_config == {} and "model_config" not in card["training"]["config"]
+
     def run_config(values: dict) -> dict:  # init_weights "" is the default (cards older than it lack it)
         return {k: v for k, v in values.items() if k != "model_config" and not (k == "init_weights" and v == "")}
 
-    first_stage = card["training"].get("initialised_from")
-    if first_stage is None:
-        assert run_config(defaults.to_dict()) == run_config(card["training"]["config"])
-        return
-    assert run_config(defaults.to_dict()) == run_config(first_stage["config"])
-    finetune = load_config(name, CONFIG_DIR / "finetune" / f"{name}.json")
-    assert run_config(finetune.to_dict()) == run_config(card["training"]["config"])
-    assert finetune.init_weights.endswith(f"{name}.safetensors") and first_stage["sha256"]
+    stages = [card["training"]]  # newest first
+    while "initialised_from" in stages[-1]:
+        stages.append(stages[-1]["initialised_from"])
+    stages.reverse()
+    assert run_config(defaults.to_dict()) == run_config(stages[0]["config"])
+    for stage, record in enumerate(stages[1:], start=1):
+        finetune = load_config(name, finetune_config_path(name, stage))
+        assert run_config(finetune.to_dict()) == run_config(record["config"]), f"fine-tuning stage {stage}"
+        assert finetune.init_weights.endswith(f"{name}.safetensors") and stages[stage - 1]["sha256"]
+    assert not finetune_config_path(name, len(stages)).exists(), "a fine-tuning configuration no card records"
 
 
 @pytest.mark.parametrize("name", SHIPPED)
