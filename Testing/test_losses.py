@@ -50,6 +50,17 @@ def test_ssim_map_matches_scikit_image_gaussian_ssim_inside_the_border():
     np.testing.assert_allclose(ours, reference[5:-5, 5:-5], atol=1e-4)
 
 
+def test_ssim_and_vif_stay_float32_under_autocast():
+    # Under autocast a convolution runs in bf16/fp16 whatever its inputs; SSIM's and VIF's
+    # variance differences then err by ~0.05 (bf16), so the losses switch autocast off.
+    x, y = _smooth_random(10, 64), _smooth_random(11, 64)
+    reference_ssim, reference_vif = ssim_map(x, y), pixel_vif(x, y)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under_ssim, under_vif = ssim_map(x, y), pixel_vif(x, y)
+    assert under_ssim.dtype == torch.float32 and under_vif.dtype == torch.float32
+    assert torch.allclose(under_ssim, reference_ssim, atol=1e-6) and torch.allclose(under_vif, reference_vif, atol=1e-6)
+
+
 def test_ssim_rejects_small_or_mismatched_images():
     with pytest.raises(InputError, match="at least 11"):
         ssim(torch.rand(1, 1, 8, 8), torch.rand(1, 1, 8, 8))

@@ -14,8 +14,8 @@ soft tissue (MRI) with ``source_bias``.
   on the 8-bit scale; a loss term keeps the functional sources' information where an
   equal-weight SSIM term alone would trade it away.
 * :class:`FusionLoss`: EMFusion's surface-level constraint (saliency-weighted SSIM and MSE
-  towards each source) + gradient loss + an optional pixel-wise maximum-intensity term; used for
-  EMFusion and HAF.
+  towards each source) + gradient loss + optional pixel-wise maximum-intensity and VIF terms;
+  used for EMFusion and HAF.
 * :class:`ReconstructionLoss`: DenseFuse's auto-encoder loss ``MSE + λ (1 - SSIM)``.
 """
 
@@ -51,11 +51,17 @@ def _separable_filter(image: torch.Tensor, window: torch.Tensor) -> torch.Tensor
     return F.conv2d(F.conv2d(image, horizontal, groups=channels), vertical, groups=channels)
 
 
+def _full_precision(tensor: torch.Tensor) -> torch.autocast:
+    """A context that switches autocast off on ``tensor``'s device: under autocast a convolution
+    runs in bf16/fp16 whatever its inputs' dtype, and the variances below need float32."""
+    return torch.autocast(tensor.device.type, enabled=False)
+
+
 def ssim_map(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
     """Local SSIM of ``x`` and ``y`` (``(B, C, H, W)``): ``(B, C, H - 10, W - 10)``.
 
     11 × 11 Gaussian window (σ = 1.5), K1 = 0.01, K2 = 0.03, computed in float32 even under
-    autocast (the variance differences lose too much precision in bf16).
+    autocast (the variance differences lose too much precision in bf16 or fp16).
     """
     if x.shape != y.shape or x.dim() != 4:
         raise InputError(f"SSIM needs two (B, C, H, W) tensors of one shape, got {tuple(x.shape)} and {tuple(y.shape)}")
@@ -63,14 +69,15 @@ def ssim_map(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0) -> torch
         raise InputError(
             f"SSIM needs images of at least {SSIM_WINDOW} x {SSIM_WINDOW} pixels, got {tuple(x.shape[-2:])}"
         )
-    x, y = x.float(), y.float()
-    window = _gaussian_window(SSIM_WINDOW, SSIM_SIGMA, x.dtype, x.device)
-    mu_x, mu_y = _separable_filter(x, window), _separable_filter(y, window)
-    var_x = _separable_filter(x * x, window) - mu_x * mu_x
-    var_y = _separable_filter(y * y, window) - mu_y * mu_y
-    cov_xy = _separable_filter(x * y, window) - mu_x * mu_y
-    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
-    return ((2 * mu_x * mu_y + c1) * (2 * cov_xy + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
+    with _full_precision(x):
+        x, y = x.float(), y.float()
+        window = _gaussian_window(SSIM_WINDOW, SSIM_SIGMA, x.dtype, x.device)
+        mu_x, mu_y = _separable_filter(x, window), _separable_filter(y, window)
+        var_x = _separable_filter(x * x, window) - mu_x * mu_x
+        var_y = _separable_filter(y * y, window) - mu_y * mu_y
+        cov_xy = _separable_filter(x * y, window) - mu_x * mu_y
+        c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+        return ((2 * mu_x * mu_y + c1) * (2 * cov_xy + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
 
 
 def ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
@@ -155,7 +162,12 @@ def pixel_vif(reference: torch.Tensor, distorted: torch.Tensor) -> torch.Tensor:
         raise InputError(f"VIF needs two (B, C, H, W) tensors of one shape, got {shapes}")
     if min(reference.shape[-2:]) < 41:
         raise InputError(f"VIF needs images of at least 41 x 41 pixels, got {tuple(reference.shape[-2:])}")
-    ref, dist = reference.float() * 255.0, distorted.float() * 255.0
+    with _full_precision(reference):
+        return _pixel_vif_float32(reference.float() * 255.0, distorted.float() * 255.0)
+
+
+def _pixel_vif_float32(ref: torch.Tensor, dist: torch.Tensor) -> torch.Tensor:
+    """:func:`pixel_vif` of float32 images on the 8-bit scale (autocast off)."""
     numerator = torch.zeros(ref.shape[0], device=ref.device)
     denominator = torch.zeros_like(numerator)
     for scale in range(1, VIF_SCALES + 1):
