@@ -459,6 +459,71 @@ def test_torch_index_picks_the_newest_cuda_build():
     assert dependencies.torch_index_for([]) is None
 
 
+class _LightTheTorchBackend:
+    """Shaped like light-the-torch's ComputationBackend (CPUBackend, CUDABackend): an object whose
+    str() is the wheel tag, not a str, and which is not comparable to ints."""
+
+    def __init__(self, tag: str):
+        self._tag = tag
+
+    def __str__(self) -> str:
+        return self._tag
+
+    def __hash__(self) -> int:
+        return hash(self._tag)
+
+
+def _install_fake_slicer_pytorch(monkeypatch, backends, light_the_torch_present=True):
+    import importlib.machinery
+    import types
+
+    calls = []
+
+    class PyTorchUtilsLogic:
+        @staticmethod
+        def getCompatibleComputationBackends(torchVersionRequirement=None):
+            calls.append(torchVersionRequirement)
+            if isinstance(backends, Exception):
+                raise backends
+            return set(backends)
+
+    module = types.ModuleType("PyTorchUtils")
+    module.PyTorchUtilsLogic = PyTorchUtilsLogic
+    monkeypatch.setitem(sys.modules, "PyTorchUtils", module)
+    if light_the_torch_present:
+        ltt = types.ModuleType("light_the_torch")
+        ltt.__spec__ = importlib.machinery.ModuleSpec("light_the_torch", None)
+        monkeypatch.setitem(sys.modules, "light_the_torch", ltt)
+    else:
+        monkeypatch.setitem(sys.modules, "light_the_torch", None)
+    return calls
+
+
+def test_slicer_pytorch_backends_as_objects_give_the_newest_cuda_index(monkeypatch):
+    """Review 23.1: SlicerPyTorch returns light-the-torch ComputationBackend objects, not strings;
+    before the fix re.fullmatch raised TypeError outside the try and the install failed."""
+    backends = [_LightTheTorchBackend(tag) for tag in ("cpu", "cu118", "cu126")]
+    _install_fake_slicer_pytorch(monkeypatch, backends)
+    assert dependencies.slicer_torch_index() == "https://download.pytorch.org/whl/cu126"
+    _install_fake_slicer_pytorch(monkeypatch, [_LightTheTorchBackend("cpu")])
+    assert dependencies.slicer_torch_index() == "https://download.pytorch.org/whl/cpu"
+
+
+def test_slicer_pytorch_detection_failing_falls_back_to_pypi(monkeypatch):
+    _install_fake_slicer_pytorch(monkeypatch, RuntimeError("no network"))
+    assert dependencies.slicer_torch_index() is None
+
+
+def test_slicer_pytorch_detection_is_not_used_without_light_the_torch(monkeypatch):
+    """Review 23.5: without light-the-torch, SlicerPyTorch's detection pip-installs it unconstrained
+    (it pins pip < 24.4, downgrading Slicer's pip); MedFusion must not call it then."""
+    calls = _install_fake_slicer_pytorch(
+        monkeypatch, [_LightTheTorchBackend("cu126")], light_the_torch_present=False
+    )
+    assert dependencies.slicer_torch_index() is None
+    assert calls == []
+
+
 def test_slicer_pip_install_uses_slicer_util_pip_install(monkeypatch):
     """A2: slicer.util.pip_install(list) exists on every supported Slicer (on 5.12+ it forwards to
     slicer.packaging.pip_install, which has no 'interactive' argument); nothing else is called."""

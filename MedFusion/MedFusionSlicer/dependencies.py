@@ -19,6 +19,7 @@ Only the standard library is used here: this runs before anything is installed.
 from __future__ import annotations
 
 import importlib.metadata
+import importlib.util
 import re
 import shlex
 import sys
@@ -257,8 +258,14 @@ def slicer_torch_index() -> str | None:
         import PyTorchUtils
     except ImportError:
         return None
+    # Without light-the-torch, SlicerPyTorch's detection pip-installs it first, without our
+    # constraints, and it pins pip < 24.4: that would downgrade Slicer's own pip.
+    if importlib.util.find_spec("light_the_torch") is None:
+        return None
     try:
         backends = PyTorchUtils.PyTorchUtilsLogic.getCompatibleComputationBackends(torchVersionRequirement=">=2.2")
+        # light-the-torch hands back ComputationBackend objects (CPUBackend, CUDABackend), whose
+        # str() is the wheel tag ("cpu", "cu126"), not strings.
+        return torch_index_for([str(backend) for backend in backends])
     except Exception:  # noqa: BLE001  (no network for light-the-torch, an old SlicerPyTorch: fall back to PyPI)
         return None
-    return torch_index_for(list(backends))
