@@ -61,8 +61,27 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("reference", type=Path, help="reference image: its grid is the output's grid")
     parser.add_argument("moving", type=Path, help="image to fuse into the reference")
     parser.add_argument(
-        "-o", "--output", type=Path, required=True, help="fused image (.nii.gz, .nrrd, .mha, .png, ...)"
+        "-o",
+        "--output",
+        type=Path,
+        required=True,
+        help="fused image (.nii.gz, .nrrd, .mha, .png, ...), or with --format dicom the series folder to create",
     )
+    parser.add_argument(
+        "--format",
+        choices=("auto", "dicom"),
+        default="auto",
+        help="auto (default): each output's format follows its extension; dicom: OUTPUT, --save-registered and "
+        "--source-map are DICOM series folders, new series of the reference's study when it was read from DICOM",
+    )
+    for field, example in (("name", "Doe^Jane"), ("id", "12345"), ("birth-date", "YYYYMMDD"), ("sex", "M, F or O")):
+        parser.add_argument(
+            f"--patient-{field}",
+            default="",
+            metavar=example.upper() if field != "name" else "FAMILY^GIVEN",
+            help=f"with --format dicom and a reference that is not DICOM: the new study's patient {field} "
+            f"(e.g. {example}); default empty",
+        )
     FusionOptions.add_arguments(parser)
     parser.add_argument(
         "--reference-series",
@@ -126,6 +145,7 @@ def run(args: argparse.Namespace) -> int:
     if options.registration in ("none", "resample") and (args.save_transform is not None or args.qa is not None):
         flag = "--save-transform" if args.save_transform is not None else "--qa"
         raise InputError(f"{flag} needs a registration (--registration auto, rigid, affine or bspline)")
+    dicom_output = dicom_output_request(args) if args.format == "dicom" else None
     qa_files = () if args.qa is None else tuple(args.qa / name for name in QA_FILES)
     refuse_existing_outputs(
         (args.output, args.save_registered, args.save_transform, args.source_map, *qa_files), overwrite=args.overwrite
@@ -153,10 +173,13 @@ def run(args: argparse.Namespace) -> int:
             "--save-transform/--qa: no registration ran (with --registration auto, images on one voxel grid are "
             "taken as aligned); pass --registration rigid to register them anyway"
         )
-    write_image(result.fused, args.output, overwrite=args.overwrite)
-    if args.save_registered is not None:
+    if dicom_output is not None:
+        write_dicom_outputs(result, args, dicom_output)
+    else:
+        write_image(result.fused, args.output, overwrite=args.overwrite)
+    if args.save_registered is not None and dicom_output is None:
         write_image(result.registered_moving, args.save_registered, overwrite=args.overwrite)
-    if args.source_map is not None:
+    if args.source_map is not None and dicom_output is None:
         write_image(result.source_map, args.source_map, overwrite=args.overwrite)
     if args.save_transform is not None and result.registration is not None:
         from MedFusionLib.registration import write_transform
@@ -175,6 +198,47 @@ def run(args: argparse.Namespace) -> int:
     )
     print("intensities: " + "; ".join(f"{role} {how}" for role, how in result.windows.items()))
     return 0
+
+
+def dicom_output_request(args: argparse.Namespace):
+    """The patient attributes for ``--format dicom`` (checked before fusion); refuses ``--patient-*``
+    with a DICOM reference, whose own patient the series must keep."""
+    from MedFusionLib.io.dicom_export import PatientAttributes, source_modality
+
+    patient = PatientAttributes(args.patient_name, args.patient_id, args.patient_birth_date, args.patient_sex)
+    if patient != PatientAttributes() and source_modality(args.reference, args.reference_series) != "":
+        raise InputError(
+            "--patient-* are for a reference that is not DICOM; this reference is a DICOM series, whose patient "
+            "and study the fused series joins. Leave the --patient-* options out."
+        )
+    return patient
+
+
+def write_dicom_outputs(result, args: argparse.Namespace, patient) -> None:
+    """``--format dicom``: the fused volume (and the registered moving volume, the source map when asked
+    for) as new series of the reference's study; says on stderr where they went and what could not be kept."""
+    from MedFusionLib.io.dicom_export import write_fusion_as_dicom
+
+    study, series = write_fusion_as_dicom(
+        result,
+        reference=args.reference,
+        moving=args.moving,
+        fused_directory=args.output,
+        registered_directory=args.save_registered,
+        source_map_directory=args.source_map,
+        reference_series=args.reference_series,
+        moving_series=args.moving_series,
+        patient=patient,
+        overwrite=args.overwrite,
+    )
+    for note in study.notes:
+        print(f"DICOM: {note}", file=sys.stderr)
+    where = "the reference's study" if study.from_reference else "a new study"
+    for written in series:
+        print(
+            f"DICOM series {written.series_number} ({len(written.files)} files) in {where}: {written.directory}",
+            file=sys.stderr,
+        )
 
 
 def report_registration(registration, progress_style: str) -> None:
