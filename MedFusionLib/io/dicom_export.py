@@ -187,13 +187,14 @@ def target_study(
                            notes=(note,))  # fmt: skip
     headers = [_dicom_header(path) for path in chosen.files]
     first = headers[0]
+    series_name = chosen.uid or f"in {chosen.files[0].parent} (it has no Series Instance UID)"
     attributes = {keyword: first.get(keyword, "") for keyword in PATIENT_STUDY_ATTRIBUTES}
     notes = []
     if not str(first.get("StudyInstanceUID", "")).strip():
         new_study = _new_study_attributes(PatientAttributes())
         attributes.update({k: v for k, v in new_study.items() if not k.startswith("Patient")})
         notes.append(
-            f"the reference series {chosen.uid} has no Study Instance UID, so its fused series cannot join its "
+            f"the reference series {series_name} has no Study Instance UID, so its fused series cannot join its "
             "study: it is written in a new study with the reference's patient attributes. Give the reference "
             "as exported by the PACS (with its study) to file the result beside it"
         )
@@ -201,19 +202,24 @@ def target_study(
     if not frame_uid:
         frame_uid = pydicom.uid.generate_uid()
         notes.append(
-            f"the reference series {chosen.uid} has no Frame of Reference UID; the fused series gets a new one, so "
+            f"the reference series {series_name} has no Frame of Reference UID; the fused series gets a new one, so "
             "a viewer will not know that it lies on the reference's grid (the positions are still the reference's)"
         )
-    for note in notes:
-        _log.warning(note)
     slices = tuple(
         ReferenceSlice(
-            sop_class_uid=str(header.SOPClassUID),
-            sop_instance_uid=str(header.SOPInstanceUID),
+            sop_class_uid=str(header.get("SOPClassUID", "")),
+            sop_instance_uid=str(header.get("SOPInstanceUID", "")),
             position=tuple(float(v) for v in header.get("ImagePositionPatient", (np.nan,) * 3)),
         )
         for header in headers
     )
+    if not all(s.sop_instance_uid and s.sop_class_uid for s in slices):
+        notes.append(
+            f"slices of the reference series {series_name} have no SOP Class/Instance UID (an anonymiser removed "
+            "them?), so the fused slices cannot name their source slices: their Source Image Sequence is left out"
+        )
+    for note in notes:
+        _log.warning(note)
     numbers = set()
     for info in beside:
         number = _dicom_header(info.files[0]).get("SeriesNumber", None)
@@ -410,7 +416,7 @@ class _SliceAttributes:
         dataset.SliceThickness = ds(self.slice_spacing)
         dataset.SpacingBetweenSlices = ds(self.slice_spacing)
         dataset.SliceLocation = ds(float(self.position @ self.normal))
-        if self.source is not None:
+        if self.source is not None and self.source.sop_instance_uid and self.source.sop_class_uid:
             purpose = Dataset()  # DCM 121322: the reference slice this one was computed on
             purpose.CodeValue, purpose.CodingSchemeDesignator = "121322", "DCM"
             purpose.CodeMeaning = "Source image for image processing operation"
