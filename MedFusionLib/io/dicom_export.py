@@ -522,6 +522,27 @@ def _orientation_letter(cosines: Sequence[float]) -> str:
     return ("LR", "PA", "HF")[axis][0 if cosines[axis] > 0 else 1]
 
 
+def series_numbers_beside(folder: Path, study_uid: str) -> set[int]:
+    """Series Numbers of this study's series in the subfolders of ``folder`` (one header each).
+
+    Earlier runs usually wrote their series beside this one's; a new series takes a number above
+    theirs too. (What a PACS already holds cannot be seen from here; ``series_number`` can be set.)
+    """
+    numbers = set()
+    if not folder.is_dir():
+        return numbers
+    for subfolder in folder.iterdir():
+        if not subfolder.is_dir() or subfolder.name.startswith("."):
+            continue
+        first = next((f for f in sorted(subfolder.iterdir()) if f.is_file()), None)
+        if first is None or not has_dicom_preamble(first):
+            continue
+        header = _dicom_header(first)
+        if str(header.get("StudyInstanceUID", "")) == study_uid and header.get("SeriesNumber", None) not in (None, ""):
+            numbers.add(int(header.SeriesNumber))
+    return numbers
+
+
 def describe_source(source: PathLike | sitk.Image, series_uid: str | None = None) -> str:
     """How a Derivation Description names an input: ``MR series <UID> ("T1 axial")`` for DICOM,
     the file name otherwise."""
@@ -568,6 +589,9 @@ def write_fusion_as_dicom(
     from MedFusionLib import __version__
 
     study = target_study(reference, series_uid=reference_series, patient=patient)
+    targets = [d for d in (fused_directory, registered_directory, source_map_directory) if d is not None]
+    for parent in {Path(d).resolve().parent for d in targets}:
+        study.series_numbers.update(series_numbers_beside(parent, str(study.attributes["StudyInstanceUID"])))
     registration = "none"
     if result.registration is not None:
         registration = f"{getattr(result.registration, 'preset', '?')} ({getattr(result.registration, 'backend', '?')})"
@@ -576,7 +600,8 @@ def write_fusion_as_dicom(
     )
     how = f"model {result.model}, registration {registration}"
     derivation = f"MedFusion {__version__}: {{what}} of {sources}; {how}."
-    outputs = [(result.fused, fused_directory, f"MedFusion fused ({result.model})", "fusion", None)]
+    kind = "fused colour" if result.fused.GetNumberOfComponentsPerPixel() == 3 else "fused"
+    outputs = [(result.fused, fused_directory, f"MedFusion {kind} ({result.model})", "fusion", None)]
     if registered_directory is not None:
         modality = source_modality(moving, moving_series) or "OT"
         outputs.append((result.registered_moving, registered_directory, f"MedFusion registered {modality}",
