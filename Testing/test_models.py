@@ -18,6 +18,7 @@ from MedFusionLib.models.blocks import (
     crop_to,
     pad_to_multiple,
 )
+from MedFusionLib.runtimes import model_files
 
 LEARNED = ["emfusion", "haf", "densefuse"]
 BASELINES = ["average", "maximum", "laplacian"]
@@ -66,7 +67,7 @@ def test_unknown_model_error_lists_valid_names():
 
 @pytest.mark.parametrize("name", LEARNED)
 def test_pretrained_without_shipped_weights_is_an_error_not_random_weights(name, tmp_path, monkeypatch):
-    monkeypatch.setattr(pretrained, "WEIGHTS_DIR", tmp_path)  # an empty weights folder
+    monkeypatch.setattr(model_files, "WEIGHTS_DIR", tmp_path)  # an empty weights folder
     with pytest.raises(WeightsNotAvailableError, match="pretrained=False"):
         create_model(name, pretrained=True)
 
@@ -116,7 +117,7 @@ def test_learned_models_are_small_but_not_empty():
 
 
 def test_pretrained_weights_load_only_when_hash_matches(tmp_path, monkeypatch):
-    monkeypatch.setattr(pretrained, "WEIGHTS_DIR", tmp_path)
+    monkeypatch.setattr(model_files, "WEIGHTS_DIR", tmp_path)
     torch.manual_seed(3)
     trained = create_model("emfusion", pretrained=False, growth=8)
     weights = tmp_path / "emfusion.safetensors"

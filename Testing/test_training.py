@@ -262,7 +262,7 @@ def test_cli_trains_on_volume_cases_and_exports_a_loadable_model(tmp_path, phant
                            "--out", str(out), "--config", str(config), "--epochs", "1", "--quiet"]) == 2
 
 
-SHIPPED = sorted(path.stem for path in WEIGHTS_DIR.glob("*.json"))
+SHIPPED = sorted(path.stem for path in WEIGHTS_DIR.glob("*.safetensors"))
 
 
 def finetune_config_path(name: str, stage: int) -> Path:

@@ -193,7 +193,8 @@ def run(args: argparse.Namespace) -> int:
     fused = result.fused
     print(
         f"wrote {args.output}: size {fused.GetSize()}, spacing {tuple(round(s, 4) for s in fused.GetSpacing())} "
-        f"(model {result.model}, {result.device}, {result.precision}, {result.fused_slices} slices fused, "
+        f"(model {result.model} on {result.runtime}, {result.device}, {result.precision}, "
+        f"{result.fused_slices} slices fused, "
         f"{result.seconds:.1f} s of which fusion {result.stage_seconds.get('fuse', 0.0):.1f} s)"
     )
     print("intensities: " + "; ".join(f"{role} {how}" for role, how in result.windows.items()))

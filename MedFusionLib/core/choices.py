@@ -19,6 +19,9 @@ MODEL_CHOICES = (
     AUTO_MODEL, "emfusion", "emfusion-full", "haf", "haf-full", "densefuse", "average", "maximum", "laplacian"
 )
 DEFAULT_MODEL = AUTO_MODEL
+# The networks with trained weights (the others are training-free rules): read without torch by
+# the CPU runtimes, which find a learned network's exported graph through its model card.
+LEARNED_MODELS = ("emfusion", "emfusion-full", "haf", "haf-full", "densefuse")
 # The network "auto" stands for on each kind of device: the full-size network where a GPU makes its
 # cost small, the light one on the CPU. The measurements behind it (quality on the Harvard val split,
 # CPU and GPU time per slice) are in README "Choosing a model"; `medfusion models` shows them live.
@@ -62,6 +65,10 @@ BACKEND_CHOICES = ("auto", "elastix", "simpleitk")
 INIT_CHOICES = ("auto", "moments", "geometry", "none")
 DEVICE_CHOICES = ("auto", "cpu", "cuda")  # "cuda:N" is accepted too
 PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16")
+# Who runs the network: "auto" is torch on CUDA and, on the CPU, the first of CPU_RUNTIME_PREFERENCE
+# that is installed (measured fastest first: README "Performance"); torch keeps training and CUDA.
+RUNTIME_CHOICES = ("auto", "torch", "openvino", "onnxruntime")
+CPU_RUNTIME_PREFERENCE = ("openvino", "onnxruntime", "torch")
 AXIS_CHOICES = ("axial", "coronal", "sagittal")
 PROGRESS_CHOICES = ("bar", "json", "none")
 

@@ -47,3 +47,7 @@ class RegistrationError(MedFusionError, RuntimeError):
 
 class FusionCancelled(MedFusionError):
     """The caller's cancel callback asked to stop; no output was written."""
+
+
+class RuntimeUnavailableError(MedFusionError, RuntimeError):
+    """The inference runtime a run asked for (torch, OpenVINO, ONNX Runtime) is not installed."""

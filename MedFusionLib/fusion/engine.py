@@ -1,24 +1,23 @@
-"""Slice-wise fusion of two co-registered stacks with a 2D fusion model: the product's fast path.
+"""Slice-wise fusion of two co-registered stacks with a 2D fusion network: the product's fast path.
 
-:class:`SliceFuser` is handed a network (it never builds one from a name) and computes, for each
-slice, the model's output inside a box (the slice's foreground, chosen by the pipeline) and nothing
-else. What makes it fast, each step measured by ``medfusion benchmark`` against a naive
-whole-slice loop (README, "Performance"):
+:class:`SliceFuser` is handed a runnable network (a
+:class:`~MedFusionLib.runtimes.network.RunnableNetwork` from
+:func:`~MedFusionLib.runtimes.load_network`, on torch, OpenVINO or ONNX Runtime; or a torch
+:class:`~MedFusionLib.models.base.FusionNet`, run by torch) and computes, for each slice, the
+network's output inside a box (the slice's foreground, chosen by the pipeline) and nothing else.
+The engine itself needs only numpy: boxes, windows, batches and slices side by side are the same
+whatever runs the network. What makes it fast, each step measured by ``medfusion benchmark``
+against a naive whole-slice loop (README, "Performance"):
 
-- **Only the box is computed**, from an input window that adds the model's receptive radius of
+- **Only the box is computed**, from an input window that adds the network's receptive radius of
   real image around it (the :class:`~MedFusionLib.models.base.FusionNet` contract:
   ``receptive_radius``, ``size_multiple``, ``window_step``); the result inside the box therefore
-  equals a whole-slice pass up to float rounding. Models without a bounded radius get whole slices.
-- **Inference form** (:func:`~MedFusionLib.models.optimize.prepare_for_inference`): BatchNorms
-  folded into convolutions, channels-last layout, ``torch.inference_mode``.
+  equals a whole-slice pass up to float rounding. Networks without a bounded radius get whole slices.
 - **Batches** of consecutive slices share one window (the union of their boxes). The CPU default
   is one slice per pass, since a single slice's features stay in cache, with as many slices
-  side by side as torch has threads (at most 8), sharing the cores; CUDA batches 32 slices,
-  copied from pinned host memory without blocking.
-- **Precision** from :mod:`MedFusionLib.core.precision` (fp16 autocast on CUDA, fp32 on the CPU by
-  default); optional ``torch.compile`` (off by default: slow to compile, and no faster on small CPUs).
-- **Threads**: ``threads`` applies to torch's intra-op pool while a stack is fused and the previous
-  count is restored afterwards, so a caller's process keeps its own setting.
+  side by side as the runtime asks for (about one per core), sharing the cores; CUDA batches 32.
+- The runtime's own speed-ups: :mod:`~MedFusionLib.runtimes.torch_network` (inference form,
+  autocast, channels-last), OpenVINO's and ONNX Runtime's compiled graphs.
 - On out-of-memory the batch is halved, and at one slice a CUDA run moves to the CPU (logged).
 """
 
@@ -29,16 +28,11 @@ import math
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import nullcontext
 
 import numpy as np
-import torch
 
-from MedFusionLib.core.devices import resolve_device, torch_threads
 from MedFusionLib.core.errors import FusionCancelled, InputError
-from MedFusionLib.core.precision import autocast_dtype, precision_name
-from MedFusionLib.models.base import FusionNet
-from MedFusionLib.models.optimize import has_convolutions, prepare_for_inference
+from MedFusionLib.runtimes.network import RunnableNetwork
 
 log = logging.getLogger("MedFusionLib")
 
@@ -48,65 +42,66 @@ CancelCallback = Callable[[], bool]  # returns True to stop
 Box = tuple[int, int, int, int]
 
 DEFAULT_BATCH_SIZE = {"cpu": 1, "cuda": 32}
-# At most this many CPU slices in flight at once: each holds its features (a fraction of a GB for
-# a 512×512 EMFusion slice), so memory stays bounded on many-core machines; cores beyond it are
-# shared out as threads per slice.
-MAX_SLICES_SIDE_BY_SIDE = 8
 
 
 class SliceFuser:
-    """Fuses stacks of 2D slices with one fusion model.
+    """Fuses stacks of 2D slices with one fusion network.
 
     Args:
-        model: the network (e.g. from :func:`~MedFusionLib.models.create_model`), in the
-            inference form of :func:`~MedFusionLib.models.optimize.prepare_for_inference`: copied
-            before its BatchNorms are folded; otherwise moved to the device and layout in place,
-            as ``Module.to`` does.
-        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (see :func:`~MedFusionLib.core.devices.resolve_device`).
-        batch_size: slices per forward pass; :data:`DEFAULT_BATCH_SIZE` of the device when ``None``.
-        precision: ``auto``, ``fp32``, ``bf16`` or ``fp16`` (:func:`~MedFusionLib.core.precision.autocast_dtype`).
-        channels_last: ``None`` decides by the model (networks with convolutions: yes).
-        compile: wrap the model in ``torch.compile`` (first call compiles; dynamic shapes).
-        threads: torch's intra-op thread count while :meth:`fuse_stack` runs (restored after);
-            ``None`` keeps the process's setting.
+        network: a :class:`~MedFusionLib.runtimes.network.RunnableNetwork`
+            (:func:`~MedFusionLib.runtimes.load_network`), or a torch
+            :class:`~MedFusionLib.models.base.FusionNet` (e.g. from
+            :func:`~MedFusionLib.models.create_model`), which is then run by
+            :class:`~MedFusionLib.runtimes.torch_network.TorchNetwork` with ``device``,
+            ``precision``, ``channels_last`` and ``compile`` (torch's settings; a runnable network
+            was given its own when it was loaded).
+        batch_size: slices per pass; :data:`DEFAULT_BATCH_SIZE` of the device when ``None``.
+        threads: the runtime's thread count while :meth:`fuse_stack` runs, for torch (restored
+            after); ``None`` keeps the process's setting.
     """
 
     def __init__(
         self,
-        model: FusionNet,
-        device: str | torch.device = "auto",
+        network,
+        device: str = "auto",
         batch_size: int | None = None,
         precision: str = "auto",
         channels_last: bool | None = None,
         compile: bool = False,
         threads: int | None = None,
     ) -> None:
-        if not isinstance(model, FusionNet):
-            raise TypeError(
-                f"SliceFuser needs a MedFusionLib.models.FusionNet, got {type(model).__name__}; build one with "
-                "MedFusionLib.models.create_model(name), or subclass FusionNet and declare its receptive_radius"
-            )
-        self.device = resolve_device(device)
+        if not isinstance(network, RunnableNetwork):
+            from MedFusionLib.runtimes.torch_network import TorchNetwork  # a torch module: torch is here already
+
+            network = TorchNetwork(network, device, precision, channels_last, compile)
+        self.network = network
         if threads is not None and threads < 1:
             raise InputError(f"threads must be at least 1, got {threads}")
         self.threads = threads
-        self.autocast_dtype = autocast_dtype(precision, self.device)
-        self.channels_last = has_convolutions(model) if channels_last is None else channels_last
-        # The crop geometry, read before torch.compile may wrap the module.
-        self.receptive_radius, self.size_multiple, self.window_step = (
-            model.receptive_radius, model.size_multiple, model.window_step)
-        self.model = prepare_for_inference(model, self.device, self.channels_last)
-        self.compiled = compile
-        if compile:
-            self.model = torch.compile(self.model, dynamic=True)
-        self.batch_size = batch_size or DEFAULT_BATCH_SIZE[self.device.type]
+        self.batch_size = batch_size or DEFAULT_BATCH_SIZE["cpu" if network.device == "cpu" else "cuda"]
         if self.batch_size < 1:
             raise InputError(f"batch_size must be at least 1, got {self.batch_size}")
 
     @property
+    def device(self) -> str:
+        """``cpu`` or ``cuda:N``: where the network runs (a CUDA run may move to the CPU)."""
+        return self.network.device
+
+    @property
     def precision(self) -> str:
         """``fp32``, ``bf16`` or ``fp16``: what this fuser computes in."""
-        return precision_name(self.autocast_dtype)
+        return self.network.precision
+
+    @property
+    def runtime(self) -> str:
+        """``torch``, ``openvino`` or ``onnxruntime``: what runs the network."""
+        return self.network.runtime
+
+    @property
+    def parallel_slices(self) -> int:
+        """How many slices run side by side (1: one pass at a time), as the runtime decides."""
+        with self.network.running(self.threads):
+            return self.network.parallel_slices(self.batch_size)
 
     def fuse_stack(
         self,
@@ -121,7 +116,7 @@ class SliceFuser:
 
         ``a``, ``b``: ``(N, H, W)`` float32 in [0, 1], same shape. ``boxes``: one
         ``(row_start, row_stop, column_start, column_stop)`` or ``None`` (skip) per slice; by
-        default the whole slice for every slice that is not entirely zero. The model's output
+        default the whole slice for every slice that is not entirely zero. The network's output
         (float32 in [0, 1]) is written into ``out[i]`` inside each box; the rest of ``out`` is
         left as it was (``out`` defaults to zeros). Returns ``out``.
 
@@ -142,9 +137,10 @@ class SliceFuser:
         todo = [i for i, box in enumerate(boxes) if box is not None]
         if progress:
             progress(0, len(todo))
-        with torch_threads(self.threads):
-            if self.parallel_slices > 1:
-                self._fuse_side_by_side(a, b, boxes, todo, out, progress, cancel)
+        with self.network.running(self.threads):
+            workers = self.network.parallel_slices(self.batch_size)  # under the run's thread count
+            if workers > 1:
+                self._fuse_side_by_side(a, b, boxes, todo, out, progress, cancel, workers)
             else:
                 self._fuse_in_batches(a, b, boxes, todo, out, progress, cancel)
         return out
@@ -152,36 +148,24 @@ class SliceFuser:
     def _fuse_in_batches(self, a, b, boxes, todo, out, progress, cancel) -> None:
         """:meth:`fuse_stack`'s batched path: consecutive slices share one window per pass."""
         done, total = 0, len(todo)
-        with torch.inference_mode():
-            while done < total:
-                if cancel is not None and cancel():
-                    raise FusionCancelled("fusion was cancelled before it finished")
-                indices = todo[done : done + self.batch_size]
-                box = _union([boxes[i] for i in indices])
-                try:
-                    fused = self._fuse_batch(a, b, indices, box)
-                except torch.OutOfMemoryError:
-                    if not self._back_off():
-                        raise
-                    continue  # the same slices again, fewer at a time or on the CPU
-                _store(out, fused, indices, boxes, box)
-                done += len(indices)
-                if progress:
-                    progress(done, total)
+        while done < total:
+            if cancel is not None and cancel():
+                raise FusionCancelled("fusion was cancelled before it finished")
+            indices = todo[done : done + self.batch_size]
+            box = _union([boxes[i] for i in indices])
+            try:
+                fused = self._fuse_batch(a, b, indices, box)
+            except self.network.out_of_memory_errors:
+                if not self._back_off():
+                    raise
+                continue  # the same slices again, fewer at a time or on the CPU
+            _store(out, fused, indices, boxes, box)
+            done += len(indices)
+            if progress:
+                progress(done, total)
 
-    @property
-    def parallel_slices(self) -> int:
-        """How many slices run side by side: on the CPU with one slice per pass, one per torch
-        thread (at most :data:`MAX_SLICES_SIDE_BY_SIDE`), each with its share of the threads
-        (measured faster than splitting every small convolution over the cores, which
-        synchronises them once per layer); otherwise 1."""
-        if self.device.type != "cpu" or self.batch_size != 1 or self.compiled:
-            return 1
-        return min(self.threads or torch.get_num_threads(), MAX_SLICES_SIDE_BY_SIDE)
-
-    def _fuse_side_by_side(self, a, b, boxes, todo, out, progress, cancel) -> None:
-        """:meth:`fuse_stack`'s CPU path: slices in a thread pool, torch single-threaded meanwhile."""
-        workers = self.parallel_slices
+    def _fuse_side_by_side(self, a, b, boxes, todo, out, progress, cancel, workers: int) -> None:
+        """:meth:`fuse_stack`'s CPU path: single slices in a thread pool, the cores shared out."""
         pending: deque[Future] = deque()
         done = 0
 
@@ -193,7 +177,7 @@ class SliceFuser:
                 progress(done, len(todo))
 
         pool = ThreadPoolExecutor(workers, thread_name_prefix="medfusion-slice")
-        with torch_threads(max(1, torch.get_num_threads() // workers)):  # each slice its share
+        with self.network.side_by_side(workers):
             try:
                 for index in todo:
                     if cancel is not None and cancel():
@@ -208,20 +192,20 @@ class SliceFuser:
 
     def _fuse_one_slice(self, a: np.ndarray, b: np.ndarray, boxes: Sequence[Box | None], index: int,
                         out: np.ndarray) -> None:
-        with torch.inference_mode():  # thread-local, so entered in the worker
-            _store(out, self._fuse_batch(a, b, [index], boxes[index]), [index], boxes, boxes[index])
+        _store(out, self._fuse_batch(a, b, [index], boxes[index]), [index], boxes, boxes[index])
 
     def input_window(self, box: Box, height: int, width: int) -> Box:
         """The input region that determines the output inside ``box`` of an ``H × W`` slice.
 
         ``box`` grown by the receptive radius (clipped to the slice), its start moved down to a
         multiple of ``size_multiple`` so strided layers sample the same grid as on the whole
-        slice. The whole slice for models without a declared radius.
+        slice. The whole slice for networks without a declared radius.
         """
-        radius = self.receptive_radius
+        network = self.network
+        radius = network.receptive_radius
         if radius is None:
             return 0, height, 0, width
-        step = math.lcm(self.size_multiple, self.window_step)
+        step = math.lcm(network.size_multiple, network.window_step)
         row_start = max(box[0] - radius, 0) // step * step
         column_start = max(box[2] - radius, 0) // step * step
         row_stop = min(-(-(box[1] + radius) // step) * step, height)
@@ -229,30 +213,11 @@ class SliceFuser:
         return row_start, row_stop, column_start, column_stop
 
     def _fuse_batch(self, a: np.ndarray, b: np.ndarray, indices: list[int], box: Box) -> np.ndarray:
-        """The model's output inside ``box`` for slices ``indices``: ``(n, box rows, box columns)``."""
+        """The network's output inside ``box`` for slices ``indices``: ``(n, box rows, box columns)``."""
         window = self.input_window(box, *a.shape[1:])
         rows, columns = slice(window[0], window[1]), slice(window[2], window[3])
-        batch_a = self._to_device(a[indices, rows, columns])
-        batch_b = self._to_device(b[indices, rows, columns])
-        autocast = (
-            torch.autocast(self.device.type, dtype=self.autocast_dtype)
-            if self.autocast_dtype is not None
-            else nullcontext()
-        )
-        with autocast:
-            fused = self.model(batch_a, batch_b)
-        inner = fused[:, 0, box[0] - window[0] : box[1] - window[0], box[2] - window[2] : box[3] - window[2]]
-        return inner.float().clamp_(0.0, 1.0).cpu().numpy()
-
-    def _to_device(self, stack: np.ndarray) -> torch.Tensor:
-        """``(n, h, w)`` float32 host array -> ``(n, 1, h, w)`` tensor on the device, in the model's layout."""
-        tensor = torch.from_numpy(np.ascontiguousarray(stack, dtype=np.float32))[:, None]
-        if self.device.type == "cuda":
-            # Page-locked memory lets the copy run asynchronously with the GPU's queue.
-            tensor = tensor.pin_memory().to(self.device, non_blocking=True)
-        if self.channels_last:
-            tensor = tensor.contiguous(memory_format=torch.channels_last)
-        return tensor
+        fused = self.network.fuse(a[indices, rows, columns], b[indices, rows, columns])
+        return fused[:, box[0] - window[0] : box[1] - window[0], box[2] - window[2] : box[3] - window[2]]
 
     def _back_off(self) -> bool:
         """After an out-of-memory error: halve the batch; at one slice, leave the GPU for the CPU.
@@ -260,21 +225,16 @@ class SliceFuser:
         Says what it did on the ``MedFusionLib`` logger (the CLI prints it), so a slower run is
         never a silent surprise. Returns False when there is nothing left to try (one slice, CPU).
         """
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
         if self.batch_size > 1:
             self.batch_size = max(1, self.batch_size // 2)
             log.warning("out of memory on %s; retrying with %d slices per batch", self.device, self.batch_size)
-        elif self.device.type == "cuda":
-            log.warning("out of memory on %s even with one slice per batch; continuing on the CPU", self.device)
-            self.device = torch.device("cpu")
-            self.model = self.model.to(self.device)
+            return True
+        device = self.device
+        if self.network.leave_gpu():
+            log.warning("out of memory on %s even with one slice per batch; continuing on the CPU", device)
             self.batch_size = DEFAULT_BATCH_SIZE["cpu"]
-            if self.autocast_dtype is torch.float16:  # fp16 is a CUDA-only choice
-                self.autocast_dtype = None
-        else:
-            return False
-        return True
+            return True
+        return False
 
 
 def _store(out: np.ndarray, fused: np.ndarray, indices: list[int], boxes: Sequence[Box | None], union: Box) -> None:

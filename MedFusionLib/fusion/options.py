@@ -35,6 +35,7 @@ from MedFusionLib.core.choices import (
     MODEL_CHOICES,
     PRECISION_CHOICES,
     REGISTRATION_CHOICES,
+    RUNTIME_CHOICES,
 )
 from MedFusionLib.core.errors import InputError
 
@@ -150,16 +151,23 @@ class FusionOptions:
     precision: str = _option(
         "auto",
         "--precision",
-        "auto (fp16 on CUDA, fp32 on the CPU), fp32, bf16 (fast only on CPUs with AMX/AVX512-BF16) or fp16 (CUDA)",
+        "auto (fp16 on CUDA, fp32 on the CPU), fp32, bf16 (torch or openvino; fast only on some CPUs) or fp16 (CUDA)",
         choices=PRECISION_CHOICES,
+    )
+    runtime: str = _option(
+        "auto",
+        "--runtime",
+        "what runs the network: auto (torch on CUDA; on the CPU openvino, else onnxruntime, else torch), "
+        "torch, openvino or onnxruntime (CPU only, no torch needed)",
+        choices=RUNTIME_CHOICES,
     )
     axis: str = _option("axial", "--axis", "slicing plane for 3D fusion", choices=AXIS_CHOICES)
     batch_size: int | None = _option(
         None, "--batch-size", "slices per forward pass (default 1 on the CPU, 32 on CUDA)", kind="count"
     )
-    threads: int | None = _option(None, "--threads", "torch CPU threads (default: one per core)", kind="count")
+    threads: int | None = _option(None, "--threads", "CPU threads of the runtime (default: one per core)", kind="count")
     compile: bool = _option(
-        False, "--compile", "torch.compile the model (pays off only over many volumes)", kind="switch"
+        False, "--compile", "torch.compile the model (torch only; pays off only over many volumes)", kind="switch"
     )
     reference_window: str = _option(
         "auto",

@@ -29,8 +29,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 # Differences between the normalised sources below about this much (5 % of the display range,
 # the pipeline's foreground threshold) carry no usable information on which source won.
@@ -42,31 +40,31 @@ SOURCE_MAP_SIGMA = 1.0
 Scaling = Callable[[np.ndarray], np.ndarray]
 
 
-def _gaussian_taps(sigma: float) -> torch.Tensor:
+def _gaussian_taps(sigma: float) -> np.ndarray:
     radius = max(1, int(np.ceil(3.0 * sigma)))
-    offsets = torch.arange(-radius, radius + 1, dtype=torch.float32)
-    taps = torch.exp(-(offsets**2) / (2.0 * sigma**2))
-    return taps / taps.sum()
+    offsets = np.arange(-radius, radius + 1, dtype=np.float32)
+    taps = np.exp(-(offsets**2) / np.float32(2.0 * sigma**2))
+    return (taps / taps.sum()).astype(np.float32)
 
 
-def _smooth(stack: torch.Tensor, taps: torch.Tensor | None) -> torch.Tensor:
-    """Separable Gaussian over the last two axes of ``(N, 1, H, W)``; edges repeat the border pixels.
+def _smooth(stack: np.ndarray, taps: np.ndarray | None) -> np.ndarray:
+    """Separable Gaussian over the last two axes of ``(N, H, W)`` float32; edges repeat the border pixels.
 
-    As weighted sums of shifted views rather than ``conv2d``: a one-channel convolution is a poor
-    fit for the convolution kernels, and the sums are several times faster on the CPU.
+    As weighted sums of shifted views rather than a convolution: a one-channel 2D convolution is
+    a poor fit for the convolution kernels, and the sums are several times faster on the CPU.
     """
     if taps is None:
         return stack
     radius = len(taps) // 2
     height, width = stack.shape[-2:]
-    padded = F.pad(stack, (0, 0, radius, radius), mode="replicate")
-    rows = padded[..., 0:height, :] * taps[0]
+    padded = np.pad(stack, ((0, 0), (radius, radius), (0, 0)), mode="edge")
+    rows = padded[:, 0:height, :] * taps[0]
     for k in range(1, len(taps)):
-        rows.add_(padded[..., k : k + height, :], alpha=float(taps[k]))
-    padded = F.pad(rows, (radius, radius, 0, 0), mode="replicate")
+        rows += padded[:, k : k + height, :] * taps[k]
+    padded = np.pad(rows, ((0, 0), (0, 0), (radius, radius)), mode="edge")
     smoothed = padded[..., 0:width] * taps[0]
     for k in range(1, len(taps)):
-        smoothed.add_(padded[..., k : k + width], alpha=float(taps[k]))
+        smoothed += padded[..., k : k + width] * taps[k]
     return smoothed
 
 
@@ -94,17 +92,16 @@ def source_share(
         )
     shape = np.shape(a)
 
-    def stack(values: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32)).reshape(-1, 1, *shape[-2:])
+    def stack(values: np.ndarray) -> np.ndarray:
+        return np.asarray(values, dtype=np.float32).reshape(-1, *shape[-2:])
 
     taps = _gaussian_taps(sigma) if sigma > 0 else None
-    with torch.inference_mode():
-        source_a = stack(a)
-        difference = stack(b) - source_a
-        offset = stack(fused) - source_a
-        prior = epsilon * epsilon
-        share = (_smooth(offset * difference, taps) + 0.5 * prior) / (_smooth(difference * difference, taps) + prior)
-        return share.clamp_(0.0, 1.0).reshape(shape).numpy()
+    source_a = stack(a)
+    difference = stack(b) - source_a
+    offset = stack(fused) - source_a
+    prior = np.float32(epsilon * epsilon)
+    share = (_smooth(offset * difference, taps) + 0.5 * prior) / (_smooth(difference * difference, taps) + prior)
+    return np.clip(share, 0.0, 1.0, out=share).reshape(shape)
 
 
 def source_map_array(

@@ -54,6 +54,12 @@ class LaplacianPyramidFusion(FusionNet):
         self.register_buffer("kernel", torch.outer(taps, taps)[None, None], persistent=False)
         self.levels = levels
 
+    @property
+    def min_traced_size(self) -> int:
+        """From this slice side up, every level of the pyramid is built, so the structure no longer
+        depends on the size (what an exported, traced graph needs: :mod:`~MedFusionLib.models.onnx_export`)."""
+        return 2 ** (self.levels + 2)
+
     def _blur(self, images: torch.Tensor) -> torch.Tensor:
         mode = "reflect" if min(images.shape[-2:]) > 2 else "replicate"
         return F.conv2d(F.pad(images, (2, 2, 2, 2), mode=mode), self.kernel.to(images.dtype))

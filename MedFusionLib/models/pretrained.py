@@ -3,65 +3,23 @@
 Each learned model ``NAME`` ships ``MedFusionLib/weights/NAME.safetensors`` and a model card
 ``NAME.json`` holding at least ``sha256`` (of the weights file) and ``config`` (the keyword
 arguments the architecture was built with). Weights are only ever read as safetensors, never
-pickles, and only after their hash matches the card.
+pickles, and only after their hash matches the card; finding and verifying the files needs no torch
+and lives in :mod:`MedFusionLib.runtimes.model_files`.
 """
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import torch
 from safetensors.torch import load_file
 
-from MedFusionLib.core.errors import WeightsIntegrityError, WeightsNotAvailableError
-from MedFusionLib.core.files import sha256_of
-
-WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
-
-
-def weights_path(name: str) -> Path:
-    return WEIGHTS_DIR / f"{name}.safetensors"
-
-
-def model_card_path(name: str) -> Path:
-    return WEIGHTS_DIR / f"{name}.json"
-
-
-def weights_status(name: str) -> str:
-    """``"ok"``, ``"missing"`` or ``"corrupt"`` (hash mismatch or unreadable card) for ``name``."""
-    if not weights_path(name).is_file() or not model_card_path(name).is_file():
-        return "missing"
-    try:
-        load_model_card_verified(name)
-    except WeightsIntegrityError:
-        return "corrupt"
-    return "ok"
-
-
-def load_model_card_verified(name: str) -> dict:
-    """Read ``NAME.json`` and check the weights file against its ``sha256``."""
-    weights, card_path = weights_path(name), model_card_path(name)
-    if not weights.is_file() or not card_path.is_file():
-        raise WeightsNotAvailableError(
-            f"no trained weights are shipped for model {name!r} (expected {weights} and {card_path.name}). "
-            "Use a training-free model instead (e.g. --model laplacian), or pass pretrained=False "
-            "for a randomly initialised network to train."
-        )
-    try:
-        card = json.loads(card_path.read_text())
-        expected = card["sha256"]
-    except (ValueError, KeyError) as error:
-        raise WeightsIntegrityError(
-            f"model card {card_path} is unreadable or has no 'sha256' ({error}); reinstall medfusion"
-        ) from None
-    actual = sha256_of(weights)
-    if actual != expected:
-        raise WeightsIntegrityError(
-            f"weights file {weights} does not match its model card (sha256 {actual[:12]}… != {expected[:12]}…): "
-            "the file is corrupt or was replaced; reinstall medfusion"
-        )
-    return card
+from MedFusionLib.core.files import sha256_of  # noqa: F401  (tests and tools hash files through this module)
+from MedFusionLib.runtimes.model_files import (  # noqa: F401  (the torch side reads the same verified cards)
+    WEIGHTS_DIR,
+    load_model_card_verified,
+    model_card_path,
+    weights_path,
+    weights_status,
+)
 
 
 def load_pretrained_state(name: str) -> tuple[dict, dict[str, torch.Tensor]]:

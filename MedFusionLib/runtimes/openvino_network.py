@@ -1,0 +1,66 @@
+"""An exported fusion network run by OpenVINO on the CPU (no torch).
+
+The graph is read from the verified ONNX file (:mod:`~MedFusionLib.runtimes.model_files`) and
+compiled for the CPU with its input sizes left dynamic, so every window the engine cuts runs on one
+compiled model. Precision is set explicitly: OpenVINO's CPU plugin otherwise picks bf16 by itself
+on CPUs that have it, which moves the fused image away from the network's fp32 output.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import openvino as ov
+
+from MedFusionLib.runtimes.network import RunnableNetwork
+
+_PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16"}
+_core: ov.Core | None = None
+_core_lock = threading.Lock()
+
+
+def openvino_core() -> ov.Core:
+    """The process's one OpenVINO ``Core`` (its plugins load once)."""
+    global _core
+    with _core_lock:
+        if _core is None:
+            _core = ov.Core()
+        return _core
+
+
+class OpenVINONetwork(RunnableNetwork):
+    """The ONNX graph at ``path`` compiled for OpenVINO's CPU plugin.
+
+    ``geometry``: the card's ``onnx`` section (crop geometry, ``min_size``). ``precision``:
+    ``fp32`` or ``bf16``. ``threads``: the plugin's thread count (``None``: one per core).
+    Each calling thread gets its own infer request, so slices may run side by side.
+    """
+
+    runtime = "openvino"
+
+    def __init__(self, model_name: str, path, geometry: dict, precision: str = "fp32",
+                 threads: int | None = None, streams: int = 1) -> None:
+        super().__init__(model_name, "cpu", precision, geometry["receptive_radius"], geometry["size_multiple"],
+                         geometry["window_step"], geometry.get("min_size", 1))
+        config = {"INFERENCE_PRECISION_HINT": _PRECISION_HINTS[precision], "PERFORMANCE_HINT": "LATENCY",
+                  "NUM_STREAMS": str(streams)}
+        if threads is not None:
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+        core = openvino_core()
+        self.compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
+        self.streams = streams
+        self._requests = threading.local()
+
+    def _run(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        request = getattr(self._requests, "request", None)
+        if request is None:
+            request = self._requests.request = self.compiled.create_infer_request()
+        request.infer({"a": a, "b": b})
+        return request.get_output_tensor(0).data.copy()
+
+    def parallel_slices(self, batch_size: int) -> int:
+        return self.streams if batch_size == 1 else 1
+
+    def describe(self) -> str:
+        return f"openvino {ov.get_version().split('-')[0]} on cpu, {self.precision}"
