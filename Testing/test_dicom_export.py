@@ -263,3 +263,20 @@ def test_real_anonymised_ct_keeps_its_frame_of_reference_and_says_what_it_lacks(
     assert_same_grid(read_image(tmp_path / "fused"), reference)
     if DCIODVFY is not None:
         assert dciodvfy(sorted((tmp_path / "fused").iterdir())[0])[0] == []
+
+
+def test_batch_format_dicom_writes_each_case_as_a_series_of_its_reference_study(tmp_path):
+    ct = write_ct_series(tmp_path / "ct")
+    _moving_on_reference_grid(read_image(tmp_path / "ct"), tmp_path / "mr.nii.gz")
+    (tmp_path / "cases.csv").write_text("reference,moving,output\nct,mr.nii.gz,case1.nii.gz\n")
+    command = ["batch", str(tmp_path / "cases.csv"), "--out", str(tmp_path / "out"), "--model", "average",
+               "--registration", "none", "--format", "dicom"]  # fmt: skip
+
+    assert main(command) == 0
+
+    series = headers(tmp_path / "out" / "case1_dicom")
+    assert len(series) == 6 and {h.StudyInstanceUID for h in series} == {ct["StudyInstanceUID"]}
+    assert (tmp_path / "out" / "case1.nii.gz").is_file()
+    # Resumed: the case is complete and nothing is rewritten.
+    assert main([*command, "--resume"]) == 0
+    assert headers(tmp_path / "out" / "case1_dicom")[0].SOPInstanceUID == series[0].SOPInstanceUID
