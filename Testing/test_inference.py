@@ -19,6 +19,7 @@ from MedFusionLib.devtools.benchmark import (
     FusionRow,
     benchmark_fusion,
     benchmark_registration,
+    default_runtimes,
     markdown_report,
     naive_fuse,
 )
@@ -29,6 +30,7 @@ from MedFusionLib.imaging.normalization import normalize_intensity, slice_boxes
 from MedFusionLib.models import FusionNet, create_model
 from MedFusionLib.models.haf import HAFNet
 from MedFusionLib.models.optimize import fold_batch_norms, prepare_for_inference
+from MedFusionLib.runtimes import installed_runtimes
 
 LEARNED = ["emfusion", "haf", "densefuse"]
 
@@ -215,17 +217,23 @@ def _small_pair(phantom_pair) -> BenchmarkPair:
 
 def test_benchmark_rows_compare_the_product_with_the_naive_loop(phantom_pair):
     lines = []
-    rows = benchmark_fusion(_small_pair(phantom_pair), ["emfusion", "laplacian"], device="cpu", repeats=2,
+    # (the exported laplacian needs slices of 64 px or more: its CPU-runtime rows would be left out here)
+    rows = benchmark_fusion(_small_pair(phantom_pair), ["emfusion", "average"], device="cpu", repeats=2,
                             report=lines.append)
-    assert [(row.model, row.path) for row in rows] == [
-        ("emfusion", "naive"), ("emfusion", "product"), ("laplacian", "naive"), ("laplacian", "product")]
-    for naive, product in (rows[0:2], rows[2:4]):
+    runtimes = default_runtimes(torch.device("cpu"))  # every installed one: torch, and openvino/onnxruntime here
+    assert runtimes[0] == "torch"
+    assert [(row.model, row.path, row.runtime) for row in rows] == [
+        (model, path, runtime) for model in ("emfusion", "average")
+        for path, runtime in [("naive", "torch")] + [("product", runtime) for runtime in runtimes]]
+    per_model = 1 + len(runtimes)
+    for naive, *products in (rows[:per_model], rows[per_model:]):
         assert naive.speedup == 1.0 and naive.within_budget is None
-        assert product.within_budget is True and product.max_abs_diff <= 1e-5
-        assert product.fused_slices <= 40 < naive.fused_slices == 52  # empty slices are skipped
-        assert product.seconds > 0 and product.voxels_per_second > 0
-        assert product.speedup == pytest.approx(naive.seconds / product.seconds)
-    assert len(lines) == 4 and lines[1].startswith("| emfusion | product | fp32 |")
+        for product in products:
+            assert product.within_budget is True and product.max_abs_diff <= 1e-5 and product.precision == "fp32"
+            assert product.fused_slices <= 40 < naive.fused_slices == 52  # empty slices are skipped
+            assert product.seconds > 0 and product.voxels_per_second > 0
+            assert product.speedup == pytest.approx(naive.seconds / product.seconds)
+    assert len(lines) == len(rows) and lines[1].startswith("| emfusion | product | torch | fp32 |")
 
 
 def test_naive_reference_is_the_same_fused_volume_as_the_pipeline(phantom_pair):
@@ -251,7 +259,7 @@ def test_registration_rows_and_markdown(phantom_pair):
         "elastix_load_seconds": None,
     }
     text = markdown_report(json.loads(json.dumps(report)))
-    assert "| emfusion | product | fp32 | 1 | 1.00 | 10.0 | 1.00 | 4.00× | 100 | 1.0e-06 ✓ | 30 |" in text
+    assert "| emfusion | product | torch | fp32 | 1 | 1.00 | 10.0 | 1.00 | 4.00× | 100 | 1.0e-06 ✓ | 30 |" in text
     assert "| rigid | simpleitk |" in text and "test CPU" in text
 
 
@@ -261,9 +269,29 @@ def test_benchmark_command_writes_json(tmp_path, capsys):
                  "--device", "cpu", "--json", str(out), "--data", str(_phantom_case(tmp_path))])
     assert code == 0
     report = json.loads(out.read_text())
-    assert [row["path"] for row in report["fusion"]] == ["naive", "product"]
-    assert report["fusion"][1]["within_budget"] is True
-    assert "| average | product |" in capsys.readouterr().out
+    runtimes = [name for name in ("torch", "openvino", "onnxruntime") if installed_runtimes()[name]]
+    assert [(row["path"], row["runtime"]) for row in report["fusion"]] == [("naive", "torch")] + [
+        ("product", runtime) for runtime in runtimes]
+    assert all(row["within_budget"] is True for row in report["fusion"][1:])
+    printed = capsys.readouterr().out
+    for runtime in runtimes:
+        assert f"| average | product | {runtime} | fp32 |" in printed
+
+
+def test_benchmark_command_times_the_runtimes_and_precisions_asked_for(tmp_path, capsys):
+    if not installed_runtimes()["openvino"]:
+        pytest.skip("OpenVINO is not installed")
+    out = tmp_path / "bench.json"
+    code = main(["benchmark", "--models", "average", "--size", "40x40x24", "--registration", "none",
+                 "--device", "cpu", "--runtimes", "torch,openvino", "--precisions", "fp32,bf16,fp16",
+                 "--json", str(out), "--data", str(_phantom_case(tmp_path))])
+    assert code == 0
+    rows = json.loads(out.read_text())["fusion"]
+    # fp32 is auto's precision on the CPU (timed once); fp16 is CUDA's only
+    assert [(row["path"], row["runtime"], row["precision"]) for row in rows] == [
+        ("naive", "torch", "fp32"), ("product", "torch", "fp32"), ("product", "torch", "bf16"),
+        ("product", "openvino", "fp32"), ("product", "openvino", "bf16")]
+    assert "openvino 20" in capsys.readouterr().out  # the machine line names the runtimes' versions
 
 
 def _phantom_case(tmp_path):

@@ -2,28 +2,33 @@
 
 For each model, in one process and on one input pair (the shared BraTS T1/T2 case when present,
 otherwise a phantom of the requested size), the **naive reference** is timed against the
-**product path**:
+**product path** on every runtime:
 
 - naive: every slice, one at a time (batch 1), whole slices, fp32, NCHW, the model as trained
-  (no folding), eager under ``torch.no_grad``; normalisation and the per-slice foreground boxes as
-  in the product, so both compute the same fused volume;
+  (no folding), eager torch under ``torch.no_grad``; normalisation and the per-slice foreground
+  boxes as in the product, so both compute the same fused volume;
 - product: :func:`MedFusionLib.fusion.pipeline.fuse_arrays` with :class:`~MedFusionLib.fusion.engine.SliceFuser`
-  (boxes plus receptive-field context, skipped empty slices, folded BatchNorms, channels-last,
-  inference mode, the default precision and batch size), optionally also in other precisions
-  and with ``torch.compile``.
+  (boxes plus receptive-field context, skipped empty slices, the default precision and batch
+  size) on a network from :func:`~MedFusionLib.runtimes.load_network`, once per runtime (torch:
+  folded BatchNorms, channels-last, inference mode; OpenVINO and ONNX Runtime: the shipped ONNX
+  graphs; by default every installed runtime that runs on the device), optionally also in other
+  precisions (those the runtime offers: bf16 on torch and OpenVINO, fp16 on CUDA) and with
+  ``torch.compile``.
 
 Both are timed from the raw arrays to the fused float32 volume ("fusion alone": no reading,
-writing or registration; the model is built before the clock starts). Per row: milliseconds per
-slice of the volume, seconds per volume, voxels per second, speed-up over naive, peak memory
+writing or registration; the networks are loaded before the clock starts). Per row: milliseconds
+per slice of the volume, seconds per volume, voxels per second, speed-up over naive, peak memory
 (resident-set growth above the level before the row, sampled every 5 ms; on CUDA the peak
-allocated by torch), and the largest absolute difference from the naive output; with
-``repeats`` > 1 each row is the fastest run (the least disturbed on a shared machine). Registration
+allocated by torch), and the largest absolute difference from the naive output. With
+``repeats`` > 1 the rows of a model are timed in rounds (naive, then each product row, then again)
+and each row is its fastest run, so a shared machine's changing load touches every row alike. Registration
 rows time :func:`MedFusionLib.registration.register` per preset and backend on the moving volume
 displaced by a fixed rigid motion (itk-elastix's one-off library load is shown apart).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import platform
 import threading
@@ -44,8 +49,14 @@ from MedFusionLib.fusion.engine import SliceFuser
 from MedFusionLib.fusion.pipeline import FOREGROUND_MARGIN, FOREGROUND_THRESHOLD, fuse_arrays, intensity_scaling
 from MedFusionLib.imaging.normalization import normalize_intensity, slice_boxes
 from MedFusionLib.models import create_model
+from MedFusionLib.runtimes import installed_runtimes, load_network
+
+log = logging.getLogger("MedFusionLib")
 
 DEFAULT_MODELS = ("emfusion", "haf", "densefuse", "laplacian")
+RUNTIMES = ("torch", "openvino", "onnxruntime")
+# The precisions each runtime offers besides ``auto`` (fp16 only with torch on CUDA).
+RUNTIME_PRECISIONS = {"torch": ("fp32", "bf16", "fp16"), "openvino": ("fp32", "bf16"), "onnxruntime": ("fp32",)}
 DEFAULT_SIZE = (240, 240, 155)
 DEFAULT_CASE = "TCGA-DU-7294"
 FP32_TOLERANCE = 1e-5  # product vs naive, both fp32: only the order of float operations differs
@@ -76,6 +87,7 @@ class FusionRow:
     max_abs_diff: float
     fused_slices: int
     within_budget: bool | None  # None for the naive row itself
+    runtime: str = "torch"  # what ran the network: torch (the naive row: eager torch), openvino, onnxruntime
 
 
 @dataclass
@@ -138,6 +150,7 @@ def machine_description(device: torch.device) -> dict:
         "torch_threads": torch.get_num_threads(),
         "native_bf16": cpu_has_native_bf16(),
         "torch": torch.__version__,
+        "runtimes": {name: version for name, version in installed_runtimes().items() if version},
         "device": str(device),
     }
     if device.type == "cuda":
@@ -214,23 +227,48 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _timed(run, device: torch.device, repeats: int):
-    """``(last result, fastest seconds, largest peak MiB)`` of ``repeats`` calls of ``run()``."""
-    fastest, largest_peak, result = float("inf"), 0.0, None
-    for _ in range(repeats):
-        result = None  # free the previous output before measuring memory again
-        with PeakMemory(device) as memory:
-            started = time.perf_counter()
-            result = run()
-            _synchronize(device)
-            fastest = min(fastest, time.perf_counter() - started)
-        largest_peak = max(largest_peak, memory.growth)
-    return result, fastest, largest_peak
+def _timed_once(run, device: torch.device):
+    """``(result, seconds, peak MiB)`` of one call of ``run()``."""
+    with PeakMemory(device) as memory:
+        started = time.perf_counter()
+        result = run()
+        _synchronize(device)
+        seconds = time.perf_counter() - started
+    return result, seconds, memory.growth
 
 
 def _product_fuse(fuser: SliceFuser, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, int]:
     """The pipeline's fusion of raw axial stacks (percentile normalisation, as for MR)."""
     return fuse_arrays(a, b, intensity_scaling(a), intensity_scaling(b), 0, fuser)
+
+
+def default_runtimes(device: torch.device) -> list[str]:
+    """Every installed runtime that runs on ``device``: on CUDA torch only."""
+    if device.type != "cpu":
+        return ["torch"]
+    installed = installed_runtimes()
+    return [runtime for runtime in RUNTIMES if installed[runtime]]
+
+
+def runtime_precisions(runtime: str, precisions: Sequence[str], device: torch.device) -> list[str]:
+    """``auto`` and those of ``precisions`` that ``runtime`` offers on ``device`` (fp16: CUDA only)."""
+    offered = [p for p in RUNTIME_PRECISIONS[runtime] if p != "fp16" or device.type == "cuda"]
+    return ["auto"] + [p for p in precisions if p != "auto" and p in offered]
+
+
+@dataclass
+class _Variant:
+    """One timed way of fusing the volume (a row of the table once timed)."""
+
+    path: str
+    runtime: str
+    precision: str
+    batch_size: int
+    run: object  # () -> (fused (N, H, W) float32, slices fused)
+    seconds: float = float("inf")
+    peak: float = 0.0
+    difference: float = 0.0
+    fused_slices: int = 0
 
 
 def benchmark_fusion(
@@ -242,57 +280,86 @@ def benchmark_fusion(
     compile: bool = False,
     repeats: int = 1,
     report=print,
+    runtimes: Sequence[str] | None = None,
+    threads: int | None = None,
 ) -> list[FusionRow]:
-    """Naive and product rows for every model (see the module docstring); ``precisions`` adds
-    product rows in those precisions besides the default ``auto``; each row is the fastest of
-    ``repeats`` runs (with the largest peak memory of them); ``report`` gets one line per row."""
+    """Naive and product rows for every model (see the module docstring).
+
+    ``runtimes``: the product path on each (default :func:`default_runtimes`); ``precisions``
+    adds product rows in those precisions besides ``auto``, on the runtimes that offer them
+    (:func:`runtime_precisions`; a precision a runtime resolves to twice is timed once);
+    ``compile`` adds a ``torch.compile`` row (torch only); ``threads``: each CPU runtime's
+    threads (torch's are the process's). Each row is the fastest of ``repeats`` runs, timed in
+    rounds over all of a model's rows, with the largest peak memory of them; ``report`` gets one
+    line per row.
+    """
     if repeats < 1:
         raise InputError(f"repeats must be at least 1, got {repeats}")
     torch_device = resolve_device(device)
+    runtimes = list(runtimes) if runtimes else default_runtimes(torch_device)
+    for runtime in runtimes:
+        if runtime not in RUNTIMES:
+            raise InputError(f"unknown runtime {runtime!r}; choose from {', '.join(RUNTIMES)}")
     a = sitk.GetArrayViewFromImage(pair.reference)
     b = sitk.GetArrayViewFromImage(pair.moving)
     if a.shape != b.shape or a.ndim != 3:
         raise InputError(f"benchmark volumes must be 3D and on one grid, got {a.shape} and {b.shape}")
     slices, voxels = a.shape[0], a.size
+    middle = slice(slices // 2, slices // 2 + 1)
     rows: list[FusionRow] = []
-
-    def add_row(model, path, precision, batch, seconds, peak, difference, fused_slices, naive_seconds, tolerance):
-        row = FusionRow(
-            model=model, path=path, precision=precision, batch_size=batch, seconds=seconds,
-            ms_per_slice=1e3 * seconds / slices, voxels_per_second=voxels / seconds,
-            speedup=naive_seconds / seconds, peak_mib=peak, max_abs_diff=difference, fused_slices=fused_slices,
-            within_budget=None if tolerance is None else bool(difference <= tolerance),
-        )
-        rows.append(row)
-        report(format_fusion_row(row))
 
     for name in models:
         reference_model = create_model(name, device=torch_device)
-        naive_fuse(reference_model, a[slices // 2 : slices // 2 + 1], b[slices // 2 : slices // 2 + 1],
-                   torch_device)  # warm-up
-        naive, naive_seconds, peak = _timed(lambda: naive_fuse(reference_model, a, b, torch_device), torch_device,
-                                            repeats)
-        add_row(name, "naive", "fp32", 1, naive_seconds, peak, 0.0, slices, naive_seconds, None)
-
-        variants = [("auto", False)] + [(p, False) for p in (precisions or []) if p != "auto"]
-        if compile:
-            variants.append(("auto", True))
-        for precision, compiled in variants:
-            fuser = SliceFuser(create_model(name), device=torch_device, batch_size=batch_size, precision=precision,
-                               compile=compiled)
-            compile_seconds = 0.0
-            if compiled:  # the first calls compile; time them apart
-                started = time.perf_counter()
-                _product_fuse(fuser, a, b)
-                compile_seconds = time.perf_counter() - started
-            else:
-                _product_fuse(fuser, a[slices // 2 : slices // 2 + 1], b[slices // 2 : slices // 2 + 1])  # warm-up
-            (fused, fused_slices), seconds, peak = _timed(lambda: _product_fuse(fuser, a, b), torch_device, repeats)
-            difference = float(np.abs(fused - naive).max())
-            tolerance = FP32_TOLERANCE if fuser.precision == "fp32" else ACCURACY_BUDGET
-            path = "product" + (f" compiled (compiling: {compile_seconds:.0f} s)" if compiled else "")
-            add_row(name, path, fuser.precision, fuser.batch_size, seconds, peak, difference, fused_slices,
-                    naive_seconds, tolerance)
+        naive_fuse(reference_model, a[middle], b[middle], torch_device)  # warm-up
+        variants = [_Variant("naive", "torch", "fp32", 1,
+                             lambda model=reference_model: (naive_fuse(model, a, b, torch_device), slices))]
+        loaded = set()
+        for runtime in runtimes:
+            options = [(precision, False) for precision in runtime_precisions(runtime, precisions or [], torch_device)]
+            if compile and runtime == "torch":
+                options.append(("auto", True))
+            for precision, compiled in options:
+                network = load_network(name, runtime, str(torch_device), precision, threads, compile=compiled)
+                if (runtime, network.precision, compiled) in loaded:
+                    continue  # e.g. fp32 asked for where auto is fp32 already
+                if min(a.shape[1:]) < network.min_size:
+                    log.warning("benchmark: %s on %s needs slices of at least %d pixels a side; not timed",
+                                name, runtime, network.min_size)
+                    continue
+                loaded.add((runtime, network.precision, compiled))
+                fuser = SliceFuser(network, batch_size=batch_size)
+                path = "product"
+                if compiled:  # the first calls compile; time them apart
+                    started = time.perf_counter()
+                    _product_fuse(fuser, a, b)
+                    path = f"product compiled (compiling: {time.perf_counter() - started:.0f} s)"
+                else:
+                    _product_fuse(fuser, a[middle], b[middle])  # warm-up
+                variants.append(_Variant(path, runtime, fuser.precision, fuser.batch_size,
+                                         lambda fuser=fuser: _product_fuse(fuser, a, b)))
+        naive = None
+        for _ in range(repeats):  # rounds: every row once, then again
+            for variant in variants:
+                (fused, variant.fused_slices), seconds, peak = _timed_once(variant.run, torch_device)
+                if naive is None:
+                    naive = fused
+                variant.seconds = min(variant.seconds, seconds)
+                variant.peak = max(variant.peak, peak)
+                variant.difference = max(variant.difference, float(np.abs(fused - naive).max()))
+                del fused
+        naive_seconds = variants[0].seconds
+        for index, variant in enumerate(variants):
+            tolerance = None if index == 0 else (FP32_TOLERANCE if variant.precision == "fp32" else ACCURACY_BUDGET)
+            row = FusionRow(
+                model=name, path=variant.path, precision=variant.precision, batch_size=variant.batch_size,
+                seconds=variant.seconds, ms_per_slice=1e3 * variant.seconds / slices,
+                voxels_per_second=voxels / variant.seconds, speedup=naive_seconds / variant.seconds,
+                peak_mib=variant.peak, max_abs_diff=variant.difference, fused_slices=variant.fused_slices,
+                within_budget=None if tolerance is None else bool(variant.difference <= tolerance),
+                runtime=variant.runtime,
+            )
+            rows.append(row)
+            report(format_fusion_row(row))
     return rows
 
 
@@ -335,9 +402,9 @@ def benchmark_registration(
 
 
 FUSION_HEADER = (
-    "| model | path | precision | batch | s / volume | ms / slice | Mvoxel/s | speed-up | peak MiB | max abs diff "
-    "| slices fused |\n"
-    "|---|---|---|---|---|---|---|---|---|---|---|"
+    "| model | path | runtime | precision | batch | s / volume | ms / slice | Mvoxel/s | speed-up | peak MiB "
+    "| max abs diff | slices fused |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|"
 )
 REGISTRATION_HEADER = (
     "| preset | backend | seconds | MI before | MI after | peak MiB | error |\n"
@@ -348,7 +415,7 @@ REGISTRATION_HEADER = (
 def format_fusion_row(row: FusionRow) -> str:
     mark = "" if row.within_budget is None else (" ✓" if row.within_budget else " ✗")
     return (
-        f"| {row.model} | {row.path} | {row.precision} | {row.batch_size} | {row.seconds:.2f} "
+        f"| {row.model} | {row.path} | {row.runtime} | {row.precision} | {row.batch_size} | {row.seconds:.2f} "
         f"| {row.ms_per_slice:.1f} | {row.voxels_per_second / 1e6:.2f} | {row.speedup:.2f}× | {row.peak_mib:.0f} "
         f"| {row.max_abs_diff:.1e}{mark} | {row.fused_slices} |"
     )
@@ -368,8 +435,10 @@ def markdown_report(report: dict) -> str:
         f"Machine: {machine['cpu']} ({', '.join(machine['cpu_features']) or 'no AVX2'}), "
         f"{machine['cores_available']} cores available, "
         f"torch {machine['torch']} with {machine['torch_threads']} threads, device {machine['device']}"
-        + (f" ({machine['gpu']})" if "gpu" in machine else ""),
-        f"Input: {report['input']}; each fusion row the fastest of {report.get('repeats', 1)} run(s)",
+        + (f" ({machine['gpu']})" if "gpu" in machine else "")
+        + "".join(f", {name} {version}" for name, version in machine.get("runtimes", {}).items() if name != "torch"),
+        f"Input: {report['input']}; each fusion row the fastest of {report.get('repeats', 1)} run(s), "
+        "timed in rounds over a model's rows",
         "",
         FUSION_HEADER,
         *(format_fusion_row(FusionRow(**row)) for row in report["fusion"]),
@@ -398,9 +467,12 @@ def run_benchmark(
     backends: list[str] | None = None,
     repeats: int = 1,
     report=print,
+    runtimes: Sequence[str] | None = None,
+    threads: int | None = None,
 ) -> dict:
     """Run fusion (and, when ``presets`` is non-empty, registration) benchmarks; returns the
-    report as a JSON-serialisable dict (``machine``, ``input``, ``fusion``, ``registration``)."""
+    report as a JSON-serialisable dict (``machine``, ``input``, ``fusion``, ``registration``).
+    ``runtimes``, ``threads``: as in :func:`benchmark_fusion`."""
     for precision in precisions or []:
         if precision not in PRECISION_CHOICES:
             raise InputError(f"unknown precision {precision!r}; choose from {', '.join(PRECISION_CHOICES)}")
@@ -408,7 +480,8 @@ def run_benchmark(
     torch_device = resolve_device(device)
     result = {"machine": machine_description(torch_device), "input": pair.source, "fusion": [], "registration": []}
     report(f"input: {pair.source}\n\n{FUSION_HEADER}")
-    rows = benchmark_fusion(pair, list(models), device, precisions, batch_size, compile, repeats, report=report)
+    rows = benchmark_fusion(pair, list(models), device, precisions, batch_size, compile, repeats, report=report,
+                            runtimes=runtimes, threads=threads)
     result["repeats"] = repeats
     result["fusion"] = [asdict(row) for row in rows]
     if presets:
