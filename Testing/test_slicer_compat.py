@@ -39,8 +39,8 @@ def test_module_file_imports_nothing_of_medfusion_before_the_guard():
     """Above ``if REFUSAL is None:`` MedFusion.py imports only Slicer, Qt, VTK, the standard library
     and compat; everything that needs Python >= 3.10 is imported inside that branch."""
     tree = ast.parse((MODULE / "MedFusion.py").read_text())
-    allowed = {"__future__", "logging", "sys", "qt", "slicer", "vtk", "slicer.ScriptedLoadableModule", "slicer.util",
-               "slicer.i18n", "MedFusionSlicer.compat"}  # fmt: skip
+    allowed = {"__future__", "logging", "os", "sys", "qt", "slicer", "vtk", "slicer.ScriptedLoadableModule",
+               "slicer.util", "slicer.i18n", "MedFusionSlicer.compat"}  # fmt: skip
     guard_seen = False
     for node in tree.body:
         if isinstance(node, ast.If) and ast.unparse(node.test) == "REFUSAL is None":
@@ -164,6 +164,23 @@ def test_supported_slicer_loads_the_module_without_torch_and_resolves_the_parame
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
+
+
+def test_compat_states_a_python_floor_its_own_first_line_can_be_compiled_on():
+    """Review 23.9: compat.py said it loads on Python 3.6, but it (and MedFusion.py, read before it)
+    starts with ``from __future__ import annotations``, which Python 3.7 introduced: the floor it
+    states must be one where that line compiles."""
+    import __future__
+
+    import re
+
+    for path in (MODULE / "MedFusion.py", MODULE / "MedFusionSlicer" / "compat.py"):
+        assert "from __future__ import annotations" in path.read_text()
+    docstring = ast.get_docstring(ast.parse((MODULE / "MedFusionSlicer" / "compat.py").read_text()))
+    claimed = [tuple(map(int, found)) for found in re.findall(r"(?:on|and) Python (\d)\.(\d+)", docstring)]
+    assert claimed, "compat.py says which Pythons it loads on"
+    first = __future__.annotations.getOptionalRelease()[:2]
+    assert min(claimed) >= first, f"compat.py claims Python {min(claimed)}; its future import needs {first}"
 
 
 def test_reload_forgets_medfusions_packages_only():

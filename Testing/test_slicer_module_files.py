@@ -338,13 +338,12 @@ def test_extension_metadata_follows_the_catalog_conventions():
 
 def test_module_cmake_packages_every_file_of_medfusionlib():
     """The glob patterns of the CMake file, evaluated here, cover every file of the library that
-    the pip package ships (code, configs, weights and their model cards)."""
+    the pip package ships (code, configs, weights, their ONNX exports and their model cards)."""
     cmake = (MODULE / "CMakeLists.txt").read_text()
     root = REPO_ROOT
     recursive = re.findall(r"\$\{MEDFUSION_SOURCE_ROOT\}/(MedFusionLib/\*\.py)", cmake)
-    flat = re.findall(r"\$\{MEDFUSION_SOURCE_ROOT\}/(MedFusionLib/(?:configs|configs/finetune|weights)/\*\.\w+)",
-                      cmake)
-    assert recursive == ["MedFusionLib/*.py"] and len(flat) == 4
+    flat = re.findall(r"\$\{MEDFUSION_SOURCE_ROOT\}/(MedFusionLib/(?:configs|configs/finetune|weights)/\*\.\w+)", cmake)
+    assert recursive == ["MedFusionLib/*.py"] and len(flat) == 5
     packaged = {p.relative_to(root).as_posix() for p in (root / "MedFusionLib").rglob("*.py")}
     for pattern in flat:
         packaged |= {p.relative_to(root).as_posix() for p in root.glob(pattern)}
@@ -517,27 +516,62 @@ def test_slicer_pytorch_detection_failing_falls_back_to_pypi(monkeypatch):
 def test_slicer_pytorch_detection_is_not_used_without_light_the_torch(monkeypatch):
     """Review 23.5: without light-the-torch, SlicerPyTorch's detection pip-installs it unconstrained
     (it pins pip < 24.4, downgrading Slicer's pip); MedFusion must not call it then."""
-    calls = _install_fake_slicer_pytorch(
-        monkeypatch, [_LightTheTorchBackend("cu126")], light_the_torch_present=False
-    )
+    calls = _install_fake_slicer_pytorch(monkeypatch, [_LightTheTorchBackend("cu126")], light_the_torch_present=False)
     assert dependencies.slicer_torch_index() is None
     assert calls == []
 
 
-def test_slicer_pip_install_uses_slicer_util_pip_install(monkeypatch):
-    """A2: slicer.util.pip_install(list) exists on every supported Slicer (on 5.12+ it forwards to
-    slicer.packaging.pip_install, which has no 'interactive' argument); nothing else is called."""
+def test_slicer_pip_install_on_slicer_5_10_uses_slicer_util_pip_install(monkeypatch):
+    """A2: Slicer 5.10 has no slicer.packaging; its slicer.util.pip_install(list) shows no dialog and
+    is what runs (as the slicer-core wheel here: its util has no packaging module beside it)."""
     pytest.importorskip("slicer_core", reason="the slicer-core wheel is not available for this Python")
     import slicer.util
 
+    monkeypatch.setitem(sys.modules, "slicer.packaging", None)  # import slicer.packaging -> ImportError
     received = []
     monkeypatch.setattr(
         slicer.util, "pip_install", lambda requirements, **keywords: received.append((requirements, keywords))
     )
     dependencies.slicer_pip_install(["nibabel>=5.0", "-c", "/tmp/c.txt"])
     assert received == [(["nibabel>=5.0", "-c", "/tmp/c.txt"], {})]
-    source = (MODULE / "MedFusionSlicer" / "dependencies.py").read_text()
-    assert "interactive" not in source.replace("no ``interactive`` argument", "")
+
+
+def test_slicer_pip_install_on_slicer_5_12_shows_no_dialog_of_slicers(monkeypatch):
+    """Review 23.4: on Slicer 5.12 and later slicer.util.pip_install forwards to
+    slicer.packaging.pip_install, whose default (show_progress=True) shows an error dialog of its
+    own before raising: a second dialog beside MedFusion's, and one for the optional itk-elastix
+    that MedFusion goes on without. MedFusion asks for show_progress=False (busy cursor, no
+    dialog; signature read in Base/Python/slicer/packaging.py of 5.12 and main). Stand-in module:
+    Slicer's packaging cannot be imported outside Slicer."""
+    pytest.importorskip("slicer_core", reason="the slicer-core wheel is not available for this Python")
+    import types
+
+    import slicer
+    import slicer.util
+
+    received, through_util = [], []
+    packaging = types.ModuleType("slicer.packaging")
+
+    def pip_install(  # the parameters of Slicer's slicer.packaging.pip_install (5.12, main)
+        requirements, constraints=None, no_deps_requirements=None, skip_packages=None, blocking=True,
+        show_progress=True, requester=None, parent=None, logCallback=None, completedCallback=None,
+    ):  # fmt: skip
+        received.append((requirements, show_progress, blocking))
+        if "itk-elastix>=0.20" in requirements:
+            raise subprocess.CalledProcessError(1, "pip install")
+
+    packaging.pip_install = pip_install
+    monkeypatch.setitem(sys.modules, "slicer.packaging", packaging)
+    monkeypatch.setattr(slicer, "packaging", packaging, raising=False)
+    monkeypatch.setattr(slicer.util, "pip_install", lambda requirements, **keywords: through_util.append(requirements))
+    missing = [r for r in dependencies.REQUIREMENTS if r.distribution in ("nibabel", "itk-elastix")]
+    done = dependencies.install(missing, dependencies.slicer_pip_install)
+    assert [(r[0][0], r[1], r[2]) for r in received] == [
+        ("nibabel>=5.0", False, True),
+        ("itk-elastix>=0.20", False, True),
+    ]
+    assert through_util == []
+    assert "could not install the optional itk-elastix" in done[-1]
 
 
 def test_console_and_headless_installs_run_pip_as_a_process_without_dialogs(tmp_path, capsys):

@@ -326,8 +326,6 @@ def test_server_answers_an_unknown_request_and_shuts_down_on_request():
     assert process.returncode == 0
 
 
-
-
 def test_requests_arrive_through_the_mailbox_with_standard_input_left_silent(tmp_path):
     """A launcher that does not forward standard input (CTK's PythonSlicer starts python-real as
     a child) must not starve the worker: requests come as files in the mailbox folder, and the
@@ -372,3 +370,81 @@ def test_worker_process_hands_requests_over_as_files_and_removes_its_mailbox(job
     finally:
         worker.stop()
     assert not mailbox.exists()
+
+
+def test_a_worker_whose_slicer_vanished_ends_mid_job_and_leaves_nothing(job_folder_factory):
+    """Review 23.6: when Slicer crashes its pipe to the worker closes; the worker ends at once, even
+    in the middle of a job (a B-spline registration here, seconds long), removing its mailbox and
+    the job's folder. Before, it finished the job first and left both behind."""
+    worker = WorkerProcess(cpu_only=True, idle_timeout=120)
+    worker.start()
+    folder = job_folder_factory()
+    try:
+        mailbox = worker.mailbox
+        options = FusionOptions(model="average", registration="bspline", backend="elastix", device="cpu")
+        job = FusionJob(folder, options.to_dict(), worker)
+        job.start()
+        deadline = time.monotonic() + 180
+        while not any(isinstance(event, Progress) for event in job.poll(block_s=0.2)):
+            assert job.state == "running" and time.monotonic() < deadline, job.error
+        worker.process.stdin.close()  # what a crashed Slicer's end of the pipe does
+        closed = time.monotonic()
+        assert worker.process.wait(30) == 0
+        assert time.monotonic() - closed < 5, "the worker went on with the job"
+        events = job.wait(timeout=10)
+        assert job.state == "failed" and not any(isinstance(event, Finished) and event.state == "succeeded"
+                                                 for event in events)  # fmt: skip
+        assert not folder.exists() and not mailbox.exists()
+    finally:
+        worker.kill()
+
+
+@pytest.mark.skipif(os.name == "nt", reason="POSIX process groups")
+def test_a_reaped_worker_is_not_signalled_by_its_old_group_id(monkeypatch):
+    """Review 23.7: once the worker was reaped (poll() or wait()), its pid, and so its process group
+    id, may belong to an unrelated process: kill_process_tree must not signal that group. While the
+    worker is unreaped, its group is signalled (that is what ends the launcher's child)."""
+    sent = []
+    real_killpg = os.killpg
+    monkeypatch.setattr(
+        os, "killpg", lambda group, signal_number: sent.append(group) or real_killpg(group, signal_number)
+    )
+    finished = subprocess.Popen([sys.executable, "-c", "pass"], start_new_session=True)
+    finished.wait()
+    kill_process_tree(finished)
+    assert sent == []
+    running = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+    kill_process_tree(running)
+    assert sent == [running.pid] and running.returncode is not None
+
+
+def test_an_unreadable_request_file_fails_its_job_and_the_mailbox_keeps_working(tmp_path):
+    """Review 23.8: a request file that cannot be read (not UTF-8 here; on Windows a file an
+    antivirus holds briefly) is tried again, then its job is failed with the reason, and the
+    mailbox watcher goes on: the next request is answered. Before, the watcher thread died
+    silently and every later job waited until Cancel."""
+    mailbox = tmp_path / "mailbox"
+    mailbox.mkdir()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "MedFusionSlicer.server", "--idle-timeout", "120", "--mailbox", str(mailbox)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        env=worker_environment(dict(os.environ), cpu_only=True, search_path=[str(REPO_ROOT / "MedFusion")]),
+    )  # fmt: skip
+    try:
+        (mailbox / "000000001.part").write_bytes(b'{"op": "fuse", "id": 1, "folder": "\xff\xfe"}')
+        os.replace(mailbox / "000000001.part", mailbox / "000000001.json")
+        (mailbox / "000000002.part").write_text(json.dumps({"op": "explode", "id": 2}))
+        os.replace(mailbox / "000000002.part", mailbox / "000000002.json")
+        finished = []
+        for line in process.stdout:
+            event = parse_line(line)
+            if isinstance(event, Notice) and event.name == "finished":
+                finished.append(event.data)
+                if len(finished) == 2:
+                    break
+        assert finished[0]["state"] == "failed" and "id" not in finished[0]
+        assert "could not read the request 000000001.json" in finished[0]["error"]
+        assert finished[1] == {"id": 2, "state": "failed", "error": "unknown request 'explode'"}
+        assert not any(mailbox.iterdir())
+    finally:
+        kill_process_tree(process)

@@ -92,13 +92,26 @@ def show_pair(scene, background_id: str, foreground_id: str, opacity: float) -> 
     return count
 
 
-def flicker(scene, background_id: str, foreground_id: str, show_foreground: bool) -> int:
-    """One flicker step in the views comparing the pair: the foreground fully shown or hidden."""
-    composites = [
+def composite_nodes_comparing(scene, background_id: str, foreground_id: str) -> list:
+    """The slice composite nodes of ``scene`` that show exactly ``background_id`` under
+    ``foreground_id`` (the pair being compared), not the other way round."""
+    return [
         composite
         for composite in composite_nodes_showing(scene, (background_id, foreground_id))
         if composite.GetBackgroundVolumeID() == background_id and composite.GetForegroundVolumeID() == foreground_id
     ]
+
+
+def fade(scene, background_id: str, foreground_id: str, opacity: float) -> int:
+    """The fade between the pair: the foreground opacity of the views comparing them (background
+    ``background_id`` under foreground ``foreground_id``); returns how many views changed (0: no
+    view compares them, e.g. right after Apply, which shows the fused volume)."""
+    composites = composite_nodes_comparing(scene, background_id, foreground_id)
     for composite in composites:
-        composite.SetForegroundOpacity(1.0 if show_foreground else 0.0)
+        composite.SetForegroundOpacity(float(opacity))
     return len(composites)
+
+
+def flicker(scene, background_id: str, foreground_id: str, show_foreground: bool) -> int:
+    """One flicker step in the views comparing the pair: the foreground fully shown or hidden."""
+    return fade(scene, background_id, foreground_id, 1.0 if show_foreground else 0.0)

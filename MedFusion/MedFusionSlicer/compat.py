@@ -5,8 +5,10 @@ this module's worker and logic) uses Python 3.10 syntax that is evaluated at imp
 (``X | Y`` type unions). ``MedFusion.py`` calls :func:`refusal_reason` before it imports anything
 else of MedFusion, and on an older Slicer shows that one message instead of a traceback.
 
-This file must therefore itself load on Python 3.9 (and Python 3.6, for a clear message on any
-Slicer 4.x/5.x): no ``X | Y`` outside annotations, no ``match``, and annotations stay strings.
+This file must therefore itself load on Python 3.9, and on Python 3.7 for a clear message on
+every Slicer with Python 3.7 or later (all Slicer 5 releases): no ``X | Y`` outside annotations,
+no ``match``, and annotations stay strings. Python 3.6 (Slicer 4.11) cannot: this file and
+``MedFusion.py`` start with ``from __future__ import annotations``, which Python 3.7 introduced.
 ``Testing/test_slicer_compat.py`` checks that it parses with Python 3.9's grammar.
 """
 

@@ -202,16 +202,24 @@ def install(
 
 
 def slicer_pip_install(arguments: list[str]) -> None:
-    """Run pip in Slicer's Python, with no prompt of its own (the caller has asked for consent).
+    """Run pip in Slicer's Python, with no dialog of its own (the caller has asked for consent and
+    reports a failure itself); raises ``CalledProcessError`` when pip fails.
 
-    ``slicer.util.pip_install(list)`` exists in every supported Slicer and passes the list to
-    ``pip install`` (on 5.12 and later through ``slicer.packaging.pip_install``, which shows a
-    progress dialog and raises ``CalledProcessError`` on failure). ``slicer.packaging.pip_install``
-    itself has no ``interactive`` argument there, so it is not called directly.
+    Slicer 5.12 and later have ``slicer.packaging``, whose ``pip_install`` by default shows a
+    progress dialog and, on failure, an error dialog of its own before raising: MedFusion's
+    dialog (with the offline instructions) would be a second one, and a failed *optional*
+    package (itk-elastix, which MedFusion goes on without) would show Slicer's error dialog.
+    ``show_progress=False`` gives a busy cursor and no dialog. Slicer 5.10 has no
+    ``slicer.packaging``; its ``slicer.util.pip_install(list)`` shows no dialog.
     """
-    import slicer.util
+    try:
+        import slicer.packaging
+    except ImportError:  # Slicer 5.10
+        import slicer.util
 
-    slicer.util.pip_install(arguments)
+        slicer.util.pip_install(arguments)
+    else:
+        slicer.packaging.pip_install(arguments, show_progress=False)
 
 
 def process_pip_install(python: str) -> Callable[[list[str]], None]:

@@ -2,8 +2,9 @@
 
 Started by :class:`MedFusionSlicer.worker.WorkerProcess`; never imports Slicer, Qt or VTK. It
 imports torch and MedFusionLib once while the user is still choosing inputs, then serves jobs
-until its standard input closes, its mailbox folder is removed, a ``shutdown`` arrives, or
-``--idle-timeout`` seconds pass without a job.
+until its mailbox folder is removed, a ``shutdown`` arrives, or ``--idle-timeout`` seconds pass
+without a job; when its standard input ends (Slicer quit or crashed) it removes its mailbox and
+the running job's folder and ends at once, also in the middle of a job.
 
 Protocol: JSON objects, one per line out, one per line or per file in.
 
@@ -14,7 +15,7 @@ input. The panel uses the mailbox: ``PythonSlicer`` is CTK's app launcher, which
 the worker waiting for lines that never come; a folder needs nothing from the launcher::
 
     {"op": "fuse", "id": 3, "folder": "/tmp/MedFusion-x", "options": {...FusionOptions.to_dict()...},
-     "source_map": false}
+     "source_map": false, "keep_files": false}
     {"op": "shutdown"}
 
 Out (standard output; plain text lines are messages for the log, e.g. ``medfusion: ...`` notes
@@ -37,10 +38,12 @@ on one machine, so gzip would only cost time.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import queue
+import shutil
 import sys
 import threading
 import time
@@ -186,37 +189,88 @@ def run_fuse(job: dict) -> None:
     )
 
 
-def _read_requests(stream, requests: queue.Queue) -> None:
+def _read_requests(stream, requests: queue.Queue, abandon) -> None:
+    """Requests from standard input, one per line. Its end means Slicer is gone (quit or crashed):
+    ``abandon()`` then ends the process at once, also in the middle of a job, whose result has no
+    reader any more."""
     for line in stream:
         if line.strip():
             requests.put(line)
-    requests.put(None)  # standard input closed: Slicer is gone
+    abandon()
+
+
+class _Leftovers:
+    """What the worker must remove if Slicer vanishes: its mailbox and the running job's folder
+    (unless the job asked to keep its files)."""
+
+    def __init__(self, mailbox: Path | None) -> None:
+        self.mailbox = mailbox
+        self.job_folder: Path | None = None
+
+    def abandon(self) -> None:
+        for folder in (self.job_folder, self.mailbox):
+            if folder is not None:
+                shutil.rmtree(folder, ignore_errors=True)
+        sys.stdout.flush()
+        os._exit(0)  # from the reader thread: the serving thread may be inside a long fusion
 
 
 MAILBOX_POLL_S = 0.05  # how often the mailbox is looked at: far below a job's own time
+# How often an unreadable request file is tried again before its job is failed: 40 x 50 ms = 2 s,
+# longer than an antivirus scanner holds a new file on Windows.
+MAILBOX_ATTEMPTS = 40
+
+
+def _take_request(path: Path) -> str:
+    """The text of one request file, which is removed (raises ``OSError`` or ``UnicodeDecodeError``)."""
+    text = path.read_text(encoding="utf-8")
+    path.unlink()
+    return text
 
 
 def _watch_mailbox(folder: Path, requests: queue.Queue) -> None:
-    """Requests from ``folder``, oldest name first; its removal means Slicer has let the worker go."""
+    """Requests from ``folder``, oldest name first; its removal means Slicer has let the worker go.
+
+    A file that cannot be read or removed (briefly locked by a scanner, not UTF-8) is tried again
+    first, in order; after :data:`MAILBOX_ATTEMPTS` tries it is dropped and the waiting job is
+    failed with the reason (a ``finished`` event without an id), so nothing waits until Cancel.
+    """
+    attempts: dict[Path, int] = {}
     while True:
         try:
             names = sorted(path for path in folder.iterdir() if path.suffix == ".json")
         except FileNotFoundError:
             requests.put(None)
             return
+        except OSError:  # the folder itself briefly unreadable: look again
+            names = []
         for path in names:
-            text = path.read_text(encoding="utf-8")
-            path.unlink()
+            try:
+                text = _take_request(path)
+            except FileNotFoundError:
+                continue
+            except (OSError, UnicodeDecodeError) as error:
+                attempts[path] = attempts.get(path, 0) + 1
+                if attempts[path] < MAILBOX_ATTEMPTS:
+                    break  # this one again at the next look, before any later request
+                del attempts[path]
+                with contextlib.suppress(OSError):
+                    path.unlink()
+                emit({"event": "finished", "state": "failed",
+                      "error": f"the worker could not read the request {path.name}: {error}"})  # fmt: skip
+                continue
+            attempts.pop(path, None)
             requests.put(text)
         time.sleep(MAILBOX_POLL_S)
 
 
 def serve(idle_timeout: float, stdin=None, mailbox: Path | None = None) -> int:
-    """Answer jobs until standard input closes or ``mailbox`` is removed, ``shutdown``, or
-    ``idle_timeout`` s without a job."""
+    """Answer jobs until ``mailbox`` is removed, ``shutdown``, or ``idle_timeout`` s without a job;
+    the end of standard input ends the process from its reader thread (:func:`_read_requests`)."""
     emit({"event": "started", "pid": os.getpid()})
     requests: queue.Queue = queue.Queue()
-    threading.Thread(target=_read_requests, args=(stdin or sys.stdin, requests), daemon=True).start()
+    leftovers = _Leftovers(mailbox)
+    threading.Thread(target=_read_requests, args=(stdin or sys.stdin, requests, leftovers.abandon), daemon=True).start()
     if mailbox is not None:
         threading.Thread(target=_watch_mailbox, args=(mailbox, requests), daemon=True).start()
     # The library's notes (e.g. a GPU out-of-memory fallback) as the medfusion command prints them.
@@ -261,7 +315,11 @@ def serve(idle_timeout: float, stdin=None, mailbox: Path | None = None) -> int:
         if op != "fuse":
             emit({"event": "finished", "id": request.get("id"), "state": "failed", "error": f"unknown request {op!r}"})
             continue
-        emit({"event": "finished", "id": request.get("id"), **_run_job(request)})
+        kept = request.get("keep_files") or not request.get("folder")
+        leftovers.job_folder = None if kept else Path(request["folder"])
+        outcome = _run_job(request)
+        leftovers.job_folder = None
+        emit({"event": "finished", "id": request.get("id"), **outcome})
 
 
 def _run_job(request: dict) -> dict:

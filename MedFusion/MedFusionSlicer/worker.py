@@ -176,7 +176,8 @@ def kill_process_tree(process: subprocess.Popen) -> None:
     """End ``process`` and everything it started, at once, and reap it.
 
     POSIX: the worker runs in its own session (``start_new_session``), so one ``SIGKILL`` to its
-    process group reaches the launcher, the real Python and any helper. Windows: ``taskkill /T``.
+    process group reaches the launcher, the real Python and any helper; sent only while the
+    leader is unreaped. Windows: ``taskkill /T``.
     """
     if os.name == "nt":
         if process.poll() is None:
@@ -188,9 +189,12 @@ def kill_process_tree(process: subprocess.Popen) -> None:
             )
             if process.poll() is None:
                 process.kill()
-    else:
+    elif process.returncode is None:
+        # Not reaped yet (running, or a zombie): its pid, which is its group's id, cannot have been
+        # given to another process, so the signal reaches only the worker's group, helpers included.
+        # Once reaped (poll() or wait() set returncode), that id may belong to a stranger's group.
         try:
-            os.killpg(process.pid, signal.SIGKILL)  # also when the leader is gone but helpers remain
+            os.killpg(process.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
     process.wait()
@@ -457,6 +461,7 @@ class FusionJob:
                 "folder": str(self.folder),
                 "options": self.options,
                 "source_map": self.source_map,
+                "keep_files": self.keep_files,  # the worker leaves them also if Slicer vanishes
             }
         )
 
