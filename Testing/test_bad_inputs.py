@@ -70,7 +70,7 @@ CASES = [
     ("not an image", "not_an_image", "not_an_image|could not read|Could not read"),
     ("directory without DICOM", "no_dicom", "DICOM"),
     ("4D volume", "4d", "4D"),
-    ("RGB volume", "rgb_volume", "RGB only for 2D"),
+    ("RGB volume", "rgb_volume", "colour (RGB) volume"),
     ("mismatched grids without registration", "shifted", "--registration rigid"),
 ]
 

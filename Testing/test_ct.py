@@ -33,6 +33,7 @@ from MedFusionLib.imaging.normalization import normalize_intensity, slice_boxes
 from MedFusionLib.imaging.phantom import CT_PADDING_HU, TABLE_HU, make_clinical_pair
 from MedFusionLib.io import read_image
 from MedFusionLib.io.dicom import write_dicom_series
+from MedFusionLib.io.gate import prepare_input
 from MedFusionLib.registration import apply_transform
 
 SIZE, SPACING = (96, 96, 48), (2.5, 2.5, 3.5)
@@ -95,14 +96,15 @@ def test_body_mask_keeps_the_head_and_drops_table_and_circle(clinical):
 
 def test_auto_window_is_reported_and_boxes_exclude_the_table(clinical):
     ct, mr = clinical
-    window, body, description = display_window("auto", ct, ct)
+    window, body, description = display_window("auto", prepare_input(ct, "reference"))
     assert window == DEFAULT_CT_WINDOW and description.startswith(f"CT {DEFAULT_CT_WINDOW} (50, 400) HU")
     values = sitk.GetArrayFromImage(ct)
     rows_with_table = np.flatnonzero(table_voxels(values).any(axis=(0, 2)))
     boxes = [box for box in slice_boxes(body > 0, margin=2) if box is not None]
     assert boxes and all(box[1] <= rows_with_table.min() for box in boxes), "a box reaches the table"
     # The MR and 'none' keep the percentile rule.
-    assert display_window("auto", mr, mr)[0] is None and display_window(None, ct, ct)[0] is None
+    assert display_window("auto", prepare_input(mr, "moving"))[0] is None
+    assert display_window(None, prepare_input(ct, "reference"))[0] is None
 
 
 def washed_out(ct: np.ndarray, fused: np.ndarray, mask: np.ndarray) -> str:
@@ -124,8 +126,10 @@ def test_fused_phantom_is_not_washed_out_and_was_before(clinical):
     result = fuse_volumes(ct, mr, registration="none")
     assert "CT" in result.windows["reference"] and result.windows["moving"] == "percentiles"
     assert not washed_out(values, sitk.GetArrayFromImage(result.fused), mask)
-    old = fuse_volumes(ct, mr, registration="none", reference_window="none")  # percentiles of raw HU
-    assert washed_out(values, sitk.GetArrayFromImage(old.fused), mask), "the criterion does not see the old wash-out"
+    # Percentiles of raw HU, padding included (how the CT was shown before windows and before the
+    # input gate raised its padding to air), which the fused picture inherited.
+    raw_percentiles = normalize_intensity(values.astype(np.float32))
+    assert washed_out(values, raw_percentiles, mask), "the criterion does not see the old wash-out"
 
 
 def test_default_window_shows_the_ct_closer_to_the_training_pictures_than_percentiles(clinical):
@@ -194,7 +198,7 @@ def test_real_ct_fused_with_its_window_and_body_boxes(real_ct):
     assert result.windows["reference"].startswith("CT ") and "HU" in result.windows["reference"]
     mask = sitk.GetArrayFromImage(body_mask(real_ct)) > 0
     assert not washed_out(values, sitk.GetArrayFromImage(result.fused), mask)
-    window, body, _ = display_window("auto", real_ct, real_ct)
+    window, body, _ = display_window("auto", prepare_input(real_ct, "reference"))
     boxes = slice_boxes(body > 0, margin=2)
     table = np.zeros(values.shape, dtype=bool)
     for part, flat in tissue_parts(values):

@@ -285,7 +285,7 @@ def test_elastix_result_converts_exactly_to_simpleitk(deformed_pair, tmp_path):
 @pytest.mark.parametrize(
     "change, message",
     [
-        (lambda image: image[:, :, 10], "3D volumes"),
+        (lambda image: image[:, :, 10], "a 3D volume is needed"),
         (lambda image: sitk.Compose(image, image), "components per voxel"),
         (lambda image: image * float("nan"), "NaN"),
     ],

@@ -28,7 +28,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from MedFusionLib.devtools.registration_accuracy import target_registration_errors
-from MedFusionLib.registration import _prepared, checks, register
+from MedFusionLib.io.gate import prepare_input
+from MedFusionLib.registration import checks, register
 from MedFusionLib.registration.orientation import rotation_label, search_orientations
 
 BRATS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "brats" / "TCGA-DU-7294"
@@ -99,9 +100,10 @@ def large_start(folder: Path) -> None:
         return checks.foreground(fixed).centroid, checks.foreground(moving).centroid
 
     def new_start():
-        (fixed, body), (moving, _) = _prepared(ct, "reference"), _prepared(mr, "moving")
-        fixed_region, moving_region = checks.foreground(fixed, body), checks.foreground(moving)
-        return search_orientations(fixed, moving, fixed_region, moving_region)
+        fixed, moving = prepare_input(ct, "reference"), prepare_input(mr, "moving")
+        fixed_region = checks.foreground(fixed.image, fixed.body_mask())
+        moving_region = checks.foreground(moving.image, moving.body_mask())
+        return search_orientations(fixed.image, moving.image, fixed_region, moving_region)
 
     rows = {}
     for label, function in (

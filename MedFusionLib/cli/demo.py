@@ -69,16 +69,18 @@ def run(args: argparse.Namespace) -> int:
     from MedFusionLib.imaging.normalization import apply_ct_window
     from MedFusionLib.imaging.phantom import make_clinical_pair
     from MedFusionLib.io import write_image
+    from MedFusionLib.io.gate import prepare_input
     from MedFusionLib.registration.qa import write_registration_qa
 
     started = time.perf_counter()
     out = args.output_dir
     print("building the CT/MR head phantom pair (MR turned 180° and shifted 30 mm) ...", file=sys.stderr)
     phantom = make_clinical_pair()
+    reference = prepare_input(phantom.ct, "reference")  # once, for fusion and the QA picture
     show_progress, close_progress = progress_reporter("bar", args.model, args.registration, args.device)
     try:
         result = fuse_volumes(
-            phantom.ct,
+            reference,
             phantom.mr,
             model=args.model,
             registration=args.registration,
@@ -108,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
         planes=("axial", "coronal"),
     )
     save_figure(figure, paths["fusion.png"], overwrite=True)
-    write_registration_qa(out, phantom.ct, result.registration, overwrite=True)
+    write_registration_qa(out, reference, result.registration, overwrite=True)
     print("intensities: " + "; ".join(f"{role} {how}" for role, how in result.windows.items()))
     print(f"fused volume: {paths['fused.nii.gz']}")
     print(f"figure:       {paths['fusion.png']}")

@@ -137,7 +137,8 @@ def run(args: argparse.Namespace) -> int:
     # Imported here, not at the top: `medfusion --help` and argument errors need neither torch nor ITK.
     from MedFusionLib.core.files import refuse_existing_outputs
     from MedFusionLib.fusion.pipeline import fuse_volumes
-    from MedFusionLib.io import read_image, write_image
+    from MedFusionLib.io import write_image
+    from MedFusionLib.io.gate import prepare_input
     from MedFusionLib.registration.qa import QA_FILES
 
     options = FusionOptions.from_namespace(args)
@@ -150,8 +151,9 @@ def run(args: argparse.Namespace) -> int:
     refuse_existing_outputs(
         (args.output, args.save_registered, args.save_transform, args.source_map, *qa_files), overwrite=args.overwrite
     )
-    reference = read_image(args.reference, series_uid=args.reference_series)
-    moving = read_image(args.moving, series_uid=args.moving_series)
+    # Through the input gate once: fusion and the QA picture use the same prepared scans.
+    reference = prepare_input(args.reference, "reference", series_uid=args.reference_series)
+    moving = prepare_input(args.moving, "moving", series_uid=args.moving_series)
 
     show_progress, close_progress = progress_reporter(
         args.progress, options.model, options.registration, options.device

@@ -81,14 +81,16 @@ def run(args: argparse.Namespace) -> int:
     # Imported here: `medfusion --help` needs none of SimpleITK, ITK or torch.
     from MedFusionLib.core.files import refuse_existing_outputs
     from MedFusionLib.io import read_image, write_image
+    from MedFusionLib.io.gate import prepare_input
     from MedFusionLib.registration import read_transform, register, write_transform
     from MedFusionLib.registration.qa import QA_FILES, write_registration_qa
 
     # Refuse before the slow part, not after it.
     qa_files = () if args.qa is None else tuple(args.qa / name for name in QA_FILES)
     refuse_existing_outputs((args.output, args.transform, *qa_files), overwrite=args.overwrite)
-    fixed = read_image(args.fixed)
-    moving = read_image(args.moving)
+    # Through the input gate once: registration and the QA picture use the same prepared scans.
+    fixed = prepare_input(args.fixed, "reference", volume=True, scalar=True)
+    moving = prepare_input(args.moving, "moving", volume=True, scalar=True)
     result = register(
         fixed,
         moving,

@@ -1,6 +1,7 @@
 """The one fusion flow that the CLI, the Slicer logic and batch scripts all call.
 
-read -> (register, resample) -> normalise per volume -> per slice, a box around the joint
+read and prepare each scan once (the input gate, :mod:`MedFusionLib.io.gate`) -> (register,
+resample) -> normalise per volume -> per slice, a box around the joint
 foreground -> fuse inside the boxes -> an image with exactly the reference's geometry. See
 :func:`fuse_volumes`. Volumes are normalised and fused in slabs of slices, so beyond the inputs and
 the output only a bounded working set is held (README "Performance" gives the peak for large CTs).
@@ -13,7 +14,6 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from os import PathLike
 
 import numpy as np
 import SimpleITK as sitk
@@ -24,6 +24,7 @@ from MedFusionLib.core.choices import (  # noqa: F401  (callers read DEFAULT_CT_
     DEFAULT_CT_WINDOW,
     DEFAULT_MODEL,
     REGISTRATION_CHOICES,
+    REGISTRATION_PRESETS,
     resolve_model_name,
 )
 from MedFusionLib.core.devices import resolve_device
@@ -34,8 +35,7 @@ from MedFusionLib.fusion.engine import Box, CancelCallback, SliceFuser
 from MedFusionLib.fusion.functional import colourise, functional_bounds, functional_luminance, resample_by_coordinates
 from MedFusionLib.fusion.options import FusionOptions
 from MedFusionLib.fusion.source_map import source_map_array
-from MedFusionLib.imaging.colour import rgb_to_ycbcr, ycbcr_to_rgb
-from MedFusionLib.imaging.ct import body_mask, looks_like_ct
+from MedFusionLib.imaging.colour import ycbcr_to_rgb
 from MedFusionLib.imaging.normalization import (
     apply_ct_window,
     percentile_bounds,
@@ -43,11 +43,11 @@ from MedFusionLib.imaging.normalization import (
     scale_to_bounds,
     slice_boxes,
 )
-from MedFusionLib.io import read_image
+from MedFusionLib.io.gate import PreparedScan, ScanSource, prepare_input
 from MedFusionLib.models import create_model, model_spec
 from MedFusionLib.models.pretrained import weights_status
 
-ImageSource = str | PathLike | sitk.Image
+ImageSource = ScanSource | PreparedScan
 # progress(stage, done, total): stage "register" (done/total in percent) or "fuse" (slices).
 PipelineProgress = Callable[[str, int, int], None]
 
@@ -59,7 +59,6 @@ FOREGROUND_THRESHOLD = 0.05
 FOREGROUND_MARGIN = 2
 # Slices normalised and fused at a time: about 16 M voxels (64 MB per float32 slab).
 SLAB_VOXELS = 16_000_000
-_EIGHT_BIT = (sitk.sitkUInt8, sitk.sitkVectorUInt8)
 _log = logging.getLogger(__name__)
 
 
@@ -123,50 +122,6 @@ def resolve_model(name: str, device: str | torch.device = "auto", warn: bool = T
     return concrete
 
 
-def load_image(source: ImageSource, role: str) -> sitk.Image:
-    """A SimpleITK image from a path or an image, checked for what fusion needs.
-
-    ``role`` ("reference"/"moving") names the input in error messages. Accepts 2D or 3D scalar
-    images and 2D RGB images; rejects other dimensions, other component counts, NaN/Inf and
-    constant images, each with an :class:`InputError` that says what to do.
-    """
-    image = source if isinstance(source, sitk.Image) else read_image(source)
-    dimension, components = image.GetDimension(), image.GetNumberOfComponentsPerPixel()
-    if dimension not in (2, 3):
-        raise InputError(
-            f"the {role} image is {dimension}D; MedFusion fuses 2D images and 3D volumes. "
-            "Extract one 3D volume (e.g. one time point) first."
-        )
-    if components not in (1, 3) or (components == 3 and dimension != 2):
-        raise InputError(
-            f"the {role} image has {components} components per {dimension}D pixel; MedFusion takes "
-            "scalar images, or RGB only for 2D (e.g. pseudo-colour PET/SPECT). Convert it to grayscale first."
-        )
-    values = sitk.GetArrayViewFromImage(image)
-    if np.issubdtype(values.dtype, np.floating) and not np.isfinite(values).all():
-        raise InputError(
-            f"the {role} image contains {int((~np.isfinite(values)).sum())} NaN or infinite voxels; "
-            "fix or mask them in the source image (e.g. replace with the background value) and retry"
-        )
-    if values.min() == values.max():
-        raise InputError(
-            f"the {role} image is constant (every voxel is {values.flat[0]}): there is nothing to fuse. "
-            "Check that the right file or series was loaded."
-        )
-    return image
-
-
-def _split_luminance(image: sitk.Image) -> tuple[sitk.Image, np.ndarray | None]:
-    """Scalar image to fuse (a scalar input as it is), plus ``(H, W, 2)`` Cb/Cr of an RGB image
-    (``None`` if scalar)."""
-    if image.GetNumberOfComponentsPerPixel() == 1:
-        return image, None
-    ycbcr = rgb_to_ycbcr(sitk.GetArrayFromImage(image).astype(np.float32))
-    luminance = sitk.GetImageFromArray(ycbcr[..., 0].astype(np.float32))
-    luminance.CopyInformation(image)
-    return luminance, ycbcr[..., 1:]
-
-
 Scaling = Callable[[np.ndarray], np.ndarray]
 
 
@@ -204,8 +159,10 @@ def fuse_volumes(
     """Fuse ``moving`` into ``reference`` and return the result on the reference grid.
 
     Args:
-        reference, moving: paths (any format :func:`~MedFusionLib.io.read_image` reads) or
-            SimpleITK images; both 3D volumes, or both 2D images (grayscale or RGB).
+        reference, moving: paths (any format :func:`~MedFusionLib.io.read_image` reads),
+            SimpleITK images, or scans the input gate already prepared
+            (:func:`~MedFusionLib.io.gate.prepare_input`); both 3D volumes, or both 2D images
+            (grayscale or RGB). Each goes through the gate once, here or before.
         options: how to register and fuse (:class:`~MedFusionLib.fusion.options.FusionOptions`;
             its defaults when ``None``). ``overrides`` replace single fields, e.g.
             ``fuse_volumes(ct, mr, model="haf", registration="rigid")``. Two overrides take
@@ -238,25 +195,27 @@ def fuse_volumes(
     )
     options = dataclasses.replace(options or FusionOptions(), **overrides)
     started = time.perf_counter()
-    reference_image = load_image(reference, "reference")
-    moving_image = load_image(moving, "moving")
-    if reference_image.GetDimension() != moving_image.GetDimension():
+    registers = options.registration in REGISTRATION_PRESETS  # a volume in grey-scale is needed
+    reference_scan = prepare_input(reference, "reference", volume=registers, scalar=registers)
+    moving_scan = prepare_input(moving, "moving", volume=registers, scalar=registers)
+    del reference, moving  # a path's image lives on in its scan only: one copy of each volume
+    if reference_scan.dimension != moving_scan.dimension:
         raise InputError(
-            f"the reference is {reference_image.GetDimension()}D but the moving image is "
-            f"{moving_image.GetDimension()}D; give two volumes or two 2D images"
+            f"the reference is {reference_scan.dimension}D but the moving image is "
+            f"{moving_scan.dimension}D; give two volumes or two 2D images"
         )
-    if options.functional is not None and moving_image.GetNumberOfComponentsPerPixel() != 1:
+    if options.functional is not None and moving_scan.colour is not None:
         raise InputError(
             "--functional colours a scalar functional volume, but the moving image is already in colour; "
             "fuse it without --functional (its colours are kept), or give the PET/SPECT volume itself"
         )
-    registration = resolve_registration(options, reference_image, moving_image, transform is not None)
+    registration, search = resolve_registration(options, reference_scan, moving_scan, transform is not None)
     # Beyond the inputs: the float32 result and its copy into the output image, plus one
     # transient copy for the percentiles; registration adds the resampled moving image. Slabs
     # are bounded by SLAB_VOXELS.
     require_memory(
-        (3 + (registration != "none") + source_map) * 4 * reference_image.GetNumberOfPixels(),
-        f"fusing on a {'×'.join(map(str, reference_image.GetSize()))} reference grid",
+        (3 + (registration != "none") + source_map) * 4 * reference_scan.image.GetNumberOfPixels(),
+        f"fusing on a {'×'.join(map(str, reference_scan.image.GetSize()))} reference grid",
     )
     # Build the model before the slow steps, so a wrong name or missing weights fail at once; "auto"
     # becomes a concrete network once the device is known.
@@ -272,11 +231,10 @@ def fuse_volumes(
     )
     stage_seconds = {"load": time.perf_counter() - started}
 
-    reference_luminance, reference_chroma = _split_luminance(reference_image)
-    moving_luminance, moving_chroma = _split_luminance(moving_image)
+    reference_luminance, moving_luminance = reference_scan.image, moving_scan.image
     registration_result = None
     if registration == "none":
-        differences = grid_differences(reference_image, moving_image)
+        differences = grid_differences(reference_luminance, moving_luminance)
         if differences:
             raise GridMismatchError(
                 "the reference and moving images are on different voxel grids ("
@@ -296,8 +254,8 @@ def fuse_volumes(
         if progress:
             progress("register", 0, 100)
         registration_result = register(
-            reference_luminance,
-            moving_luminance,
+            reference_scan,
+            moving_scan,
             preset=registration,
             backend=options.backend,
             initializer=transform if transform is not None else options.init,
@@ -306,6 +264,7 @@ def fuse_volumes(
             progress=(lambda fraction, _message: progress("register", int(round(100 * fraction)), 100))
             if progress
             else None,
+            search=search,  # the shared-grid check's search, when it ran: never twice
         )
         registered_luminance = registration_result.registered
         confidence = registration_result.confidence
@@ -320,25 +279,28 @@ def fuse_volumes(
     fuse_started = time.perf_counter()
     a = sitk.GetArrayViewFromImage(reference_luminance)
     b = sitk.GetArrayViewFromImage(registered_luminance)
-    window_a, mask_a, windows = display_window(options.reference_window_value, reference_image, reference_luminance)
-    scale_a = intensity_scaling(a, window_a, reference_image.GetPixelID() in _EIGHT_BIT)
+    window_a, mask_a, windows = display_window(options.reference_window_value, reference_scan)
+    scale_a = intensity_scaling(a, window_a, reference_scan.eight_bit)
     if options.functional is None:
-        window_b, mask_b, windows_b = display_window(options.moving_window_value, moving_image, registered_luminance)
-        scale_b = intensity_scaling(b, window_b, moving_image.GetPixelID() in _EIGHT_BIT)
+        moving_to_grid = registration_result.transform if registration_result is not None else None
+        window_b, mask_b, windows_b = display_window(
+            options.moving_window_value, moving_scan, reference_luminance, moving_to_grid
+        )
+        scale_b = intensity_scaling(b, window_b, moving_scan.eight_bit)
     else:
         # The display range comes from the functional volume as acquired, not from its resampled copy.
-        bounds = functional_bounds(sitk.GetArrayViewFromImage(moving_image), options.functional_range_value)
+        bounds = functional_bounds(sitk.GetArrayViewFromImage(moving_luminance), options.functional_range_value)
         scale_b, mask_b = functional_luminance(bounds, options.functional), None
         windows_b = f"functional, colour map {options.functional} over {bounds[0]:g} to {bounds[1]:g}"
     windows = {"reference": windows, "moving": windows_b}
-    slice_axis = slicing_array_axis(reference_image, options.axis) if a.ndim == 3 else None
+    slice_axis = slicing_array_axis(reference_luminance, options.axis) if a.ndim == 3 else None
     fused, fused_slices = fuse_arrays(
         a, b, scale_a, scale_b, slice_axis, fuser, progress, cancel, masks=(mask_a, mask_b)
     )
     del mask_a, mask_b
     stage_seconds["fuse"] = time.perf_counter() - fuse_started
 
-    chroma = reference_chroma if reference_chroma is not None else moving_chroma
+    chroma = reference_scan.chroma if reference_scan.chroma is not None else moving_scan.chroma
     if options.functional is not None:
         fused_image = sitk.GetImageFromArray(colourise(fused, b, bounds, options.functional), isVector=True)
     elif chroma is None:
@@ -346,19 +308,19 @@ def fuse_volumes(
     else:
         rgb = ycbcr_to_rgb(np.concatenate([fused[..., None] * 255.0, chroma], axis=-1))
         fused_image = sitk.GetImageFromArray(np.clip(np.rint(rgb), 0, 255).astype(np.uint8), isVector=True)
-    fused_image.CopyInformation(reference_image)
+    fused_image.CopyInformation(reference_luminance)
     source_map_image = None
     if source_map:
         share = source_map_array(a, b, scale_a, scale_b, fused, slice_axis, SLAB_VOXELS)
         source_map_image = sitk.GetImageFromArray(share)
         del share
-        source_map_image.CopyInformation(reference_image)
+        source_map_image.CopyInformation(reference_luminance)
 
     del fused  # the image holds its own copy
     if registration == "resample":
         registered_moving = registered_luminance
     elif registration_result is None:
-        registered_moving = moving_image
+        registered_moving = moving_scan.colour if moving_scan.colour is not None else moving_luminance
     else:
         registered_moving = registration_result.registered
     stage_seconds["assemble"] = time.perf_counter() - fuse_started - stage_seconds["fuse"]
@@ -378,34 +340,42 @@ def fuse_volumes(
 
 
 def display_window(
-    window: str | tuple[float, float] | None, image: sitk.Image, luminance: sitk.Image
+    window: str | tuple[float, float] | None,
+    scan: PreparedScan,
+    grid: sitk.Image | None = None,
+    transform: sitk.Transform | None = None,
 ) -> tuple[str | tuple[float, float] | None, np.ndarray | None, str]:
     """How one input is mapped to [0, 1]: ``(window, body, description)``.
 
     ``window``: the option's value (:func:`~MedFusionLib.fusion.options.parse_window`); ``auto``
-    becomes, for an image recognised as CT (:func:`~MedFusionLib.imaging.ct.looks_like_ct`, on
-    the input as read), :data:`~MedFusionLib.core.choices.DEFAULT_CT_WINDOW` (the window that
-    shows a CT most like the models' training pictures), else ``None`` (percentiles, or 1/255 for
-    8-bit pictures). ``body``: for a CT shown through a window, its body mask on
-    ``luminance``'s grid (uint8 array, ``[z, y, x]``), which replaces the threshold as its
+    becomes, for a scan the input gate recognised as CT (:attr:`PreparedScan.is_ct`),
+    :data:`~MedFusionLib.core.choices.DEFAULT_CT_WINDOW` (the window that shows a CT most like
+    the models' training pictures), else ``None`` (percentiles, or 1/255 for 8-bit pictures).
+    ``body``: for a CT shown through a window, its body mask (the scan's own, made once) on
+    ``grid`` (the scan's grid when ``None``; ``transform``: ``grid`` points → scan points, e.g.
+    the registration's) as a uint8 array ``[z, y, x]``, which replaces the threshold as its
     foreground for the fusion boxes, so the table and the padding are not fused; else ``None``.
     ``description``: the choice in words, for the output and :attr:`FusionResult.windows`.
     """
-    is_ct = window is not None and image.GetDimension() == 3 and looks_like_ct(image)
+    is_ct = window is not None and scan.is_ct
     if window is None or (window == "auto" and not is_ct):
-        return None, None, "percentiles" if image.GetPixelID() not in _EIGHT_BIT else "8-bit, /255"
-    mask = body_mask(luminance) if is_ct else None
+        return None, None, "8-bit, /255" if scan.eight_bit else "percentiles"
+    mask = scan.body_mask_on(grid if grid is not None else scan.image, transform) if is_ct else None
     how = "set by the user"
     if window == "auto":
         window, how = DEFAULT_CT_WINDOW, "the default for a CT"
     level, width = resolve_ct_window(window)
     name = window if isinstance(window, str) else "window"
     description = f"CT {name} ({level:g}, {width:g}) HU, {how}"
-    return window, None if mask is None else sitk.GetArrayFromImage(mask), description
+    return window, mask, description
 
 
-def resolve_registration(options: FusionOptions, reference: sitk.Image, moving: sitk.Image, has_transform: bool) -> str:
-    """The registration preset a run uses: ``options.registration``, with ``auto`` made concrete.
+def resolve_registration(
+    options: FusionOptions, reference: PreparedScan, moving: PreparedScan, has_transform: bool
+) -> tuple[str, object | None]:
+    """The registration preset a run uses (``options.registration``, with ``auto`` made concrete),
+    and the orientation search that decided it (``None`` when none ran), for :func:`register` to
+    reuse: the search runs once per fusion.
 
     ``auto`` is ``rigid`` when the two images lie on different voxel grids or an initial transform
     was given; ``none`` for 2D pictures (never registered) and for volumes on one voxel grid that
@@ -414,19 +384,19 @@ def resolve_registration(options: FusionOptions, reference: sitk.Image, moving: 
     (:func:`~MedFusionLib.registration.aligned_as_stored`) and registered when it is not aligned.
     """
     if options.registration != "auto":
-        return options.registration
-    if reference.GetDimension() == 2:
-        return "none"
-    if has_transform or options.initial_transform is not None or grid_differences(reference, moving):
-        return "rigid"
+        return options.registration, None
+    if reference.dimension == 2:
+        return "none", None
+    if has_transform or options.initial_transform is not None or grid_differences(reference.image, moving.image):
+        return "rigid", None
     from MedFusionLib.registration import aligned_as_stored  # the search needs only SimpleITK
 
-    aligned, evidence = aligned_as_stored(reference, moving)
-    if aligned:
-        return "none"
-    _log.info(f"registration auto: the images share a voxel grid but are not aligned as stored ({evidence}); "
+    check = aligned_as_stored(reference, moving)
+    if check.aligned:
+        return "none", check.search
+    _log.info(f"registration auto: the images share a voxel grid but are not aligned as stored ({check.evidence}); "
               "registering them rigidly")  # fmt: skip
-    return "rigid"
+    return "rigid", check.search
 
 
 def fuse_arrays(

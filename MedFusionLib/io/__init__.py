@@ -62,6 +62,8 @@ def read_image(path: PathLike, *, series_uid: str | None = None) -> sitk.Image:
         )
     if path.is_dir():
         return read_dicom_directory(path, series_uid)
+    if path.stat().st_size == 0:
+        raise InputError(f"{path} is empty (0 bytes): an interrupted copy or export? Copy or export it again.")
     extension = file_extension(path)
     is_dicom = extension in DICOM_EXTENSIONS or has_dicom_preamble(path)
     if series_uid is not None and not is_dicom:

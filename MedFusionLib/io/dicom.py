@@ -141,20 +141,80 @@ def read_dicom_directory(directory: Path, series_uid: str | None) -> sitk.Image:
         chosen = matches[0]
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames([str(f) for f in chosen.files])
-    reader.MetaDataDictionaryArrayUpdateOn()  # per-slice headers, for the spacing check
+    reader.MetaDataDictionaryArrayUpdateOn()  # per-slice headers, for the checks below
     try:
         with _itk_warnings_silenced():  # the uneven-spacing warning becomes the error below
             image = reader.Execute()
     except RuntimeError as error:
+        # ITK refuses slices of different sizes with a bare "Size: [...]": say which and why.
+        _require_one_kind_of_slice([_header_fields(_dicom_header(f)) for f in chosen.files], chosen, directory)
         raise InputError(
             f"Could not read DICOM series {chosen.uid} in {directory}: {itk_reason(error)}. "
             "Check that all files of the series are present and complete."
         ) from error
+    _require_one_kind_of_slice(
+        [_reader_fields(reader, index) for index in range(len(chosen.files))], chosen, directory
+    )
     _require_even_slice_spacing(image, reader, chosen, directory)
     if chosen.modality:
         # The series reader keeps no header on the volume; the Modality tells later steps it is a CT.
         image.SetMetaData("0008|0060", chosen.modality)
     return image
+
+
+# Per slice: (orientation: 6 direction cosines, (rows, columns), pixel spacing in mm), or None
+# where a header lacks a field.
+SliceFields = tuple[tuple[float, ...] | None, tuple[int, int] | None, tuple[float, ...] | None]
+_ORIENTATION_TAG, _ROWS_TAG, _COLUMNS_TAG, _PIXEL_SPACING_TAG = "0020|0037", "0028|0010", "0028|0011", "0028|0030"
+
+
+def _numbers(text: str | None) -> tuple[float, ...] | None:
+    try:
+        return tuple(float(v) for v in str(text).replace("[", "").replace("]", "").replace(",", "\\").split("\\"))
+    except ValueError:
+        return None
+
+
+def _reader_fields(reader: sitk.ImageSeriesReader, index: int) -> SliceFields:
+    """The fields of slice ``index`` as the series reader kept them."""
+
+    def text(tag: str) -> str | None:
+        return reader.GetMetaData(index, tag) if reader.HasMetaDataKey(index, tag) else None
+
+    rows, columns = text(_ROWS_TAG), text(_COLUMNS_TAG)
+    size = (int(rows), int(columns)) if rows is not None and columns is not None else None
+    return _numbers(text(_ORIENTATION_TAG)), size, _numbers(text(_PIXEL_SPACING_TAG))
+
+
+def _header_fields(header) -> SliceFields:
+    """The fields of one slice from its pydicom header."""
+    orientation, spacing = header.get("ImageOrientationPatient"), header.get("PixelSpacing")
+    rows, columns = header.get("Rows"), header.get("Columns")
+    return (
+        None if orientation is None else tuple(float(v) for v in orientation),
+        None if rows is None or columns is None else (int(rows), int(columns)),
+        None if spacing is None else tuple(float(v) for v in spacing),
+    )
+
+
+def _require_one_kind_of_slice(fields: list[SliceFields], series: DicomSeriesInfo, directory: Path) -> None:
+    """Refuse a series that mixes slices of different orientations, sizes or pixel spacings (a
+    localizer or a reformat filed under the same SeriesInstanceUID): one volume cannot hold them,
+    and ITK would either fail or stack them as if they were one grid."""
+    what = ("orientations (ImageOrientationPatient)", "sizes (Rows × Columns)", "pixel spacings (PixelSpacing)")
+    for position, name in enumerate(what):
+        values = [slice_[position] for slice_ in fields if slice_[position] is not None]
+        if not values:
+            continue
+        first = np.asarray(values[0], dtype=float)
+        differing = [v for v in values if len(v) != len(first) or not np.allclose(v, first, rtol=1e-4, atol=1e-4)]
+        if differing:
+            raise InputError(
+                f"DICOM series {series.uid} in {directory} mixes slices of different {name}: "
+                f"{tuple(values[0])} and {tuple(differing[0])} ({len(differing)} of {len(values)} slices differ), "
+                "so they do not form one volume (a localizer or a reformat filed in the same series?). Move the "
+                "odd files out of the folder, or export the series again as one volume."
+            )
 
 
 def _require_even_slice_spacing(
@@ -170,8 +230,19 @@ def _require_even_slice_spacing(
         return
     positions = np.array([[float(v) for v in reader.GetMetaData(i, position_tag).split("\\")] for i in slices])
     normal = np.array(image.GetDirection(), dtype=float).reshape(3, 3)[:, 2]
-    gaps = np.diff(positions @ normal)  # mm between consecutive slices along the slice normal
-    typical = float(np.median(gaps))
+    along_normal = positions @ normal  # mm
+    order = np.argsort(along_normal, kind="stable")
+    steps = np.diff(along_normal[order])
+    typical = float(np.median(steps))
+    doubled = np.flatnonzero(steps <= 0.01 * abs(typical))
+    if typical > 0 and doubled.size:
+        first, second = series.files[order[doubled[0]]].name, series.files[order[doubled[0] + 1]].name
+        raise InputError(
+            f"DICOM series {series.uid} in {directory}: {doubled.size} of its {len(series.files)} slice files "
+            f"repeat a position (e.g. {first} and {second} lie at one place), so a slice is duplicated "
+            "(copied twice, or two acquisitions in one series). Remove the duplicate files, or export the series again."
+        )
+    gaps = np.diff(along_normal)  # mm between consecutive slices along the slice normal, in ITK's order
     # DS rounding of positions stays far below 1 % of a gap; a missing slice doubles one.
     if np.all(np.abs(gaps - typical) <= 0.01 * abs(typical)):
         return

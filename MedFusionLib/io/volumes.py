@@ -1,8 +1,13 @@
 """Volumes read and written with SimpleITK: NIfTI (``.nii``, ``.nii.gz``), NRRD (``.nrrd``, ``.nhdr``),
 MetaImage (``.mha``, ``.mhd``). Origin, spacing (mm) and direction travel with the image.
 
-NIfTI is checked beyond what ITK's reader does: a truncated file (ITK fills the missing voxels
-with zeros) and NaN/Inf voxels in a float file (ITK turns NaN into 0) are refused.
+NIfTI is checked beyond what ITK's reader does, where ITK would silently hand over something else
+than the file says: a truncated file (ITK fills the missing voxels with zeros), NaN/Inf voxels in a
+float file (ITK turns NaN into 0), voxel sizes that are zero, negative or not finite (ITK makes
+them 1 or positive), a sheared or singular sform, 1-bit voxels, and a scale slope ITK would ignore
+(infinite, or zero/NaN beside an intercept). A slope of 0 or NaN alone means "not scaled" (the
+NIfTI standard's 0; nibabel and ITK write NaN, and BraTS files carry it) and is accepted. What
+every image must be, whatever its format, is checked by the gate (:mod:`MedFusionLib.io.gate`).
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ def read_volume(path: Path, format_name: str) -> sitk.Image:
     """Read a volume file of ``format_name`` (a value of :data:`VOLUME_FORMATS`, or ``"DICOM"`` for a
     lone DICOM file), refusing before allocation when its voxels would not fit in memory."""
     if format_name == "NIfTI":
+        _require_sound_nifti_header(path)
         _require_complete_nifti(path)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
@@ -91,6 +97,75 @@ def _require_finite_nifti(path: Path) -> None:
         raise InputError(
             f"{path} contains {bad} NaN or infinite voxels; replace them (e.g. with the background "
             "value) or mask them in the source image, then retry."
+        )
+
+
+# NIfTI datatype codes ITK cannot read (1-bit voxels) and what to say about them.
+_NIFTI_BINARY = 1
+# Relative tolerance for an sform's columns to count as orthogonal: writers' rounding stays near 1e-6.
+_SFORM_TOLERANCE = 1e-3
+
+
+def _require_sound_nifti_header(path: Path) -> None:
+    """Refuse what ITK's NIfTI reader would silently change: 1-bit voxels (unreadable), voxel
+    sizes that are zero, negative or not finite (made 1 or positive), a sheared, singular or
+    non-finite sform (an ITK error without the fix, or a quiet fall-back to the qform), and a scale
+    slope that is infinite, or zero/NaN beside an intercept (ignored, so the values would be off)."""
+    import nibabel
+
+    try:
+        with (gzip.open(path, "rb") if file_extension(path) == ".nii.gz" else open(path, "rb")) as stream:
+            head = stream.read(4)
+            stream.seek(0)
+            size = max(int.from_bytes(head, "little"), int.from_bytes(head, "big")) if len(head) == 4 else 0
+            header_class = nibabel.Nifti2Header if size == 540 else nibabel.Nifti1Header
+            header = header_class.from_fileobj(stream, check=False)
+    except Exception as error:  # nibabel and gzip raise many types for a damaged header
+        raise InputError(
+            f"Could not read {path} as NIfTI: the header is damaged ({error}). Check that the "
+            "file is complete and really NIfTI (re-export or re-download it)."
+        ) from error
+    if int(header["datatype"]) == _NIFTI_BINARY:
+        raise InputError(
+            f"{path} stores 1-bit (boolean) voxels: a mask, not a scan. Give the scan itself, or save "
+            "the mask as 8-bit integers (uint8) if a mask is really what you want to fuse."
+        )
+    spatial = max(1, min(3, int(header["dim"][0])))
+    voxel_sizes = np.asarray(header["pixdim"][1 : spatial + 1], dtype=np.float64)
+    if not (np.isfinite(voxel_sizes).all() and (voxel_sizes > 0).all()):
+        raise InputError(
+            f"{path}: its voxel size (pixdim) is {tuple(float(v) for v in voxel_sizes)} mm; each must be a "
+            "positive finite number (ITK would quietly replace it). Fix the header (e.g. nibabel's "
+            "header.set_zooms) or re-export the scan."
+        )
+    if int(header["sform_code"]) > 0:
+        _require_sound_sform(path, np.asarray(header.get_sform(), dtype=np.float64)[:3, :spatial])
+    slope, intercept = float(header["scl_slope"]), float(header["scl_inter"])
+    unset_slope = slope == 0 or np.isnan(slope)
+    if np.isinf(slope) or (unset_slope and np.isfinite(intercept) and intercept != 0):
+        raise InputError(
+            f"{path}: its scale slope is {slope} (with intercept {intercept}), so its stored values cannot be "
+            "turned into real ones (readers would ignore the scaling). Re-export the scan, or fix scl_slope "
+            "in the header (1 for unscaled data)."
+        )
+
+
+def _require_sound_sform(path: Path, columns: np.ndarray) -> None:
+    """The sform's voxel axes (``columns``: 3 × D, mm per voxel) must be finite, non-zero and
+    orthogonal: ITK only supports orthonormal directions times positive spacings."""
+    lengths = np.linalg.norm(columns, axis=0)
+    if not np.isfinite(columns).all() or (lengths == 0).any():
+        raise InputError(
+            f"{path}: its sform (voxel-to-world matrix) is singular or not finite, so the voxels have no "
+            "position in space. Fix the header or re-export the scan from the scanner or the tool that made it."
+        )
+    unit = columns / lengths
+    gram = unit.T @ unit
+    if np.abs(gram - np.eye(gram.shape[0])).max() > _SFORM_TOLERANCE:
+        raise InputError(
+            f"{path}: its sform (voxel-to-world matrix) is sheared (its voxel axes are not perpendicular), "
+            "which MedFusion's image model cannot hold. Resample it onto a grid with perpendicular axes "
+            "(e.g. in 3D Slicer, or with nibabel.processing.resample_from_to), then retry."
         )
 
 

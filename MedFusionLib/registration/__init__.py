@@ -11,9 +11,11 @@ or not, and why), or raises :class:`~MedFusionLib.core.errors.RegistrationError`
 fails the checks of :mod:`.checks` (no overlap, worse or no shared structure, implausible
 scaling, folding), or is doubtful and ``strict`` is set.
 
-A CT (:func:`~MedFusionLib.imaging.ct.looks_like_ct`) is registered with its padding set to air
-(-2048 outside the reconstruction circle would otherwise be the strongest edge in the image) and
-its foreground is its body (:func:`~MedFusionLib.imaging.ct.body_mask`), not the table.
+Both images come through the input gate (:func:`~MedFusionLib.io.gate.prepare_input`; a
+:class:`~MedFusionLib.io.gate.PreparedScan` passes as it is): float32, validated, and a CT with its
+padding set to air (-2048 outside the reconstruction circle would otherwise be the strongest edge
+in the image) and its body (:meth:`~MedFusionLib.io.gate.PreparedScan.body_mask`) as its
+foreground, not the table.
 
 Backends: ``elastix`` (itk-elastix, or SimpleITK's own ``ElastixImageFilter`` where it was
 built with elastix) and ``simpleitk`` (``ImageRegistrationMethod``, inside every Slicer).
@@ -33,7 +35,7 @@ import SimpleITK as sitk
 
 from MedFusionLib.core.choices import BACKEND_CHOICES
 from MedFusionLib.core.errors import InputError, RegistrationError
-from MedFusionLib.imaging.ct import AIR_HU, body_mask, looks_like_ct, without_padding
+from MedFusionLib.io.gate import PreparedScan, prepare_input
 from MedFusionLib.registration import checks, elastix_backend, simpleitk_backend
 from MedFusionLib.registration.confidence import MIN_MARGIN, Confidence, assess, foreground_overlap
 from MedFusionLib.registration.initialization import INITIALIZERS, fields_of_view_intersect, initial_alignment
@@ -54,6 +56,8 @@ __all__ = [
     "INITIALIZERS",
     "PRESETS",
     "RegistrationResult",
+    "StoredAlignment",
+    "aligned_as_stored",
     "apply_transform",
     "available_backends",
     "read_transform",
@@ -77,7 +81,8 @@ class RegistrationResult:
     result (:class:`~MedFusionLib.registration.confidence.Confidence`: ``doubtful``, ``summary``
     and the figures behind them). ``search``: the orientation search's candidates, best first (for
     a start the user chose, the search that checked the result against the other orientations).
-    ``search_seconds``: its share of ``seconds``.
+    ``search_seconds``: its share of ``seconds``. ``registered_is_ct``: the moving scan is a CT in
+    HU (as the input gate recognised it), so ``registered`` is one too.
     """
 
     registered: sitk.Image
@@ -90,6 +95,7 @@ class RegistrationResult:
     confidence: Confidence | None = None
     search: SearchResult | None = None
     search_seconds: float = 0.0
+    registered_is_ct: bool = False
 
 
 def available_backends() -> list[str]:
@@ -122,25 +128,6 @@ def resolve_backend(backend: str, preset: str = "rigid") -> str:
     )
 
 
-def _as_float_volume(image: sitk.Image, role: str) -> sitk.Image:
-    if not isinstance(image, sitk.Image):
-        raise InputError(f"the {role} image must be a SimpleITK image, not {type(image).__name__}")
-    if image.GetDimension() != 3:
-        raise InputError(f"registration works on 3D volumes; the {role} image is {image.GetDimension()}D")
-    if image.GetNumberOfComponentsPerPixel() != 1:
-        raise InputError(
-            f"the {role} image has {image.GetNumberOfComponentsPerPixel()} components per voxel; "
-            "register a single-channel (grey-scale) image, e.g. the luminance"
-        )
-    floating = sitk.Cast(image, sitk.sitkFloat32)
-    if (
-        image.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64)
-        and not np.isfinite(sitk.GetArrayViewFromImage(floating)).all()
-    ):  # integer voxels are always finite: no second pass over a large CT
-        raise InputError(f"the {role} image contains NaN or infinite values; fix or mask them before registering")
-    return floating
-
-
 def _as_mask(mask: sitk.Image | None, image: sitk.Image, role: str) -> sitk.Image | None:
     if mask is None:
         return None
@@ -160,8 +147,8 @@ def _as_mask(mask: sitk.Image | None, image: sitk.Image, role: str) -> sitk.Imag
 
 
 def register(
-    reference: sitk.Image,
-    moving: sitk.Image,
+    reference: sitk.Image | PreparedScan,
+    moving: sitk.Image | PreparedScan,
     preset: str = "rigid",
     backend: str = "auto",
     *,
@@ -171,12 +158,14 @@ def register(
     seed: int = 0,
     strict: bool = False,
     progress: Callable[[float, str], None] | None = None,
+    search: SearchResult | None = None,
 ) -> RegistrationResult:
     """Register ``moving`` to ``reference`` and resample it onto the reference grid.
 
     Args:
-        reference, moving: 3D single-channel SimpleITK images, any pixel type, any grids
-            (spacing, field of view and orientation may differ; physical LPS mm).
+        reference, moving: 3D single-channel scans, any grids (spacing, field of view and
+            orientation may differ; physical LPS mm): SimpleITK images of any real pixel type,
+            which go through the input gate here, or scans it already prepared.
         preset: ``rigid``, ``affine`` (rigid → affine) or ``bspline`` (rigid → affine → B-spline).
         backend: ``auto`` (:func:`resolve_backend`: simpleitk for rigid and affine, elastix for
             bspline when importable), ``elastix`` or ``simpleitk``.
@@ -192,10 +181,12 @@ def register(
         strict: a doubtful result (see ``RegistrationResult.confidence``) raises instead of
             being returned with a warning.
         progress: called as ``progress(fraction in [0, 1], message)`` while it runs.
+        search: the orientation search of these two scans, already run (by
+            :func:`aligned_as_stored`), reused instead of run again; ``None``: run here.
 
     Raises:
-        InputError: unusable inputs (not 3D, vector pixels, NaNs, masks on another grid, unknown
-            preset or backend).
+        InputError: unusable inputs (what the gate refuses, masks on another grid, unknown preset
+            or backend).
         RegistrationError: no overlap, or a result that is worse than the start, shares no
             structure, mirrors, scales implausibly or folds, or (``strict``) is doubtful; the
             message says what to try.
@@ -204,22 +195,27 @@ def register(
         raise InputError(f"unknown registration preset {preset!r}; choose one of {', '.join(PRESETS)}")
     chosen = resolve_backend(backend, preset)
     started = time.perf_counter()
-    fixed, fixed_body = _prepared(reference, "reference")
-    moving_float, moving_body = _prepared(moving, "moving")
-    fixed_mask = _as_mask(reference_mask, reference, "reference")
-    moving_mask_binary = _as_mask(moving_mask, moving, "moving")
+    fixed_scan = prepare_input(reference, "reference", volume=True, scalar=True)
+    moving_scan = prepare_input(moving, "moving", volume=True, scalar=True)
+    fixed, fixed_body = fixed_scan.image, fixed_scan.body_mask()
+    moving_float, moving_body = moving_scan.image, moving_scan.body_mask()
+    fixed_mask = _as_mask(reference_mask, fixed, "reference")
+    moving_mask_binary = _as_mask(moving_mask, moving_float, "moving")
 
     fixed_region = checks.foreground(fixed, fixed_mask if fixed_mask is not None else fixed_body)
     moving_region = checks.foreground(
         moving_float, moving_mask_binary if moving_mask_binary is not None else moving_body
     )
-    search = None
-    if isinstance(initializer, str) and initializer == "auto":
+    if search is not None and (reference_mask is not None or moving_mask is not None):
+        search = None  # masks change the foregrounds the poses were anchored on: search again
+    started_by_search = isinstance(initializer, str) and initializer == "auto"
+    if started_by_search:
         if not fields_of_view_intersect(fixed, moving_float):
             initial_alignment(fixed, moving_float, fixed_region, moving_region, "auto")  # raises, saying why
-        if progress is not None:
-            progress(0.0, "orientation search (24 poses)")
-        search = search_orientations(fixed, moving_float, fixed_region, moving_region, seed)
+        if search is None:
+            if progress is not None:
+                progress(0.0, "orientation search (24 poses)")
+            search = search_orientations(fixed, moving_float, fixed_region, moving_region, seed)
         starts = [candidate.transform for candidate in full_run_starts(search)]
         checks.check_overlap(starts[0], fixed_region, moving_float, "at the starting alignment")
     else:
@@ -266,8 +262,7 @@ def register(
     metric_before = checks.mutual_information(fixed_region.grid, moving_float, start, fixed_mask)
     checks.check_plausible(transform, fixed_region, moving_float)
     checks.check_metric(metric_before, metric_after)
-    started_by_search = search is not None
-    if not started_by_search:
+    if search is None:
         # A start the user chose skips the search, not the question it answers: did another
         # orientation fit better than the result? (About a second; the 24 poses, scored as usual.)
         search = search_orientations(fixed, moving_float, fixed_region, moving_region, seed)
@@ -276,9 +271,7 @@ def register(
     )
     if strict and confidence.doubtful:
         raise RegistrationError(confidence.summary + " (--strict: nothing was written)")
-    registered = apply_transform(
-        moving, reference, transform, default_value=AIR_HU if moving_body is not None else None
-    )
+    registered = apply_transform(moving_float, fixed, transform, default_value=moving_scan.outside_value)
     return RegistrationResult(
         registered=registered,
         transform=transform,
@@ -290,6 +283,7 @@ def register(
         confidence=confidence,
         search=search,
         search_seconds=search.seconds if search is not None else 0.0,
+        registered_is_ct=moving_scan.is_ct,
     )
 
 
@@ -361,26 +355,41 @@ ALIGNED_MAX_DEG = 10.0
 ALIGNED_MAX_MM = 10.0
 
 
-def aligned_as_stored(reference: sitk.Image, moving: sitk.Image, seed: int = 0) -> tuple[bool, str]:
-    """Whether two 3D images look aligned as they are stored, and the evidence in words.
+@dataclass(frozen=True)
+class StoredAlignment:
+    """What :func:`aligned_as_stored` found: ``aligned`` (whether the pair looks aligned as stored),
+    ``evidence`` (why, in words) and ``search`` (the orientation search it ran, to hand to
+    :func:`register` so a pair it finds turned is not searched twice; ``None`` where nothing could
+    be searched)."""
+
+    aligned: bool
+    evidence: str
+    search: SearchResult | None = None
+
+
+def aligned_as_stored(
+    reference: sitk.Image | PreparedScan, moving: sitk.Image | PreparedScan, seed: int = 0
+) -> StoredAlignment:
+    """Whether two 3D scans look aligned as they are stored, the evidence in words, and the search.
 
     For ``--registration auto`` on a pair that shares a voxel grid: a shared grid usually means
     co-registered data, but two scans resampled onto one standard grid without registration
     (e.g. 1 mm conformed volumes from two sessions) share it too. The orientation search
     (:mod:`.orientation`, on coarse copies) scores the 24 axis-aligned poses; the pair is aligned
     unless the best pose fits clearly better (by the confidence's orientation margin) than every
-    pose within :data:`ALIGNED_MAX_DEG` and :data:`ALIGNED_MAX_MM` of the images as stored.
+    pose within :data:`ALIGNED_MAX_DEG` and :data:`ALIGNED_MAX_MM` of the images as stored. The
+    scans go through the input gate (a :class:`~MedFusionLib.io.gate.PreparedScan` passes as it is).
     """
+    fixed_scan = prepare_input(reference, "reference", volume=True, scalar=True)
+    moving_scan = prepare_input(moving, "moving", volume=True, scalar=True)
     try:
-        fixed, fixed_body = _prepared(reference, "reference")
-        moving_float, moving_body = _prepared(moving, "moving")
-        fixed_region = checks.foreground(fixed, fixed_body)
-        moving_region = checks.foreground(moving_float, moving_body)
-        search = search_orientations(fixed, moving_float, fixed_region, moving_region, seed)
+        fixed_region = checks.foreground(fixed_scan.image, fixed_scan.body_mask())
+        moving_region = checks.foreground(moving_scan.image, moving_scan.body_mask())
+        search = search_orientations(fixed_scan.image, moving_scan.image, fixed_region, moving_region, seed)
     except (RegistrationError, RuntimeError) as error:
-        # No foreground, or too few voxels for the coarse search (e.g. a single slice): nothing
-        # to weigh, and nothing registration could do either; fusion reports a bad input itself.
-        return True, f"not checked ({error})"
+        # No foreground, or too few voxels for the coarse search: nothing to weigh, and nothing
+        # registration could do either.
+        return StoredAlignment(True, f"not checked ({error})")
     centre = tuple(fixed_region.centroid)
 
     def offset(candidate) -> tuple[float, float]:
@@ -394,14 +403,5 @@ def aligned_as_stored(reference: sitk.Image, moving: sitk.Image, seed: int = 0) 
     # a nearly symmetric body fits its mirror pose almost as well, which is no evidence of a turn.
     aligned = bool(stored) and stored[0].metric >= search.best.metric * (1.0 - MIN_MARGIN)
     angle, shift = offset(search.best)
-    return aligned, f"best pose {search.best.label}: {angle:.0f}° and {shift:.0f} mm from the images as stored"
-
-
-def _prepared(image: sitk.Image, role: str) -> tuple[sitk.Image, sitk.Image | None]:
-    """The float32 image registration works on, and its body mask when it is a CT (else None)."""
-    floating = _as_float_volume(image, role)
-    if not looks_like_ct(image):
-        return floating, None
-    del floating  # one float copy at a time: a 512×512×400 CT is 400 MB in float32
-    floating = without_padding(image)
-    return floating, body_mask(floating, on_image_grid=False)
+    evidence = f"best pose {search.best.label}: {angle:.0f}° and {shift:.0f} mm from the images as stored"
+    return StoredAlignment(aligned, evidence, search)

@@ -213,33 +213,25 @@ def registration_figures(result) -> dict:
     return figures
 
 
-def write_registration_qa(directory: str | Path, reference: sitk.Image, result, overwrite: bool = False) -> list[Path]:
-    """:func:`write_qa` for a registration ``result`` of ``result.registered`` onto ``reference``:
+def write_registration_qa(directory: str | Path, reference, result, overwrite: bool = False) -> list[Path]:
+    """:func:`write_qa` for a registration ``result`` of ``result.registered`` onto ``reference``
+    (a :class:`~MedFusionLib.io.gate.PreparedScan`, or an image, which goes through the gate):
     planes through the reference body's centre, a CT shown through the window fusion uses by
     default (:data:`~MedFusionLib.core.choices.DEFAULT_CT_WINDOW`), other images by percentiles."""
     from MedFusionLib.core.choices import DEFAULT_CT_WINDOW
-    from MedFusionLib.imaging.ct import body_mask, looks_like_ct, without_padding
     from MedFusionLib.imaging.normalization import resolve_ct_window
+    from MedFusionLib.io.gate import prepare_input
     from MedFusionLib.registration.checks import foreground
 
-    def window_and_mask(image: sitk.Image):
-        if not looks_like_ct(image):
-            return None, None
-        return resolve_ct_window(DEFAULT_CT_WINDOW), body_mask(image)
-
-    reference_window, reference_body = window_and_mask(reference)
-    moving_window, _ = window_and_mask(result.registered)
-    region = foreground(
-        without_padding(reference) if reference_body is not None else sitk.Cast(reference, sitk.sitkFloat32),
-        reference_body,
-    )
+    scan = prepare_input(reference, "reference", volume=True, scalar=True)
+    ct_window = resolve_ct_window(DEFAULT_CT_WINDOW)
     return write_qa(
         directory,
-        reference,
+        scan.image,
         result.registered,
-        region.centroid,
+        foreground(scan.image, scan.body_mask()).centroid,
         registration_figures(result),
-        reference_window,
-        moving_window,
+        ct_window if scan.is_ct else None,
+        ct_window if result.registered_is_ct else None,
         overwrite=overwrite,
     )
