@@ -165,7 +165,7 @@ def test_cpu_runtimes_refuse_what_they_cannot_do(runtime):
     with pytest.raises(InputError, match="random .*weights exist only in torch"):
         load_network("haf", runtime=runtime, pretrained=False)
     laplacian = load_network("laplacian", runtime=runtime)
-    with pytest.raises(ValueError, match="at least 64 pixels.*--runtime torch"):
+    with pytest.raises(InputError, match="at least 64 pixels.*--runtime torch"):
         laplacian.fuse(*_random_slices(0, (1, 40, 80)))
 
 

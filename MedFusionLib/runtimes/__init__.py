@@ -120,15 +120,20 @@ def load_network(
     if not pretrained and runtime not in ("auto", "torch"):
         raise InputError(f"random (untrained) weights exist only in torch, not {runtime}: use runtime 'torch'")
     chosen = choose_runtime("torch" if not pretrained else runtime, resolved_device)
+    if chosen != "torch":
+        from MedFusionLib.runtimes.model_files import verified_onnx
+
+        path, geometry = verified_onnx(model)
+        if runtime == "auto" and geometry.get("min_size", 1) > 1 and installed_runtimes()["torch"]:
+            # A graph exact only on large slices (the Laplacian pyramid): torch, where it is
+            # installed, runs it on any size; a torch-free install keeps the graph and its limit.
+            chosen = "torch"
     if chosen == "torch":
         from MedFusionLib.models import create_model
         from MedFusionLib.runtimes.torch_network import TorchNetwork
 
         return TorchNetwork(create_model(model, pretrained=pretrained), resolved_device, precision,
                             compile=compile, model_name=model)
-    from MedFusionLib.runtimes.model_files import verified_onnx
-
-    path, geometry = verified_onnx(model)
     streams = min(threads or os.cpu_count() or 1, MAX_STREAMS)
     if chosen == "openvino":
         from MedFusionLib.runtimes.openvino_network import OpenVINONetwork

@@ -13,6 +13,8 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from MedFusionLib.core.errors import InputError
+
 
 class RunnableNetwork:
     """A fusion network ready to run on one runtime and device.
@@ -51,7 +53,7 @@ class RunnableNetwork:
         """
         height, width = a.shape[1:]
         if min(height, width) < self.min_size:
-            raise ValueError(
+            raise InputError(
                 f"{self.model_name} on {self.runtime} needs slices of at least {self.min_size} pixels a side, "
                 f"got {height}×{width}; use --runtime torch for smaller images"
             )
