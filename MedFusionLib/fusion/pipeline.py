@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import SimpleITK as sitk
-import torch
 
 from MedFusionLib.core.choices import (  # noqa: F401  (callers read DEFAULT_CT_WINDOW, DEFAULT_MODEL, REGISTRATION_CHOICES here)
     AUTO_MODEL,
@@ -27,7 +26,7 @@ from MedFusionLib.core.choices import (  # noqa: F401  (callers read DEFAULT_CT_
     REGISTRATION_PRESETS,
     resolve_model_name,
 )
-from MedFusionLib.core.devices import resolve_device
+from MedFusionLib.core.devices import resolve_device_name
 from MedFusionLib.core.errors import GridMismatchError, InputError
 from MedFusionLib.core.geometry import grid_differences, slicing_array_axis
 from MedFusionLib.core.resources import require_memory
@@ -44,8 +43,8 @@ from MedFusionLib.imaging.normalization import (
     slice_boxes,
 )
 from MedFusionLib.io.gate import PreparedScan, ScanSource, prepare_input
-from MedFusionLib.models import create_model, model_spec
-from MedFusionLib.models.pretrained import weights_status
+from MedFusionLib.runtimes import choose_runtime, load_network
+from MedFusionLib.runtimes.model_files import is_learned, onnx_status, weights_status
 
 ImageSource = ScanSource | PreparedScan
 # progress(stage, done, total): stage "register" (done/total in percent) or "fuse" (slices).
@@ -75,6 +74,7 @@ class FusionResult:
     ``stage_seconds``: wall time of ``load`` (checks), ``register``, ``fuse`` (normalisation,
     boxes, the model) and ``assemble``; ``seconds`` is the whole call. ``fused_slices``: slices
     the model ran on (the others hold no foreground). ``precision``: fp32, bf16 or fp16.
+    ``runtime``: what ran the network (``torch``, ``openvino``, ``onnxruntime``).
     ``model``: the network that ran, by name: the concrete model ``auto`` resolved to on this run's
     device (:func:`resolve_model`), or the class name of a network passed in.
     ``windows``: how each input was mapped to [0, 1], in words, by role (``reference``,
@@ -88,6 +88,7 @@ class FusionResult:
     device: str
     seconds: float
     precision: str = "fp32"
+    runtime: str = "torch"
     fused_slices: int = 0
     stage_seconds: dict[str, float] = field(default_factory=dict)
     windows: dict[str, str] = field(default_factory=dict)
@@ -96,28 +97,32 @@ class FusionResult:
     source_map: sitk.Image | None = None
 
 
-def model_usable(name: str) -> bool:
-    """Whether :func:`~MedFusionLib.models.create_model` can build ``name`` with its shipped weights
-    here (a training-free rule always can; a learned network when its weights are installed intact)."""
-    return not model_spec(name).learned or weights_status(name) == "ok"
+def model_usable(name: str, runtime: str = "torch") -> bool:
+    """Whether ``runtime`` can run ``name`` with its shipped files here: torch a training-free rule
+    always, a learned network when its weights are installed intact; the CPU runtimes when the
+    exported graph is."""
+    if runtime != "torch":
+        return onnx_status(name) == "ok"
+    return not is_learned(name) or weights_status(name) == "ok"
 
 
-def resolve_model(name: str, device: str | torch.device = "auto", warn: bool = True) -> str:
+def resolve_model(name: str, device: str = "auto", warn: bool = True, runtime: str = "torch") -> str:
     """The concrete registry model a run with model ``name`` on ``device`` uses.
 
     ``auto`` becomes :data:`~MedFusionLib.core.choices.DEFAULT_MODEL_BY_DEVICE`'s entry for the
     resolved device (:func:`~MedFusionLib.core.choices.resolve_model_name`), or the CPU's (light)
     entry, with a warning, when that network's weights are not installed; other names are kept.
-    ``device`` may be ``auto`` (resolved here: :func:`~MedFusionLib.core.devices.resolve_device`).
-    ``warn``: log that fallback (a caller that only shows the choice passes False).
+    ``device`` may be ``auto`` (resolved here: :func:`~MedFusionLib.core.devices.resolve_device_name`).
+    ``warn``: log that fallback (a caller that only shows the choice passes False). ``runtime``:
+    the concrete runtime whose files must be intact (:func:`model_usable`).
     """
     if name != AUTO_MODEL:
         return name
-    resolved_device = resolve_device(device)
+    resolved_device = resolve_device_name(device)
     chosen = resolve_model_name(name, resolved_device)
-    concrete = resolve_model_name(name, resolved_device, usable=model_usable)
+    concrete = resolve_model_name(name, resolved_device, usable=lambda model: model_usable(model, runtime))
     if warn and concrete != chosen:
-        _log.warning(f"model auto: {chosen} (the choice for {resolved_device.type}) has no installed weights; "
+        _log.warning(f"model auto: {chosen} (the choice for {resolved_device}) has no installed weights; "
                      f"using {concrete}")  # fmt: skip
     return concrete
 
@@ -189,7 +194,8 @@ def fuse_volumes(
     ``moving`` as a scalar functional volume (PET, SPECT) and fuses it in colour
     (:mod:`~MedFusionLib.fusion.functional`): ``fused`` is then RGB uint8 on the reference grid.
     """
-    network = overrides.pop("model") if isinstance(overrides.get("model"), torch.nn.Module) else None
+    network = overrides.pop("model") if overrides.get("model") is not None and not isinstance(
+        overrides["model"], str) else None  # a FusionNet or a RunnableNetwork
     transform = (
         overrides.pop("initial_transform") if isinstance(overrides.get("initial_transform"), sitk.Transform) else None
     )
@@ -219,16 +225,16 @@ def fuse_volumes(
     )
     # Build the model before the slow steps, so a wrong name or missing weights fail at once; "auto"
     # becomes a concrete network once the device is known.
-    device = resolve_device(options.device)
-    model_name = type(network).__name__ if network is not None else resolve_model(options.model, device)
-    fuser = SliceFuser(
-        network if network is not None else create_model(model_name, pretrained=pretrained),
-        device=device,
-        batch_size=options.batch_size,
-        precision=options.precision,
-        compile=options.compile,
-        threads=options.threads,
-    )
+    device = resolve_device_name(options.device)
+    if network is None:
+        runtime = choose_runtime("torch" if not pretrained else options.runtime, device)
+        model_name = resolve_model(options.model, device, runtime=runtime)
+        network = load_network(model_name, options.runtime, device, options.precision, options.threads,
+                               options.compile, pretrained)
+    else:
+        model_name = getattr(network, "model_name", type(network).__name__)
+    fuser = SliceFuser(network, device=device, batch_size=options.batch_size, precision=options.precision,
+                       compile=options.compile, threads=options.threads)
     stage_seconds = {"load": time.perf_counter() - started}
 
     reference_luminance, moving_luminance = reference_scan.image, moving_scan.image
@@ -332,6 +338,7 @@ def fuse_volumes(
         device=str(fuser.device),
         seconds=time.perf_counter() - started,
         precision=fuser.precision,
+        runtime=fuser.runtime,
         fused_slices=fused_slices,
         stage_seconds=stage_seconds,
         windows=windows,
