@@ -172,7 +172,10 @@ def test_doctor_reports_versions_and_devices(capsys):
     out = capsys.readouterr().out
     assert "torch" in out and "SimpleITK" in out and "CUDA" in out and "weights:" in out
     # bf16 advice is a measurement made now, never a claim from CPU flags alone.
-    assert re.search(r"bf16 on CPU .*measured now on a conv stack: \d+\.\d\d× fp32 time \((faster|slower)\)", out)
+    assert re.search(r"bf16 \(torch\) .*measured now on a conv stack: \d+\.\d\d× fp32 time \((faster|slower)\)", out)
+    # Which runtimes are installed, their versions, and which one auto picks here.
+    assert re.search(r"openvino +\d+\.\d+", out) and re.search(r"auto +openvino \(device auto: cpu\)", out)
+    assert re.search(r"haf +ok +ok", out)
 
 
 def test_demo_registers_fuses_and_writes_volume_and_figure(tmp_path, capsys):

@@ -196,9 +196,13 @@ def fuse_case(case: BatchCase, options: FusionOptions, write_case: CaseWriter = 
 
 
 def _init_worker(threads: int) -> None:
-    import torch
+    """A worker process's share of the cores, for whichever runtime it will use, without importing one:
+    torch reads OMP_NUM_THREADS when it starts, the CPU runtimes take the default from
+    :func:`MedFusionLib.runtimes.set_default_threads`."""
+    from MedFusionLib.runtimes import set_default_threads
 
-    torch.set_num_threads(threads)
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    set_default_threads(threads)
 
 
 def run_batch(

@@ -30,7 +30,15 @@ _DISTRIBUTIONS = {"torch": "torch", "openvino": "openvino", "onnxruntime": "onnx
 # features, a fraction of a GB for a 512×512 EMFusion slice).
 MAX_STREAMS = 8
 
-__all__ = ["RunnableNetwork", "choose_runtime", "installed_runtimes", "load_network"]
+__all__ = ["RunnableNetwork", "choose_runtime", "installed_runtimes", "load_network", "set_default_threads"]
+_default_threads: int | None = None
+
+
+def set_default_threads(threads: int | None) -> None:
+    """The CPU runtimes' thread count for runs that give none (``None``: one per core), e.g. a
+    batch worker's share of the cores."""
+    global _default_threads
+    _default_threads = threads
 
 
 def installed_runtimes() -> dict[str, str | None]:
@@ -116,6 +124,7 @@ def load_network(
 
     if threads is not None and threads < 1:
         raise InputError(f"threads must be at least 1, got {threads}")
+    threads = threads if threads is not None else _default_threads
     resolved_device = resolve_device_name(device)
     if not pretrained and runtime not in ("auto", "torch"):
         raise InputError(f"random (untrained) weights exist only in torch, not {runtime}: use runtime 'torch'")
