@@ -226,3 +226,39 @@ def test_fusing_on_openvino_imports_no_torch(tiny_pair, tmp_path):
     assert "on openvino" in run.stdout
     fused = sitk.ReadImage(str(output))
     assert fused.GetSize() == (40, 48, 12) and sitk.GetArrayFromImage(fused).max() > 0.1
+
+
+def _run_without_torch(arguments: list[str]) -> subprocess.CompletedProcess:
+    """``medfusion ARGUMENTS`` in a fresh process where torch cannot be imported (as on an
+    installation without the [torch] extra)."""
+    script = (
+        "import sys\n"
+        "for name in ('torch', 'safetensors'):\n"
+        "    sys.modules[name] = None  # import torch -> ModuleNotFoundError, find_spec -> None\n"
+        "from MedFusionLib.cli import main\n"
+        f"sys.exit(main({arguments!r}))\n"
+    )
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.skipif(not installed_runtimes()["openvino"], reason="openvino is not installed")
+def test_an_installation_without_torch_fuses_and_says_what_needs_torch(tiny_pair, tmp_path):
+    output = tmp_path / "fused.nii.gz"
+    fused = _run_without_torch(["fuse", str(tiny_pair / "reference.nii.gz"), str(tiny_pair / "moving.nii.gz"),
+                                "-o", str(output), "--progress", "none", "--registration", "none"])
+    assert fused.returncode == 0, fused.stderr
+    assert "on openvino" in fused.stdout and output.is_file()
+
+    doctor = _run_without_torch(["doctor"])
+    assert doctor.returncode == 0, doctor.stderr
+    assert "torch        not installed" in doctor.stdout and "auto         openvino" in doctor.stdout
+
+    asked_for_torch = _run_without_torch(["fuse", str(tiny_pair / "reference.nii.gz"),
+                                          str(tiny_pair / "moving.nii.gz"), "-o", str(tmp_path / "t.nii.gz"),
+                                          "--runtime", "torch"])
+    assert asked_for_torch.returncode == 2
+    assert "the torch runtime is not installed: pip install 'medfusion[torch]'" in asked_for_torch.stderr
+    assert not (tmp_path / "t.nii.gz").exists()
+
+    training = _run_without_torch(["train", "--help"])
+    assert training.returncode == 2 and "pip install 'medfusion[torch]'" in training.stderr

@@ -61,8 +61,26 @@ def _command_in(argv: list[str]) -> str:
     return next((word for word in argv if not word.startswith("-")), "")
 
 
+# Packages that only an extra brings, and the extra: a command that needs one says what to install.
+_EXTRAS = {"torch": "torch", "safetensors": "torch", "tensorboard": "train", "onnx": "train",
+           "onnxruntime": "onnxruntime", "highdicom": "dicom", "itk": "elastix"}
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        return _run(argv)
+    except ModuleNotFoundError as error:
+        root = (error.name or "").split(".")[0]
+        if root not in _EXTRAS:
+            raise
+        print(f"medfusion: error: this needs {root}, which is not installed: pip install 'medfusion[{_EXTRAS[root]}]'"
+              + (" (a CUDA or CPU build of torch: README, 'CPU or CUDA')" if root == "torch" else ""),
+              file=sys.stderr)
+        return 2
+
+
+def _run(argv: list[str]) -> int:
     parser = build_parser(_command_in(argv))
     args = parser.parse_args(argv)
     # The library reports fallbacks (e.g. GPU out of memory -> smaller batches) on its logger.
