@@ -186,6 +186,14 @@ def test_export_writes_weights_the_registry_can_rebuild(tmp_path):
     a, b = torch.rand(1, 1, 20, 20), torch.rand(1, 1, 20, 20)
     with torch.no_grad():
         assert torch.equal(rebuilt.eval()(a, b), result.model(a, b))
+    # The ONNX export for the CPU runtimes, recorded with its checksum and the engine's crop geometry
+    graph = weights.with_suffix(".onnx")
+    assert card["onnx"]["sha256"] == sha256_of(graph) and card["onnx"]["receptive_radius"] == rebuilt.receptive_radius
+    ort = pytest.importorskip("onnxruntime")
+    exported = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        expected = result.model(a, b).numpy()
+    assert np.abs(exported.run(None, {"a": a.numpy(), "b": b.numpy()})[0] - expected).max() <= 1e-5
 
 
 def test_cards_store_every_architecture_argument(tmp_path):

@@ -4,8 +4,9 @@
 script scores that model on every Harvard val pair (the code path of ``medfusion evaluate``:
 8-bit levels, Y channel of colour images), next to the ``average`` rule, writes the card's
 ``validation`` block (per task: the eight selection metrics, average's, and the metrics on which
-the model beats average), ``reproduce`` and ``trained_on``, and copies both files into
-``MedFusionLib/weights`` (the card's ``sha256`` is of the weights file, which is copied unchanged).
+the model beats average), ``reproduce`` and ``trained_on``, and copies the weights, their ONNX
+export and the card into ``MedFusionLib/weights`` (the card's ``sha256`` is of the weights file and
+``onnx.sha256`` of the export, both copied unchanged).
 
     python bench/ship_weights.py runs/haf-full --data ../shared/data/harvard \
         --trained-on "NVIDIA H200 (fp16 autocast), then CPU fine-tuning (fp32)" \
@@ -83,6 +84,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.note:
         card["training_note"] = args.note
     card["sha256"] = card.pop("sha256")  # last, as export writes it
+    graph = weights.with_suffix(".onnx")  # the export for the CPU runtimes, recorded in card["onnx"]
+    if not graph.is_file() or sha256_of(graph) != card.get("onnx", {}).get("sha256"):
+        parser.error(f"{graph} is missing or does not match the card's onnx.sha256 (re-run the export)")
+    shutil.copyfile(graph, WEIGHTS_DIR / graph.name)
     shutil.copyfile(weights, WEIGHTS_DIR / weights.name)
     (WEIGHTS_DIR / card_path.name).write_text(json.dumps(card, indent=2) + "\n")
     for task, values in card["validation"]["tasks"].items():

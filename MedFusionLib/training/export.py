@@ -1,4 +1,5 @@
-"""Export a checkpoint as shipped weights: ``<model>.safetensors`` and its model card ``<model>.json``."""
+"""Export a checkpoint as shipped weights: ``<model>.safetensors``, its ONNX export ``<model>.onnx``
+(for the CPU runtimes) and its model card ``<model>.json``."""
 
 from __future__ import annotations
 
@@ -10,19 +11,21 @@ from safetensors.torch import save_file
 
 from MedFusionLib.core.files import atomic_output, sha256_of
 from MedFusionLib.models import architecture_config, create_model, model_spec, parameter_count
+from MedFusionLib.models.onnx_export import export_onnx
 from MedFusionLib.training.checkpoints import CHECKPOINT_LAST, load_checkpoint
 from MedFusionLib.training.config import TrainingConfig
 
 
 def export_weights(checkpoint_path: str | Path, out_dir: str | Path, extra_card: dict | None = None) -> tuple[Path,
                                                                                                               Path]:
-    """Write ``<model>.safetensors`` and its model card ``<model>.json`` from a checkpoint.
+    """Write ``<model>.safetensors``, ``<model>.onnx`` and their model card ``<model>.json`` from a checkpoint.
 
     The card holds ``sha256`` and ``config`` (every constructor argument of the architecture, what
     :mod:`MedFusionLib.models.pretrained` builds the network with) and the training facts: the
     run's configuration without ``model_config`` (``config`` states the architecture), the command
-    and data. ``extra_card`` adds or replaces fields (e.g. full validation metrics). Both files are
-    written atomically into ``out_dir``. Returns their paths.
+    and data, and ``onnx`` (:func:`~MedFusionLib.models.onnx_export.export_onnx`: the export's sha256
+    and crop geometry). ``extra_card`` adds or replaces fields (e.g. full validation metrics). Every
+    file is written atomically into ``out_dir``. Returns the paths of the weights and the card.
     """
     checkpoint_path = Path(checkpoint_path)
     checkpoint = load_checkpoint(checkpoint_path)
@@ -40,6 +43,7 @@ def export_weights(checkpoint_path: str | Path, out_dir: str | Path, extra_card:
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     with atomic_output(weights, overwrite=True) as temporary:
         save_file(state, str(temporary))
+    onnx = export_onnx(model, out_dir / f"{config.model}.onnx")  # for the CPU runtimes
     spec = model_spec(config.model)
     run_config = {key: value for key, value in config.to_dict().items() if key != "model_config"}
     card = {
@@ -65,6 +69,7 @@ def export_weights(checkpoint_path: str | Path, out_dir: str | Path, extra_card:
             "metrics": json.loads(checkpoint["best_validation"]),
         },
         **(extra_card or {}),
+        "onnx": onnx,
         "sha256": sha256_of(weights),
     }
     with atomic_output(card_path, overwrite=True) as temporary:
