@@ -21,14 +21,15 @@ ALLOWED = {
     "io": {"core", "imaging"},  # the input gate (io/gate.py) recognises a CT and makes its body mask
     "imaging": {"core"},
     "models": {"core"},
+    "runtimes": {"core", "models"},  # models only for the torch runtime, imported when it is chosen
     "registration": {"core", "io", "imaging"},
-    "fusion": {"core", "io", "imaging", "models", "registration"},
+    "fusion": {"core", "io", "imaging", "models", "registration", "runtimes"},
     "datasets": {"core", "io", "imaging"},
     "evaluation": {"core", "io", "imaging", "models", "datasets"},
     "training": {"core", "io", "imaging", "models", "datasets", "evaluation"},
-    "devtools": {"core", "io", "imaging", "models", "registration", "fusion", "datasets", "evaluation"},
-    "cli": {"core", "io", "imaging", "models", "registration", "fusion", "datasets", "evaluation", "training",
-            "devtools"},
+    "devtools": {"core", "io", "imaging", "models", "runtimes", "registration", "fusion", "datasets", "evaluation"},
+    "cli": {"core", "io", "imaging", "models", "runtimes", "registration", "fusion", "datasets", "evaluation",
+            "training", "devtools"},
     "__main__": {"cli"},
     "__init__": set(),
 }

@@ -8,6 +8,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from MedFusionLib.core import model_files
 from MedFusionLib.core.errors import UnknownModelError, WeightsIntegrityError, WeightsNotAvailableError
 from MedFusionLib.models import FusionNet, create_model, list_models, model_spec, parameter_count, pretrained
 from MedFusionLib.models.blocks import (
@@ -18,7 +19,6 @@ from MedFusionLib.models.blocks import (
     crop_to,
     pad_to_multiple,
 )
-from MedFusionLib.runtimes import model_files
 
 LEARNED = ["emfusion", "haf", "densefuse"]
 BASELINES = ["average", "maximum", "laplacian"]

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from MedFusionLib.core import model_files
 from MedFusionLib.core.choices import AUTO_MODEL, MODEL_CHOICES
 from MedFusionLib.core.errors import (
     DeviceUnavailableError,
@@ -22,7 +23,7 @@ from MedFusionLib.core.errors import (
     WeightsNotAvailableError,
 )
 from MedFusionLib.fusion.engine import SliceFuser
-from MedFusionLib.runtimes import choose_runtime, installed_runtimes, load_network, model_files
+from MedFusionLib.runtimes import choose_runtime, installed_runtimes, load_network
 
 MODELS = [name for name in MODEL_CHOICES if name != AUTO_MODEL]
 CPU_RUNTIMES = [runtime for runtime in ("openvino", "onnxruntime") if installed_runtimes()[runtime]]

@@ -15,8 +15,8 @@ from MedFusionLib.cli import COMMANDS
 from MedFusionLib.core.choices import AUTO_MODEL, MODEL_CHOICES
 from MedFusionLib.core.devices import resolve_device_name
 from MedFusionLib.core.errors import MedFusionError
+from MedFusionLib.core.model_files import is_learned, onnx_status, weights_status
 from MedFusionLib.runtimes import choose_runtime, installed_runtimes
-from MedFusionLib.runtimes.model_files import is_learned, onnx_status, weights_status
 
 _PACKAGES = ("SimpleITK", "numpy", "nibabel", "pydicom", "safetensors", "tqdm", "Pillow", "itk-elastix", "highdicom")
 

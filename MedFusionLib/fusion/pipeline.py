@@ -29,6 +29,7 @@ from MedFusionLib.core.choices import (  # noqa: F401  (callers read DEFAULT_CT_
 from MedFusionLib.core.devices import resolve_device_name
 from MedFusionLib.core.errors import GridMismatchError, InputError
 from MedFusionLib.core.geometry import grid_differences, slicing_array_axis
+from MedFusionLib.core.model_files import is_learned, onnx_status, weights_status
 from MedFusionLib.core.resources import require_memory
 from MedFusionLib.fusion.engine import Box, CancelCallback, SliceFuser
 from MedFusionLib.fusion.functional import colourise, functional_bounds, functional_luminance, resample_by_coordinates
@@ -44,7 +45,6 @@ from MedFusionLib.imaging.normalization import (
 )
 from MedFusionLib.io.gate import PreparedScan, ScanSource, prepare_input
 from MedFusionLib.runtimes import choose_runtime, load_network
-from MedFusionLib.runtimes.model_files import is_learned, onnx_status, weights_status
 
 ImageSource = ScanSource | PreparedScan
 # progress(stage, done, total): stage "register" (done/total in percent) or "fuse" (slices).

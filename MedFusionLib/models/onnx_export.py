@@ -61,7 +61,7 @@ def export_onnx(model: FusionNet, path: str | Path) -> dict:
 
     The section holds the file's name and sha256, the opset, the torch version that exported it,
     the slice engine's crop geometry and ``min_size``; the runtimes read all of it from the card
-    without torch (:mod:`MedFusionLib.runtimes.model_files`).
+    without torch (:mod:`MedFusionLib.core.model_files`).
     """
     path = Path(path)
     with atomic_output(path, overwrite=True) as temporary:
@@ -89,8 +89,8 @@ def ship_onnx(name: str, weights_dir: str | Path | None = None) -> Path:
     """
     import json
 
+    from MedFusionLib.core import model_files
     from MedFusionLib.models.registry import create_model, model_spec
-    from MedFusionLib.runtimes import model_files
 
     weights_dir = Path(weights_dir) if weights_dir is not None else model_files.WEIGHTS_DIR
     spec = model_spec(name)

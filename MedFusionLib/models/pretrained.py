@@ -4,7 +4,7 @@ Each learned model ``NAME`` ships ``MedFusionLib/weights/NAME.safetensors`` and 
 ``NAME.json`` holding at least ``sha256`` (of the weights file) and ``config`` (the keyword
 arguments the architecture was built with). Weights are only ever read as safetensors, never
 pickles, and only after their hash matches the card; finding and verifying the files needs no torch
-and lives in :mod:`MedFusionLib.runtimes.model_files`.
+and lives in :mod:`MedFusionLib.core.model_files`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from MedFusionLib.core.files import sha256_of  # noqa: F401  (tests and tools hash files through this module)
-from MedFusionLib.runtimes.model_files import (  # noqa: F401  (the torch side reads the same verified cards)
+from MedFusionLib.core.model_files import (  # noqa: F401  (the torch side reads the same verified cards)
     WEIGHTS_DIR,
     load_model_card_verified,
     model_card_path,

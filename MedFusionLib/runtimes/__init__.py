@@ -5,7 +5,7 @@ name, whatever the runtime, and the slice engine runs it. ``auto`` is torch on C
 training), and on the CPU the first installed of
 :data:`~MedFusionLib.core.choices.CPU_RUNTIME_PREFERENCE`: OpenVINO, measured fastest on the product
 path (README "Performance"), then ONNX Runtime, then torch. The CPU runtimes run the exported ONNX
-graphs shipped beside the weights (:mod:`~MedFusionLib.runtimes.model_files`), so a CPU run on them
+graphs shipped beside the weights (:mod:`~MedFusionLib.core.model_files`), so a CPU run on them
 imports no torch at all. Importing this package imports no runtime.
 """
 
@@ -130,7 +130,7 @@ def load_network(
         raise InputError(f"random (untrained) weights exist only in torch, not {runtime}: use runtime 'torch'")
     chosen = choose_runtime("torch" if not pretrained else runtime, resolved_device)
     if chosen != "torch":
-        from MedFusionLib.runtimes.model_files import verified_onnx
+        from MedFusionLib.core.model_files import verified_onnx
 
         path, geometry = verified_onnx(model)
         if runtime == "auto" and geometry.get("min_size", 1) > 1 and installed_runtimes()["torch"]:

@@ -1,6 +1,6 @@
 """An exported fusion network run by OpenVINO on the CPU (no torch).
 
-The graph is read from the verified ONNX file (:mod:`~MedFusionLib.runtimes.model_files`) and
+The graph is read from the verified ONNX file (:mod:`~MedFusionLib.core.model_files`) and
 compiled for the CPU with its input sizes left dynamic, so every window the engine cuts runs on one
 compiled model. Precision is set explicitly: OpenVINO's CPU plugin otherwise picks bf16 by itself
 on CPUs that have it, which moves the fused image away from the network's fp32 output.
