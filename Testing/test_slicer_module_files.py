@@ -368,7 +368,8 @@ def test_requirements_cover_the_packages_dependencies():
     tomllib = pytest.importorskip("tomllib")
     project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
     declared = {}
-    for line in project["dependencies"] + project["optional-dependencies"]["elastix"]:
+    extras = project["optional-dependencies"]
+    for line in project["dependencies"] + extras["elastix"] + extras["torch"]:
         name, minimum = re.match(r"([A-Za-z0-9_.-]+)\s*(?:>=\s*([\w.]+))?", line).groups()
         declared[name.lower()] = minimum or ""
     ours = {r.distribution.lower(): r.minimum for r in dependencies.REQUIREMENTS}
@@ -378,6 +379,21 @@ def test_requirements_cover_the_packages_dependencies():
         if name in ours:
             assert ours[name] == minimum, f"{name}: module asks >= {ours[name]}, pyproject >= {minimum}"
     assert not shipped & set(ours), "never install what Slicer ships"
+
+
+def test_a_computer_without_an_nvidia_driver_gets_openvino_and_no_torch(monkeypatch):
+    """Issue 22: on the CPU the networks run on OpenVINO, so the install there brings no torch (the
+    heaviest, most fragile package); with an NVIDIA driver torch (and safetensors) as before."""
+    import MedFusionLib.core.devices as devices
+
+    monkeypatch.setattr(dependencies, "installed_version", lambda distribution: None)  # a fresh Slicer
+    monkeypatch.setattr(devices, "nvidia_driver_present", lambda: False)
+    assert dependencies.this_computer() == "cpu"
+    assert [r.distribution for r in dependencies.missing_requirements()] == [
+        "openvino", "nibabel", "tqdm", "itk-elastix"]
+    monkeypatch.setattr(devices, "nvidia_driver_present", lambda: True)
+    assert [r.distribution for r in dependencies.missing_requirements(include_optional=False)] == [
+        "torch", "safetensors", "nibabel", "tqdm"]
 
 
 def test_missing_requirements_compare_installed_versions():

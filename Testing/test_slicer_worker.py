@@ -230,9 +230,9 @@ def test_a_job_sent_as_the_worker_times_out_is_sent_again(tmp_path, job_folder_f
         process.stop()
 
 
-def test_a_broken_torch_is_reported_not_fatal(tmp_path, job_folder_factory):
-    """B5: torch is only ever imported in the worker; when it is broken there, the worker still
-    answers: its ready event says why (the panel's device line), and a job fails with the reason."""
+def test_a_cpu_worker_never_imports_torch_and_a_broken_torch_fails_only_its_jobs(tmp_path, job_folder_factory):
+    """On the CPU the worker runs the networks on OpenVINO: a torch that breaks on import (B5) does
+    not stop it; only a job that asks for the torch runtime fails, with the reason."""
     (tmp_path / "torch").mkdir()
     (tmp_path / "torch" / "__init__.py").write_text("raise RuntimeError('this torch build is broken')\n")
     search_path = [
@@ -246,13 +246,19 @@ def test_a_broken_torch_is_reported_not_fatal(tmp_path, job_folder_factory):
     try:
         process.start()
         ready = _wait_for(process, "ready")
-        assert ready["models"] == [] and "torch cannot be used" in ready["device"] and "broken" in ready["device"]
-        job = FusionJob(
-            job_folder_factory(), FusionOptions(model="average", registration="none", device="cpu").to_dict(), process
-        )
-        job.start()
-        job.wait(timeout=120)
-        assert job.state == "failed" and "broken" in job.error
+        assert ready["device"].startswith("CPU: openvino"), ready["device"]
+        assert [choice["name"] for choice in ready["models"]][:2] == ["auto", "emfusion"]
+        assert all(choice["usable"] for choice in ready["models"])
+        fine = FusionJob(job_folder_factory(),
+                         FusionOptions(model="emfusion", registration="none", device="cpu").to_dict(), process)
+        fine.start()
+        fine.wait(timeout=120)
+        assert fine.state == "succeeded", fine.error
+        on_torch = FusionJob(job_folder_factory(), FusionOptions(model="average", registration="none", device="cpu",
+                                                                 runtime="torch").to_dict(), process)
+        on_torch.start()
+        on_torch.wait(timeout=120)
+        assert on_torch.state == "failed" and "broken" in on_torch.error
     finally:
         process.stop()
 

@@ -6,14 +6,17 @@ them break Slicer (a common complaint about AI extensions). So MedFusion:
 * checks versions with :mod:`importlib.metadata` before importing anything heavy;
 * installs only what is missing, never upgrades what Slicer ships: every install runs with a
   constraints file that pins the shipped packages to the versions installed now;
-* installs torch from the PyTorch index of the CUDA build that SlicerPyTorch detects for the
-  installed driver when that extension is present (only torch: not SlicerPyTorch's installer,
-  which adds torchvision and skips the constraints); plain pip (PyPI) otherwise;
+* installs what runs the networks on *this* computer: on one without an NVIDIA driver the CPU
+  runtime (OpenVINO) and no torch at all; with a driver torch, from the PyTorch index of the CUDA
+  build that SlicerPyTorch detects for the installed driver when that extension is present (only
+  torch: not SlicerPyTorch's installer, which adds torchvision and skips the constraints), plain
+  pip (PyPI) otherwise;
 * installs the optional itk-elastix on its own, so its failure blocks nothing;
 * without itk-elastix, registration uses SimpleITK's own (shipped) registration;
 * offline, says which wheels to fetch elsewhere and the command that installs them.
 
-Only the standard library is used here: this runs before anything is installed.
+Only the standard library (and MedFusionLib's standard-library core) is used here: this runs
+before anything is installed.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ class Requirement:
     optional: bool  # the module works without it (with less)
     purpose: str  # shown to the user when asking for consent
     module: str = ""  # top-level import name when it differs from the distribution's
+    computer: str = ""  # "": every computer; "gpu": only with an NVIDIA driver; "cpu": only without one
 
     @property
     def specifier(self) -> str:
@@ -49,9 +53,10 @@ class Requirement:
 
 # Keep in step with pyproject.toml's dependencies (Testing/test_slicer_module_files.py checks it).
 REQUIREMENTS = (
-    Requirement("torch", "2.2", False, "runs the fusion networks (on CUDA when available)"),
+    Requirement("openvino", "2024.0", False, "runs the fusion networks on the CPU", computer="cpu"),
+    Requirement("torch", "2.2", False, "runs the fusion networks on the NVIDIA GPU", computer="gpu"),
+    Requirement("safetensors", "0.4", False, "loads the network weights for torch", computer="gpu"),
     Requirement("nibabel", "5.0", False, "reads and checks NIfTI files"),
-    Requirement("safetensors", "0.4", False, "loads the shipped network weights"),
     Requirement("tqdm", "4.60", False, "progress reporting of the medfusion command"),
     Requirement("itk-elastix", "0.20", True, "elastix registration (without it: SimpleITK registration)", "itk"),
 )
@@ -78,11 +83,21 @@ def installed_version(distribution: str) -> str | None:
         return None
 
 
+def this_computer() -> str:
+    """``gpu`` where an NVIDIA driver is installed (CUDA through torch is possible), else ``cpu``."""
+    from MedFusionLib.core.devices import nvidia_driver_present  # standard library only
+
+    return "gpu" if nvidia_driver_present() else "cpu"
+
+
 def missing_requirements(include_optional: bool = True, requirements=None) -> list[Requirement]:
-    """The requirements (default :data:`REQUIREMENTS`) that are not installed, or installed in a
-    version below their minimum."""
+    """The requirements (default :data:`REQUIREMENTS` for :func:`this_computer`) that are not
+    installed, or installed in a version below their minimum."""
     missing = []
-    for requirement in REQUIREMENTS if requirements is None else requirements:
+    if requirements is None:
+        computer = this_computer()
+        requirements = [requirement for requirement in REQUIREMENTS if requirement.computer in ("", computer)]
+    for requirement in requirements:
         if requirement.optional and not include_optional:
             continue
         version = installed_version(requirement.distribution)

@@ -1,7 +1,8 @@
 """The warm worker process: ``PythonSlicer -m MedFusionSlicer.server [--idle-timeout S] [--mailbox DIR]``.
 
 Started by :class:`MedFusionSlicer.worker.WorkerProcess`; never imports Slicer, Qt or VTK. It
-imports torch and MedFusionLib once while the user is still choosing inputs, then serves jobs
+imports MedFusionLib and its runtime (OpenVINO on the CPU, torch on CUDA) once while the user is
+still choosing inputs, then serves jobs
 until its mailbox folder is removed, a ``shutdown`` arrives, or ``--idle-timeout`` seconds pass
 without a job; when its standard input ends (Slicer quit or crashed) it removes its mailbox and
 the running job's folder and ends at once, also in the middle of a job.
@@ -73,7 +74,18 @@ def emit(record: dict) -> None:
 
 
 def describe_device() -> str:
-    """The GPU torch would use, or why fusion runs on the CPU (imports torch)."""
+    """What runs the networks in this worker: the GPU torch uses, or the CPU runtime and why not a
+    GPU. Imports torch only where it is installed and an NVIDIA driver is present."""
+    from MedFusionLib.core.devices import nvidia_driver_present, resolve_device_name
+    from MedFusionLib.runtimes import choose_runtime, installed_runtimes
+
+    device = resolve_device_name("auto")
+    runtime = choose_runtime("auto", device)
+    if runtime != "torch":
+        reason = ("no NVIDIA driver found" if not nvidia_driver_present()
+                  else "torch, which CUDA needs, is not installed" if not installed_runtimes()["torch"]
+                  else "torch sees no usable GPU")
+        return f"CPU: {runtime} {installed_runtimes()[runtime]} ({reason})"
     import torch
 
     if torch.cuda.is_available():
@@ -87,19 +99,18 @@ def describe_device() -> str:
 
 
 def model_choices() -> list[dict]:
-    """Every model choice, in order: ``auto`` (the network chosen by the device), then MedFusionLib's
-    registry; each with name, description, default, usable, note. ``auto``'s note names the network
-    it picks on this process's device (a worker started for CPU runs sees no GPU)."""
-    from MedFusionLib.core.choices import AUTO_MODEL, DEFAULT_MODEL_BY_DEVICE
-    from MedFusionLib.fusion.pipeline import DEFAULT_MODEL, resolve_model
-    from MedFusionLib.models import list_models, model_spec
-    from MedFusionLib.models.pretrained import weights_status
+    """Every model choice, in order: ``auto`` (the network chosen by the device), then every model
+    (learned first); each with name, description, default, usable, note. ``auto``'s note names the
+    network it picks on this process's device (a worker started for CPU runs sees no GPU); a model
+    is usable when the runtime ``auto`` picks here has its files intact. No torch is imported."""
+    from MedFusionLib.core.choices import AUTO_MODEL, DEFAULT_MODEL_BY_DEVICE, MODEL_CHOICES
+    from MedFusionLib.core.devices import resolve_device_name
+    from MedFusionLib.core.model_files import model_description
+    from MedFusionLib.fusion.pipeline import DEFAULT_MODEL, model_usable, resolve_model
+    from MedFusionLib.runtimes import choose_runtime
 
-    notes = {
-        "ok": "",
-        "missing": "no trained weights shipped yet",
-        "corrupt": "weights file damaged; reinstall MedFusion",
-    }
+    device = resolve_device_name("auto")
+    runtime = choose_runtime("auto", device)
     by_device = ", ".join(f"{model} on {'the CPU' if kind == 'cpu' else kind.upper()}"
                           for kind, model in DEFAULT_MODEL_BY_DEVICE.items())  # fmt: skip
     choices = [
@@ -108,19 +119,20 @@ def model_choices() -> list[dict]:
             "description": f"the network chosen by the device the run uses: {by_device}",
             "default": AUTO_MODEL == DEFAULT_MODEL,
             "usable": True,
-            "note": f"{resolve_model(AUTO_MODEL, 'auto', warn=False)} here",
+            "note": f"{resolve_model(AUTO_MODEL, device, warn=False, runtime=runtime)} here",
         }
     ]
-    for name in list_models():
-        spec = model_spec(name)
-        status = weights_status(name) if spec.learned else "ok"
+    for name in MODEL_CHOICES:
+        if name == AUTO_MODEL:
+            continue
+        usable = model_usable(name, runtime)
         choices.append(
             {
                 "name": name,
-                "description": spec.description,
+                "description": model_description(name),
                 "default": name == DEFAULT_MODEL,
-                "usable": status == "ok",
-                "note": notes.get(status, status),
+                "usable": usable,
+                "note": "" if usable else f"its files for {runtime} are missing or damaged; reinstall MedFusion",
             }
         )
     return choices
@@ -279,8 +291,9 @@ def serve(idle_timeout: float, stdin=None, mailbox: Path | None = None) -> int:
     started = time.perf_counter()
     try:
         ready = {"models": model_choices(), "device": describe_device()}
-    except Exception as error:  # noqa: BLE001  (a broken torch: say so; every job will fail with the same reason)
-        ready = {"models": [], "device": f"torch cannot be used: {type(error).__name__}: {error}", "error": str(error)}
+    except Exception as error:  # noqa: BLE001  (a broken runtime: say so; every job will fail with the same reason)
+        ready = {"models": [], "device": f"the runtime cannot be used: {type(error).__name__}: {error}",
+                 "error": str(error)}
     from MedFusionLib import __version__
 
     emit(

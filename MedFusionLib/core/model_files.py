@@ -135,3 +135,12 @@ def onnx_status(name: str) -> str:
     except WeightsIntegrityError:
         return "corrupt"
     return "ok"
+
+
+def model_description(name: str) -> str:
+    """The one-line description of ``name`` from its card (what the registry says, without torch)."""
+    if is_learned(name):
+        path = model_card_path(name)
+        return _read_card(path).get("description", "") if path.is_file() else ""
+    path = WEIGHTS_DIR / TRAINING_FREE_CARD
+    return _read_card(path).get(name, {}).get("description", "") if path.is_file() else ""
