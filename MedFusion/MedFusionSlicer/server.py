@@ -26,7 +26,7 @@ of the library such as a GPU out-of-memory fallback)::
     {"event": "ready", "models": [...], "device": "GPU: ...", "seconds": 4.1}
     {"stage": "register", "done": 0, "total": 100}            (progress, as medfusion fuse --progress json)
     {"event": "registration", "id": 3, "metric_before": ..., "metric_after": ..., "confidence": {...}}
-    {"event": "fused", "id": 3, "device": "cpu", "seconds": 7.2, ...}
+    {"event": "fused", "id": 3, "device": "cpu", "runtime": "openvino", "seconds": 7.2, ...}
     {"event": "finished", "id": 3, "state": "succeeded"}      (or "failed" with "error")
     {"event": "idle-exit", "seconds": 900}
 
@@ -194,6 +194,7 @@ def run_fuse(job: dict) -> None:
             "id": job_id,
             "model": result.model,
             "device": result.device,
+            "runtime": result.runtime,
             "precision": result.precision,
             "seconds": round(result.seconds, 3),
             "stage_seconds": {k: round(v, 3) for k, v in result.stage_seconds.items()},
