@@ -1,5 +1,6 @@
-"""``medfusion models``: the registry, with parameter counts, the state of shipped weights, the CPU
-time of one slice measured now, the validation summary of each model card, and what ``auto`` picks."""
+"""``medfusion models``: every model, with parameter counts, the state of its shipped files, the CPU
+time of one slice measured now on the runtime ``auto`` picks, the validation summary of each model
+card, and what ``auto`` picks. Read from the model cards: no torch needed."""
 
 from __future__ import annotations
 
@@ -9,13 +10,20 @@ import statistics
 import time
 from dataclasses import dataclass
 
-import torch
+import numpy as np
 
 from MedFusionLib.cli import COMMANDS
-from MedFusionLib.core.choices import AUTO_MODEL, DEFAULT_MODEL, DEFAULT_MODEL_BY_DEVICE, resolve_model_name
+from MedFusionLib.core.choices import (
+    AUTO_MODEL,
+    DEFAULT_MODEL,
+    DEFAULT_MODEL_BY_DEVICE,
+    MODEL_CHOICES,
+    resolve_model_name,
+)
+from MedFusionLib.core.devices import resolve_device_name
+from MedFusionLib.core.model_files import is_learned, model_card_path, model_description
 from MedFusionLib.fusion.pipeline import model_usable
-from MedFusionLib.models import create_model, list_models, model_spec, parameter_count
-from MedFusionLib.models.pretrained import model_card_path, weights_status
+from MedFusionLib.runtimes import RunnableNetwork, choose_runtime, load_network
 
 # The timed input: one slice of the Harvard pictures' size, A and B.
 TIMING_SIZE = 240
@@ -27,10 +35,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "models",
         help=COMMANDS["models"],
         description="List every fusion model: parameters, the state of its shipped weights, the CPU time of one "
-        f"{TIMING_SIZE}×{TIMING_SIZE} slice measured now (one warm-up, then the median of {TIMING_REPEATS} forward "
-        "passes with torch's current thread count; an architecture without weights is timed with random ones, "
-        "speed does not depend on them), its validation summary from the model card (Harvard val split), and which "
-        f"network model {AUTO_MODEL} picks on the CPU and on CUDA.",
+        f"{TIMING_SIZE}×{TIMING_SIZE} slice measured now on the CPU runtime auto picks (one warm-up, then the "
+        f"median of {TIMING_REPEATS} passes of one slice, as the engine runs each of its side-by-side slices), its "
+        f"validation summary from the model card (Harvard val split), and which network model {AUTO_MODEL} picks on "
+        "the CPU and on CUDA.",
     )
     parser.add_argument("--no-timing", action="store_true", help="skip the CPU timing (a quick listing)")
     return parser
@@ -49,21 +57,18 @@ class ModelRow:
     description: str
 
 
-def slice_milliseconds(model: torch.nn.Module, size: int = TIMING_SIZE, repeats: int = TIMING_REPEATS) -> float:
-    """CPU milliseconds of one forward pass of ``model`` on one ``size``×``size`` slice pair: one
-    warm-up pass, then the median of ``repeats`` timed passes, under ``torch.no_grad`` with torch's
-    current thread count."""
-    model = model.to("cpu").eval()
-    generator = torch.Generator().manual_seed(0)
-    a = torch.rand(1, 1, size, size, generator=generator)
-    b = torch.rand(1, 1, size, size, generator=generator)
+def slice_milliseconds(network: RunnableNetwork, size: int = TIMING_SIZE, repeats: int = TIMING_REPEATS) -> float:
+    """CPU milliseconds of one pass of ``network`` on one ``size``×``size`` slice pair in [0, 1]: one
+    warm-up pass, then the median of ``repeats`` timed passes."""
+    generator = np.random.default_rng(0)
+    a = generator.random((1, size, size), dtype=np.float32)
+    b = generator.random((1, size, size), dtype=np.float32)
     times = []
-    with torch.no_grad():
-        model(a, b)
-        for _ in range(repeats):
-            started = time.perf_counter()
-            model(a, b)
-            times.append(time.perf_counter() - started)
+    network.fuse(a, b)
+    for _ in range(repeats):
+        started = time.perf_counter()
+        network.fuse(a, b)
+        times.append(time.perf_counter() - started)
     return 1000.0 * statistics.median(times)
 
 
@@ -89,27 +94,34 @@ def validation_summary(name: str) -> str:
 
 
 def model_rows(timing: bool = True) -> list[ModelRow]:
-    """A :class:`ModelRow` for every registered model, in the registry's order."""
+    """A :class:`ModelRow` for every model, learned first. ``weights``: the state of the files the
+    CPU runtime ``auto`` picks here would run (``ok``, ``missing``, ``corrupt``); a model whose
+    files are not intact is not timed."""
+    runtime = choose_runtime("auto", "cpu")
     rows = []
-    for name in list_models():
-        spec = model_spec(name)
-        weights = weights_status(name) if spec.learned else "not needed"
-        # The network `create_model(name)` gives: the shipped configuration when weights are
-        # present (it may differ from the class defaults), else the defaults (random weights: the
-        # architecture's size and speed do not depend on them).
-        model = create_model(name, pretrained=weights == "ok")
+    for name in (name for name in MODEL_CHOICES if name != AUTO_MODEL):
+        learned = is_learned(name)
+        usable = model_usable(name, runtime)
+        card = _card(name) if learned else {}
         rows.append(
             ModelRow(
                 name=name,
-                kind="learned" if spec.learned else "training-free",
-                parameters=parameter_count(model),
-                weights=weights,
-                cpu_ms=slice_milliseconds(model) if timing else None,
-                validation=validation_summary(name) if spec.learned else "",
-                description=spec.description,
+                kind="learned" if learned else "training-free",
+                parameters=int(card.get("parameters", 0)),
+                weights="ok" if usable else "missing or corrupt",
+                cpu_ms=slice_milliseconds(load_network(name, runtime, "cpu")) if timing and usable else None,
+                validation=validation_summary(name) if learned else "",
+                description=model_description(name),
             )
         )
     return rows
+
+
+def _card(name: str) -> dict:
+    try:
+        return json.loads(model_card_path(name).read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def auto_line() -> str:
@@ -118,10 +130,10 @@ def auto_line() -> str:
     for kind in sorted(DEFAULT_MODEL_BY_DEVICE, key=lambda kind: kind != "cpu"):  # the CPU first
         where = "the CPU" if kind == "cpu" else kind.upper()
         chosen = resolve_model_name(AUTO_MODEL, kind)
-        concrete = resolve_model_name(AUTO_MODEL, kind, usable=model_usable)
+        concrete = resolve_model_name(AUTO_MODEL, kind, usable=lambda name: model_usable(name, "torch"))
         missing = f" ({chosen} once its weights are installed)" if concrete != chosen else ""
         picks.append(f"{concrete} on {where}{missing}")
-    here = "CUDA" if torch.cuda.is_available() else "the CPU"
+    here = "CUDA" if resolve_device_name("auto") != "cpu" else "the CPU"
     default = " (the default)" if DEFAULT_MODEL == AUTO_MODEL else ""
     return f"model {AUTO_MODEL}{default} picks {', '.join(picks)}; this machine runs on {here}"
 
@@ -152,7 +164,8 @@ def run(args: argparse.Namespace) -> int:
     print(auto_line())
     if timing:
         print(
-            f"CPU ms/slice: one {TIMING_SIZE}×{TIMING_SIZE} slice pair, median of {TIMING_REPEATS} forward passes "
-            f"after a warm-up, {torch.get_num_threads()} torch thread(s), measured now"
+            f"CPU ms/slice: one {TIMING_SIZE}×{TIMING_SIZE} slice pair on {choose_runtime('auto', 'cpu')}, median of "
+            f"{TIMING_REPEATS} passes after a warm-up, measured now (one slice, as each of the engine's side-by-side "
+            "slices runs: the cores are shared out between slices)"
         )
     return 0
