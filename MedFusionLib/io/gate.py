@@ -135,7 +135,7 @@ def prepare_input(
         InputError: the scan breaks one of the gate's rules; the message names the rule and the fix.
     """
     if isinstance(source, PreparedScan):
-        _require_use(source.dimension, source.colour is not None, source.role, source.source, volume, scalar)
+        _require_use(source.image, source.colour is not None, source.role, source.source, volume, scalar)
         return source
     if isinstance(source, sitk.Image):
         image, where = source, f"the {role} image"
@@ -151,21 +151,22 @@ def prepare_input(
     image = _as_at_most_3d(image, role, where)
     _require_pixels(image, role, where)
     colour = image.GetNumberOfComponentsPerPixel() == 3
-    _require_use(image.GetDimension(), colour, role, where, volume, scalar)
-    _require_geometry(image, role, where, volume)
+    _require_geometry(image, role, where)
+    _require_use(image, colour, role, where, volume, scalar)
     modality = image.GetMetaData(MODALITY_TAG).strip().upper() if image.HasMetaDataKey(MODALITY_TAG) else ""
     eight_bit = image.GetPixelID() in _EIGHT_BIT
     if colour:
         return _prepared_colour(image, role, where, modality)
     _require_float32_range(image, role, where)
+    if not np.issubdtype(sitk.GetArrayViewFromImage(image).dtype, np.integer):  # integers are always finite
+        _require_finite(image, role, where)  # before a CT's clamp, which would hide infinities
     is_ct = image.GetDimension() == 3 and looks_like_ct(image)  # on the stored type: 8-bit never counts
-    stored_as_integers = np.issubdtype(sitk.GetArrayViewFromImage(image).dtype, np.integer)
     # One float32 copy, made in one pass (a 512×512×400 CT is 400 MB in float32).
     if is_ct:
         floating = without_padding(image)
     else:
         floating = image if image.GetPixelID() == sitk.sitkFloat32 else sitk.Cast(image, sitk.sitkFloat32)
-    _require_values(floating, role, where, check_finite=not stored_as_integers)
+    _require_not_constant(floating, role, where)
     return PreparedScan(floating, role, where, modality, is_ct, eight_bit)
 
 
@@ -206,8 +207,15 @@ def _require_pixels(image: sitk.Image, role: str, where: str) -> None:
         )
 
 
-def _require_use(dimension: int, colour: bool, role: str, where: str, volume: bool, scalar: bool) -> None:
-    """The requirements of the step that asked: a volume, a scalar image, and no colour volume."""
+def _require_use(image: sitk.Image, colour: bool, role: str, where: str, volume: bool, scalar: bool) -> None:
+    """The requirements of the step that asked: a volume (3D, no single slice), a scalar image,
+    and no colour volume."""
+    dimension, size = image.GetDimension(), image.GetSize()
+    if volume and dimension == 3 and min(size) < 2:
+        raise InputError(
+            f"{where} ({role}) has size {size}: a single slice, but registration needs a volume "
+            "(fuse it as it is: --registration none)."
+        )
     if volume and dimension != 3:
         raise InputError(
             f"{where} ({role}) is a 2D picture, but a 3D volume is needed here (registration works on "
@@ -223,23 +231,21 @@ def _require_use(dimension: int, colour: bool, role: str, where: str, volume: bo
         )
 
 
-def _require_geometry(image: sitk.Image, role: str, where: str, volume: bool) -> None:
-    """Refuse a size of 1 along an axis (but one, for a single-slice volume fused as it is),
+def _require_geometry(image: sitk.Image, role: str, where: str) -> None:
+    """Refuse a size of 1 along an axis (but one of a 3D image: a single slice, fused as it is),
     unusable spacings and directions."""
     size = image.GetSize()
     flat = [_AXES[axis] for axis, length in enumerate(size) if length < 2]
-    single_slice = image.GetDimension() == 3 and len(flat) == 1
-    if flat and (volume or not single_slice):
-        why = (
-            "a single slice, but registration needs a volume (fuse it as it is: --registration none)"
-            if single_slice
-            else f"so it is not a {image.GetDimension()}D image. Give the whole volume or picture"
+    if flat and not (image.GetDimension() == 3 and len(flat) == 1):
+        raise InputError(
+            f"{where} ({role}) has size {size}: only one voxel along {', '.join(flat)}, so it is not a "
+            f"{image.GetDimension()}D image. Give the whole volume or picture."
         )
-        raise InputError(f"{where} ({role}) has size {size}: only one voxel along {', '.join(flat)}, {why}.")
     spacing = np.asarray(image.GetSpacing(), dtype=np.float64)
     if not (np.isfinite(spacing).all() and (spacing > 0).all()):
         raise InputError(
-            f"{where} ({role}) has voxel spacing {tuple(spacing)} mm; each must be a positive finite number. "
+            f"{where} ({role}) has voxel spacing {tuple(float(v) for v in spacing)} mm; each must be a positive "
+            "finite number. "
             "Fix the file's header (or image.SetSpacing) with the scanner's voxel size."
         )
     if spacing.min() < MIN_SPACING_MM or spacing.max() > MAX_SPACING_MM:
@@ -252,8 +258,9 @@ def _require_geometry(image: sitk.Image, role: str, where: str, volume: bool) ->
     direction = np.asarray(image.GetDirection(), dtype=np.float64).reshape(dimension, dimension)
     if not np.isfinite(direction).all() or abs(np.linalg.det(direction)) < 1e-6:
         raise InputError(
-            f"{where} ({role}) has a singular or non-finite direction matrix {tuple(direction.ravel())}: its voxels "
-            "have no orientation in space. Fix the file's header (or image.SetDirection) with the scan's axes."
+            f"{where} ({role}) has a singular or non-finite direction matrix {tuple(map(float, direction.ravel()))}: "
+            "its voxels have no orientation in space. Fix the file's header (or image.SetDirection) with the "
+            "scan's axes."
         )
     if np.abs(direction.T @ direction - np.eye(dimension)).max() > DIRECTION_TOLERANCE:
         raise InputError(
@@ -284,15 +291,19 @@ def _require_float32_range(image: sitk.Image, role: str, where: str) -> None:
             )
 
 
-def _require_values(image: sitk.Image, role: str, where: str, check_finite: bool = True) -> None:
-    """Refuse NaN/Inf voxels (``check_finite``: not for values that were integers) and a constant image."""
-    values = sitk.GetArrayViewFromImage(image)
-    finite = np.isfinite(values) if check_finite else None
-    if finite is not None and not finite.all():
+def _require_finite(image: sitk.Image, role: str, where: str) -> None:
+    """Refuse NaN/Inf voxels."""
+    finite = np.isfinite(sitk.GetArrayViewFromImage(image))
+    if not finite.all():
         raise InputError(
             f"{where} ({role}) contains {int(finite.size - finite.sum())} NaN or infinite voxels; fix or mask "
             "them in the source image (e.g. replace them with the background value) and retry."
         )
+
+
+def _require_not_constant(image: sitk.Image, role: str, where: str) -> None:
+    """Refuse an image whose voxels are all equal: nothing to fuse or register."""
+    values = sitk.GetArrayViewFromImage(image)
     if values.min() == values.max():
         raise InputError(
             f"{where} ({role}) is constant (every voxel is {values.flat[0]:g}): there is nothing to fuse or "
@@ -311,5 +322,5 @@ def _prepared_colour(image: sitk.Image, role: str, where: str, modality: str) ->
     ycbcr = rgb_to_ycbcr(rgb.astype(np.float32))
     luminance = sitk.GetImageFromArray(np.ascontiguousarray(ycbcr[..., 0], dtype=np.float32))
     luminance.CopyInformation(image)
-    _require_values(luminance, role, where)
+    _require_not_constant(luminance, role, where)
     return PreparedScan(luminance, role, where, modality, False, True, np.ascontiguousarray(ycbcr[..., 1:]), image)

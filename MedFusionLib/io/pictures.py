@@ -40,6 +40,11 @@ def read_picture(path: Path, format_name: str) -> sitk.Image:
                 )
             array = _picture_to_array(picture, path)
     except (UnidentifiedImageError, OSError) as error:
+        if format_name == "TIFF" and _tiff_sample(path) == (16, _TIFF_FLOAT):
+            raise InputError(
+                f"{path} holds 16-bit floating-point (half precision) samples, which are not read here. "
+                "Save it with 32-bit float samples (e.g. numpy .astype('float32')), or as a volume (.nii.gz, .nrrd)."
+            ) from error
         raise InputError(
             f"Could not read {path} as {format_name}: {error}. Check that the file is "
             f"complete and really {format_name}."
@@ -50,6 +55,30 @@ def read_picture(path: Path, format_name: str) -> sitk.Image:
         # Grayscale saved as RGB (common for exported slices): one channel holds it all.
         array = np.ascontiguousarray(array[..., 0])
     return sitk.GetImageFromArray(array, isVector=array.ndim == 3)
+
+
+_TIFF_FLOAT = 3  # SampleFormat: IEEE floating point
+_TIFF_BITS_PER_SAMPLE, _TIFF_SAMPLE_FORMAT = 258, 339
+
+
+def _tiff_sample(path: Path) -> tuple[int, int] | None:
+    """``(bits per sample, sample format)`` of a TIFF's first image, read from its first directory
+    (Pillow refuses some sample types before it shows any tag); ``None`` if it cannot be read."""
+    try:
+        with open(path, "rb") as file:
+            head = file.read(8)
+            order = {b"II": "<", b"MM": ">"}[head[:2]]
+            file.seek(int(np.frombuffer(head[4:8], f"{order}u4")[0]))
+            count = int(np.frombuffer(file.read(2), f"{order}u2")[0])
+            entries = np.frombuffer(file.read(12 * count), np.dtype([("tag", f"{order}u2"), ("type", f"{order}u2"),
+                                                                     ("count", f"{order}u4"), ("value", "V4")]))
+    except (OSError, KeyError, ValueError, IndexError):
+        return None
+    found = {_TIFF_BITS_PER_SAMPLE: 1, _TIFF_SAMPLE_FORMAT: 1}  # the TIFF defaults: 1 bit, unsigned integer
+    for entry in entries:
+        if entry["tag"] in found and entry["count"] <= 2:  # SHORT values held in the entry itself
+            found[int(entry["tag"])] = int(np.frombuffer(bytes(entry["value"])[:2], f"{order}u2")[0])
+    return found[_TIFF_BITS_PER_SAMPLE], found[_TIFF_SAMPLE_FORMAT]
 
 
 def _picture_to_array(picture, path: Path) -> np.ndarray:

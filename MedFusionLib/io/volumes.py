@@ -57,6 +57,8 @@ def read_volume(path: Path, format_name: str) -> sitk.Image:
     if format_name == "NIfTI":
         _require_sound_nifti_header(path)
         _require_complete_nifti(path)
+    if format_name == "NRRD":
+        _require_sound_nrrd_axes(path)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     if format_name in _ITK_IMAGE_IO:
@@ -166,6 +168,36 @@ def _require_sound_sform(path: Path, columns: np.ndarray) -> None:
             f"{path}: its sform (voxel-to-world matrix) is sheared (its voxel axes are not perpendicular), "
             "which MedFusion's image model cannot hold. Resample it onto a grid with perpendicular axes "
             "(e.g. in 3D Slicer, or with nibabel.processing.resample_from_to), then retry."
+        )
+
+
+def _require_sound_nrrd_axes(path: Path) -> None:
+    """Refuse NRRD voxel axes ITK would quietly change (a non-finite spacing becomes 1) or fail on
+    with a bare matrix row (axes that are parallel or zero: a singular grid)."""
+    with open(path, "rb") as stream:
+        header = stream.read(1 << 16).split(b"\n\n", 1)[0].decode("latin-1")
+    fields = dict(line.split(":", 1) for line in header.splitlines()[1:] if ":" in line and not line.startswith("#"))
+    directions = fields.get("space directions", "").replace("none", "")
+    try:
+        vectors = [[float(v) for v in vector.split(",")] for vector in directions.replace(")", "").split("(")[1:]]
+        spacings = [float(v) for v in fields.get("spacings", "").split()]
+    except ValueError:
+        return  # a header ITK's reader will judge itself, with its own message
+    domain_axes = sum(kind in ("domain", "space") for kind in fields.get("kinds", "").split())
+    problem = ""
+    if fields.get("space directions") and domain_axes > len(vectors):
+        problem = f"{domain_axes - len(vectors)} of its spatial axes have no direction ('none'; a NaN spacing written)"
+    elif spacings and not all(np.isfinite(v) and v > 0 for v in spacings):
+        problem = f"its spacings are {spacings}"
+    elif vectors and not np.isfinite(vectors).all():
+        problem = "its space directions are not finite"
+    elif vectors and len({len(v) for v in vectors}) == 1 and len(vectors) == len(vectors[0]):
+        if abs(np.linalg.det(np.asarray(vectors))) < 1e-12:
+            problem = "its space directions are singular (parallel or zero axes)"
+    if problem:
+        raise InputError(
+            f"{path}: {problem}, so its voxels have no size or place in space. Fix the header's 'space "
+            "directions' (or 'spacings') with the scanner's axes in mm, or re-export the scan."
         )
 
 

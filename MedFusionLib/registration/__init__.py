@@ -380,15 +380,16 @@ def aligned_as_stored(
     pose within :data:`ALIGNED_MAX_DEG` and :data:`ALIGNED_MAX_MM` of the images as stored. The
     scans go through the input gate (a :class:`~MedFusionLib.io.gate.PreparedScan` passes as it is).
     """
-    fixed_scan = prepare_input(reference, "reference", volume=True, scalar=True)
-    moving_scan = prepare_input(moving, "moving", volume=True, scalar=True)
+    # No volume requirement: a single slice cannot be searched, and is then left as stored (below).
+    fixed_scan = prepare_input(reference, "reference", scalar=True)
+    moving_scan = prepare_input(moving, "moving", scalar=True)
     try:
         fixed_region = checks.foreground(fixed_scan.image, fixed_scan.body_mask())
         moving_region = checks.foreground(moving_scan.image, moving_scan.body_mask())
         search = search_orientations(fixed_scan.image, moving_scan.image, fixed_region, moving_region, seed)
     except (RegistrationError, RuntimeError) as error:
-        # No foreground, or too few voxels for the coarse search: nothing to weigh, and nothing
-        # registration could do either.
+        # No foreground, or too few voxels for the coarse search (a single slice): nothing to
+        # weigh, and nothing registration could do either.
         return StoredAlignment(True, f"not checked ({error})")
     centre = tuple(fixed_region.centroid)
 
