@@ -168,6 +168,34 @@ def test_default_registration_checks_a_shared_grid_for_alignment():
     assert aligned_as_stored(ct, ct).aligned  # an image against itself stays unregistered
 
 
+def test_a_turned_scan_on_a_shared_grid_is_searched_once_and_prepared_once(monkeypatch):
+    """The shared-grid check's orientation search is the registration's start: one search per
+    fusion (there were two), and the CT's body mask is made once for registration and the boxes."""
+    import MedFusionLib.fusion.pipeline as pipeline
+    import MedFusionLib.io.gate as gate
+    import MedFusionLib.registration as registration
+
+    ct = make_clinical_pair(size=(64, 64, 48), spacing=(3.75, 3.75, 3.5)).ct
+    turned = _turned_on_the_same_grid(ct, 180.0, 20.0)
+    calls = {"search": 0, "body mask": 0}
+
+    def counted(name, function):
+        def call(*args, **kwargs):
+            calls[name] += 1
+            return function(*args, **kwargs)
+
+        return call
+
+    monkeypatch.setattr(registration, "search_orientations", counted("search", registration.search_orientations))
+    for module in (gate, registration, pipeline):  # wherever a body mask is made
+        if hasattr(module, "body_mask"):
+            monkeypatch.setattr(module, "body_mask", counted("body mask", module.body_mask))
+    result = fuse_volumes(ct, turned, model="average")
+    assert result.registration is not None and result.registration.preset == "rigid"
+    assert result.windows["reference"].startswith("CT ") and result.windows["moving"].startswith("CT ")
+    assert calls == {"search": 1, "body mask": 2}  # one search; one body mask per CT
+
+
 def test_bad_inputs_are_named(phantom_pair):
     nan = sitk.Image(phantom_pair.mr)
     nan[3, 4, 5] = float("nan")
