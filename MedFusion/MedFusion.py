@@ -19,6 +19,7 @@ this file at every start-up.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 import qt
@@ -88,6 +89,9 @@ logger = logging.getLogger("MedFusion")
 POLL_INTERVAL_MS = 200
 # Flicker period (ms): long enough to see each volume, short enough to catch a shift.
 FLICKER_INTERVAL_MS = 600
+# The headless script, beside this file as in the source tree and as Slicer installs a scripted
+# module's resources (<extension>/lib/Slicer-X.Y/qt-scripted-modules/Resources/Scripts/).
+BATCH_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "Resources", "Scripts", "MedFusionBatch.py")
 
 
 #
@@ -113,8 +117,8 @@ shows, per voxel, which input the fused value came from.
 Cancel stops the run at once, leaving the scene as it was. <i>Load demo volumes</i> adds a phantom
 CT, MR and PET to try it. Python console: <code>MedFusion.MedFusionLogic().process(reference, moving)</code>.
 Without a window: <code>Slicer --no-main-window --python-script
-.../MedFusion/Resources/Scripts/MedFusionBatch.py -- --reference R --moving M --output O</code>.
-""")
+{script} -- --reference R --moving M --output O</code>.
+""").format(script=BATCH_SCRIPT)
         self.parent.acknowledgementText = _("""
 MedFusion builds on SimpleITK, elastix (itk-elastix), PyTorch and 3D Slicer. The fusion networks follow
 EMFusion (Xu &amp; Ma, Information Fusion 2021) and DenseFuse (Li &amp; Wu, IEEE TIP 2019).
@@ -167,6 +171,7 @@ class MedFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._job = None
         self._installing = False
         self._result = None  # FusionNodes of the last run
+        self._jobShowsLegend = False  # the source-map legend choice captured at Apply
         self._optionalDependenciesDeclined = False
         self._pollTimer = qt.QTimer()
         self._pollTimer.setInterval(POLL_INTERVAL_MS)
@@ -202,6 +207,10 @@ class MedFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.checkerboardButton.connect("clicked(bool)", self.onShowCheckerboard)
         self.ui.sourceMapLegendCheckBox.connect("toggled(bool)", self.onSourceMapLegendToggled)
         self.ui.compareCollapsibleButton.enabled = False
+        # The model list's own item model: a QStandardItemModel made here is one for certain, so
+        # its items can be disabled (combo.model() is typed QAbstractItemModel, which has no item()).
+        self._modelItems = qt.QStandardItemModel()
+        self.ui.modelComboBox.setModel(self._modelItems)
         self.fillModels(None)
         self.initializeParameterNode()
 
@@ -244,6 +253,8 @@ class MedFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onSceneStartClose(self, caller, event) -> None:
         self.onCancelButton()  # the job's inputs are about to disappear
         self._result = None
+        self.ui.flickerCheckBox.checked = False  # stops the flicker: its volumes are about to disappear
+        self.ui.compareCollapsibleButton.enabled = False
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
@@ -323,7 +334,7 @@ class MedFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 index = combo.count - 1
                 combo.setItemData(index, choice.description, qt.Qt.ToolTipRole)
                 if not choice.usable:
-                    combo.model().item(index).setEnabled(False)
+                    self._modelItems.item(index).setEnabled(False)
         if info is not None:
             # Also when torch is broken: the reason shows here, and Apply stays available to repair it.
             self.ui.deviceInfoLabel.text = str(info.get("device", ""))
@@ -482,6 +493,7 @@ class MedFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 temporaryRoot=slicer.app.temporaryPath, keepFiles=parameters.keepTemporaryFiles,
                 sourceMap=parameters.sourceMap,
             )  # fmt: skip
+            self._jobShowsLegend = parameters.sourceMapLegend
             self.setRunning(True)
             self.ui.statusLabel.text = _("Starting ...")
             self._pollTimer.start()
@@ -580,7 +592,8 @@ class MedFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             fit=True,
         )
         if nodes.sourceMapNode is not None:
-            self.logic.showSourceMapLegend(nodes.sourceMapNode, self._parameterNode.sourceMapLegend)
+            # As captured at Apply: the module may have been left meanwhile (no parameter node now).
+            self.logic.showSourceMapLegend(nodes.sourceMapNode, self._jobShowsLegend)
         hasRegistration = nodes.registeredNode is not None
         self.ui.compareCollapsibleButton.enabled = hasRegistration
         self.ui.registrationSummaryLabel.text = (
@@ -603,11 +616,10 @@ class MedFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         reference, registered = self._comparedPair()
         if reference is None:
             return
-        ids = (reference.GetID(), registered.GetID())
-        if not compare.composite_nodes_showing(slicer.mrmlScene, ids):
+        # Only views showing exactly reference under registered: after Apply the views show the
+        # fused volume under the reference, which this slider must not fade.
+        if compare.fade(slicer.mrmlScene, reference.GetID(), registered.GetID(), value) == 0:
             slicer.util.setSliceViewerLayers(background=reference, foreground=registered, foregroundOpacity=value)
-        else:
-            compare.set_foreground_opacity(slicer.mrmlScene, ids, value)
 
     def onFlickerToggled(self, on: bool) -> None:
         reference, registered = self._comparedPair()
@@ -621,6 +633,7 @@ class MedFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onFlickerStep(self) -> None:
         reference, registered = self._comparedPair()
         if reference is None:
+            self.ui.flickerCheckBox.checked = False  # its toggled() stops the timer
             self._flickerTimer.stop()
             return
         self._flickerShowsMoving = not self._flickerShowsMoving
