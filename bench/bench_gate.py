@@ -55,6 +55,12 @@ def main() -> None:
     parser.add_argument("--baseline", type=Path, required=True, help="a checkout from before the gate")
     parser.add_argument("--pairs", default="brats-grid,brats-grid-turned,large")
     parser.add_argument("--repeats", type=int, default=1, help="runs per checkout and pair, interleaved")
+    parser.add_argument(
+        "--after-flags",
+        default="--runtime torch",
+        help="extra flags for the 'after' checkout's command (default: the torch runtime, as before the gate, so "
+        "that the table compares the gate alone)",
+    )
     args = parser.parse_args()
     wanted = args.pairs.split(",")
     pairs = brats_pairs(args.data) if BRATS.is_dir() else {}
@@ -66,11 +72,11 @@ def main() -> None:
         reference, moving = pairs[name]
         registration = "rigid" if name == "large" else "auto"
         for _ in range(args.repeats):
-            for label, checkout in (("before", args.baseline), ("after", args.after)):
+            for label, checkout, flags in (("before", args.baseline, ""), ("after", args.after, args.after_flags)):
                 output = args.data / f"fused_{name}_{label}.nii"
                 output.unlink(missing_ok=True)
-                command = [sys.executable, "-m", "MedFusionLib", "fuse", str(reference), str(moving), "-o",
-                           str(output), "--registration", registration, "--progress", "none"]  # fmt: skip
+                command = [sys.executable, "-m", "MedFusionLib", "fuse", str(reference), str(moving), "-o", str(output),
+                           "--registration", registration, "--progress", "none", *flags.split()]  # fmt: skip
                 seconds, cpu, peak, status, _ = timed(command, checkout)
                 print(f"| {name} | {registration} | {label} | {seconds:.1f} | {cpu:.1f} | {peak:.2f} | {status} |",
                       flush=True)  # fmt: skip
