@@ -604,22 +604,41 @@ class ScriptedLoadableModuleLogic:
 
 
 class LayoutManager:
-    """The slice views' logics, as ``qSlicerLayoutManager.mrmlSliceLogics()`` hands them out."""
+    """The slice views' logics, as ``qSlicerLayoutManager.mrmlSliceLogics()`` hands them out: Red
+    axial, Yellow sagittal, Green coronal (Slicer's default layout), each view ``VIEW_SIZE``
+    pixels. The scene gets the default colour tables, as Slicer's Colors module adds them."""
+
+    VIEW_SIZE = (256, 256)
 
     def __init__(self, scene) -> None:
         self.application = slicer.vtkMRMLApplicationLogic()
         self.application.SetMRMLScene(scene)
+        self.colors = slicer.vtkSlicerColorLogic()
+        self.colors.SetMRMLScene(scene)
         self.logics = {}
         self._collection = vtk.vtkCollection()
-        for name in SLICE_VIEWS:
+        for name, orientation in zip(SLICE_VIEWS, ("Axial", "Sagittal", "Coronal")):
             logic = slicer.vtkMRMLSliceLogic()
             logic.SetMRMLScene(scene)
-            logic.AddSliceNode(name)
+            logic.SetMRMLApplicationLogic(self.application)
+            node = logic.AddSliceNode(name)
+            node.SetOrientation(orientation)
+            node.SetDimensions(*self.VIEW_SIZE, 1)
             self.logics[name] = logic
             self._collection.AddItem(logic)
 
     def mrmlSliceLogics(self):
         return self._collection
+
+    def release(self) -> None:
+        """Detach the logics from the scene before Python frees them in any order (else VTK may
+        touch a freed scene during garbage collection)."""
+        for logic in self.logics.values():
+            logic.SetMRMLScene(None)
+        self._collection.RemoveAllItems()
+        self.logics.clear()
+        self.colors.SetMRMLScene(None)
+        self.application.SetMRMLScene(None)
 
 
 class Application:

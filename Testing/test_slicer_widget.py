@@ -59,6 +59,7 @@ def stand(monkeypatch, tmp_path):
     yield stand
     for panel in panels:
         panel.cleanup()
+    stand.app.layoutManager().release()
 
 
 def _add(stand, image, name):
