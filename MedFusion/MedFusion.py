@@ -70,7 +70,8 @@ if REFUSAL is None:
         OptionsError,
         panel_options,
     )
-    from MedFusionSlicer.logic import FusionLogic, RegistrationSummary, apply_state
+    from MedFusionSlicer.logic import FusionLogic, apply_state
+    from MedFusionSlicer.results import RegistrationSummary
     from MedFusionSlicer.worker import Finished, Message, Notice, Progress, overall_fraction, python_executable
 else:
     logging.getLogger("MedFusion").error(REFUSAL)

@@ -86,7 +86,8 @@ def test_old_slicer_gets_one_message_and_no_traceback(tmp_path):
         spec.loader.exec_module(module)
         for name in ("MedFusion", "MedFusionWidget", "MedFusionLogic", "MedFusionTest", "MedFusionParameterNode"):
             assert hasattr(module, name), name
-        prefixes = ("MedFusionLib", "MedFusionSlicer.logic", "MedFusionSlicer.worker", "torch")
+        prefixes = ("MedFusionLib", "MedFusionSlicer.logic", "MedFusionSlicer.results", "MedFusionSlicer.worker",
+                    "torch")
         loaded = sorted(m for m in sys.modules if m.startswith(prefixes))
         at_load = list(messages)
         result = unittest.TextTestRunner(stream=open("/dev/null", "w")).run(

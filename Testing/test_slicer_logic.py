@@ -23,7 +23,8 @@ from MedFusionLib.fusion.pipeline import fuse_volumes
 from MedFusionLib.imaging.phantom import DEMO_MISALIGNMENT, make_head_phantom
 from MedFusionSlicer import dependencies
 from MedFusionSlicer.compare import checkerboard_image, flicker, set_foreground_opacity, show_pair
-from MedFusionSlicer.logic import FusionLogic, RegistrationSummary, apply_state
+from MedFusionSlicer.logic import FusionLogic, apply_state
+from MedFusionSlicer.results import RegistrationSummary
 from MedFusionSlicer.volumes import add_volume_node_from_image, image_from_volume_node, load_transform_node
 from MedFusionSlicer.worker import Finished, Notice, Progress
 

@@ -119,7 +119,8 @@ def test_every_library_name_the_widget_uses_exists(module_tree):
     """``self.logic.X``, ``dependencies.X``, ``compare.X`` and ``job.X`` in MedFusion.py name real
     attributes (Slicer cannot run here, so a typo would only show in Slicer)."""
     from MedFusionSlicer import compare
-    from MedFusionSlicer.logic import FusionLogic, FusionNodes, RegistrationSummary
+    from MedFusionSlicer.logic import FusionLogic
+    from MedFusionSlicer.results import FusionNodes, RegistrationSummary
     from MedFusionSlicer.worker import FusionJob, WorkerProcess
 
     module_methods = {
