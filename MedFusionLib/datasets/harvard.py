@@ -12,14 +12,17 @@ import csv
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import SimpleITK as sitk
-import torch
 
 from MedFusionLib.core.errors import InputError
 from MedFusionLib.imaging.colour import rgb_to_ycbcr
 from MedFusionLib.io import read_image
+
+if TYPE_CHECKING:  # training batches are tensors; reading the pairs (evaluation) needs no torch
+    import torch
 
 HARVARD_TASKS = ("CT-MRI", "PET-MRI", "SPECT-MRI")
 HARVARD_SPLITS = ("train", "val")
@@ -153,4 +156,6 @@ def load_harvard_pairs_array(data_dir: str | Path, tasks: Sequence[str], split: 
         raise InputError(
             f"Harvard pairs in {data_dir} differ in size ({sorted(shapes)}); all must be one size to batch."
         )
+    import torch
+
     return torch.from_numpy(np.stack(stacked)), pair_tasks

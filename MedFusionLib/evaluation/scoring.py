@@ -17,18 +17,19 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import SimpleITK as sitk
-import torch
 
-from MedFusionLib.core.devices import resolve_device
 from MedFusionLib.core.errors import InputError, WeightsNotAvailableError
 from MedFusionLib.datasets.harvard import HarvardPair, PairImages, load_pair_images, luminance_eight_bit
 from MedFusionLib.evaluation import metrics
 from MedFusionLib.imaging.normalization import normalize_intensity
 from MedFusionLib.io import read_image
-from MedFusionLib.models import create_model
+
+if TYPE_CHECKING:  # torch runs the learned methods only: importing this module needs none
+    import torch
 
 # Reference "methods" scored beside the real ones: passing one source through unchanged. They
 # are not fusion, and show which metrics reward a single source (see the report).
@@ -75,6 +76,8 @@ class ModelMethod(FusionMethod):
     def fuse_levels(self, source_a: np.ndarray, source_b: np.ndarray, label: str) -> np.ndarray:
         """Fuse two ``(H, W)`` images of 8-bit levels (any real dtype, values in [0, 255]) into
         ``(H, W)`` float64 levels, as :meth:`fuse` scores them; ``label`` names the pair in errors."""
+
+        import torch
 
         def as_tensor(levels: np.ndarray) -> torch.Tensor:
             return torch.from_numpy((levels / 255.0).astype(np.float32))[None, None].to(self.device)
@@ -149,6 +152,9 @@ def build_model_methods(
     Unknown names raise :class:`~MedFusionLib.core.errors.UnknownModelError`. A learned model
     without shipped weights is skipped, never run with random weights.
     """
+    from MedFusionLib.core.devices import resolve_device
+    from MedFusionLib.models import create_model
+
     resolved = resolve_device(device)
     methods: list[FusionMethod] = []
     skipped: dict[str, str] = {}

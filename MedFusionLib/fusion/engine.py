@@ -13,9 +13,11 @@ against a naive whole-slice loop (README, "Performance"):
   real image around it (the :class:`~MedFusionLib.models.base.FusionNet` contract:
   ``receptive_radius``, ``size_multiple``, ``window_step``); the result inside the box therefore
   equals a whole-slice pass up to float rounding. Networks without a bounded radius get whole slices.
-- **Batches** of consecutive slices share one window (the union of their boxes). The CPU default
-  is one slice per pass, since a single slice's features stay in cache, with as many slices
-  side by side as the runtime asks for (about one per core), sharing the cores; CUDA batches 32.
+- **Batches** of consecutive slices share one window (the union of their boxes). On the CPU, torch
+  and ONNX Runtime take one slice per pass, since a single slice's features stay in cache, with
+  as many slices side by side in threads as the runtime asks for (about one per core), sharing the
+  cores; OpenVINO takes as many slices per pass as it runs requests at once, and runs them side
+  by side itself; CUDA batches 32.
 - The runtime's own speed-ups: :mod:`~MedFusionLib.runtimes.torch_network` (inference form,
   autocast, channels-last), OpenVINO's and ONNX Runtime's compiled graphs.
 - On out-of-memory the batch is halved, and at one slice a CUDA run moves to the CPU (logged).
@@ -41,9 +43,6 @@ CancelCallback = Callable[[], bool]  # returns True to stop
 # A slice's box, (row_start, row_stop, column_start, column_stop), or None: not fused.
 Box = tuple[int, int, int, int]
 
-DEFAULT_BATCH_SIZE = {"cpu": 1, "cuda": 32}
-
-
 class SliceFuser:
     """Fuses stacks of 2D slices with one fusion network.
 
@@ -55,7 +54,8 @@ class SliceFuser:
             :class:`~MedFusionLib.runtimes.torch_network.TorchNetwork` with ``device``,
             ``precision``, ``channels_last`` and ``compile`` (torch's settings; a runnable network
             was given its own when it was loaded).
-        batch_size: slices per pass; :data:`DEFAULT_BATCH_SIZE` of the device when ``None``.
+        batch_size: slices per pass; the network's ``default_batch_size`` when ``None`` (one on the
+            CPU, 32 on CUDA, OpenVINO's number of parallel requests).
         threads: the runtime's thread count while :meth:`fuse_stack` runs, for torch (restored
             after); ``None`` keeps the process's setting.
     """
@@ -78,7 +78,7 @@ class SliceFuser:
         if threads is not None and threads < 1:
             raise InputError(f"threads must be at least 1, got {threads}")
         self.threads = threads
-        self.batch_size = batch_size or DEFAULT_BATCH_SIZE["cpu" if network.device == "cpu" else "cuda"]
+        self.batch_size = batch_size or network.default_batch_size
         if self.batch_size < 1:
             raise InputError(f"batch_size must be at least 1, got {self.batch_size}")
 
@@ -232,7 +232,7 @@ class SliceFuser:
         device = self.device
         if self.network.leave_gpu():
             log.warning("out of memory on %s even with one slice per batch; continuing on the CPU", device)
-            self.batch_size = DEFAULT_BATCH_SIZE["cpu"]
+            self.batch_size = self.network.default_batch_size
             return True
         return False
 

@@ -89,7 +89,7 @@ def _cpu_precision(precision: str, runtime: str) -> str:
     if precision == "auto":
         return "fp32"  # measured: README "Performance", lower precision
     if precision == "fp16":
-        raise InputError("fp16 runs on CUDA only (with --runtime torch); on the CPU use fp32 or bf16")
+        raise InputError("fp16 needs a CUDA device (with --runtime torch); on the CPU use --precision fp32 or bf16")
     if precision == "bf16" and runtime != "openvino":
         raise InputError(f"bf16 on the CPU is offered with --runtime openvino or torch, not {runtime}")
     return precision

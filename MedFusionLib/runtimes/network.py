@@ -70,6 +70,12 @@ class RunnableNetwork:
         """The runtime's forward pass: ``(n, 1, H, W)`` float32 pair -> ``(n, 1, H, W)`` float32."""
         raise NotImplementedError
 
+    @property
+    def default_batch_size(self) -> int:
+        """Slices per pass when the caller gives none: one on the CPU (a slice's features stay in
+        cache), 32 on a GPU."""
+        return 1 if self.device == "cpu" else 32
+
     def parallel_slices(self, batch_size: int) -> int:
         """How many single slices the engine should run side by side (1: one pass at a time)."""
         return 1
