@@ -399,6 +399,14 @@ def load_ui(path):
     return top
 
 
+# What the stand-in's ``qt`` module offers: the names MedFusion.py uses, and QApplication, which
+# slicer.util.WaitCursor uses. The functions of slicer.util it replaces (they open Qt dialogs or
+# windows); every other slicer.util function the panel calls is slicer-core's, i.e. Slicer's own.
+QT_NAMES = (Qt, QApplication, QTimer, QStandardItemModel, QLabel)
+UTIL_REPLACED = ("loadUI", "childWidgetVariables", "errorDisplay", "confirmOkCancelDisplay", "confirmYesNoDisplay",
+                 "restart", "reloadScriptedModule")  # fmt: skip
+
+
 # --- slicer.parameterNodeWrapper ---------------------------------------------------------------
 
 
@@ -614,6 +622,7 @@ class LayoutManager:
         self.application = slicer.vtkMRMLApplicationLogic()
         self.application.SetMRMLScene(scene)
         self.colors = slicer.vtkSlicerColorLogic()
+        self.colors.SetMRMLApplicationLogic(self.application)
         self.colors.SetMRMLScene(scene)
         self.logics = {}
         self._collection = vtk.vtkCollection()
@@ -677,7 +686,7 @@ class Stand:
         self.dialogs: list[tuple[str, str]] = []
         self.answers: list[bool] = []
         qt = types.ModuleType("qt")
-        for cls in (Qt, QApplication, QTimer, QStandardItem, QStandardItemModel, QLabel, QVBoxLayout):
+        for cls in QT_NAMES:
             setattr(qt, cls.__name__, cls)
         wrapper = types.ModuleType("slicer.parameterNodeWrapper")
         wrapper.parameterNodeWrapper, wrapper.Choice, wrapper.WithinRange = parameterNodeWrapper, Choice, WithinRange
@@ -694,13 +703,18 @@ class Stand:
             monkeypatch.setitem(sys.modules, name, module)
         monkeypatch.setattr(slicer, "app", self.app, raising=False)
         monkeypatch.setattr(slicer, "mrmlScene", self.scene, raising=False)
-        monkeypatch.setattr(slicer.util, "loadUI", load_ui)
-        monkeypatch.setattr(slicer.util, "childWidgetVariables", lambda top: types.SimpleNamespace(**top.children))
-        monkeypatch.setattr(slicer.util, "errorDisplay", self._error)
-        monkeypatch.setattr(slicer.util, "confirmOkCancelDisplay", self._confirm)
-        monkeypatch.setattr(slicer.util, "confirmYesNoDisplay", self._confirm)
-        monkeypatch.setattr(slicer.util, "restart", lambda: self.dialogs.append(("restart", "")))
-        monkeypatch.setattr(slicer.util, "reloadScriptedModule", lambda name: self.dialogs.append(("reload", name)))
+        replacements = {
+            "loadUI": load_ui,
+            "childWidgetVariables": lambda top: types.SimpleNamespace(**top.children),
+            "errorDisplay": self._error,
+            "confirmOkCancelDisplay": self._confirm,
+            "confirmYesNoDisplay": self._confirm,
+            "restart": lambda: self.dialogs.append(("restart", "")),
+            "reloadScriptedModule": lambda name: self.dialogs.append(("reload", name)),
+        }
+        assert set(replacements) == set(UTIL_REPLACED)
+        for name, replacement in replacements.items():
+            monkeypatch.setattr(slicer.util, name, replacement)  # raises if Slicer's util lacks the name
         spec = importlib.util.spec_from_file_location("MedFusion", MODULE_DIR / "MedFusion.py")
         self.module = importlib.util.module_from_spec(spec)
         monkeypatch.setitem(sys.modules, "MedFusion", self.module)

@@ -106,11 +106,19 @@ def _apply_ready(stand, phantoms, registration="resample", model="average"):
     return panel, ct, mr
 
 
-def test_stand_in_offers_exactly_the_ui_files_widget_classes():
-    """The stand-in is no richer than the panel: a widget class of its own for each class in the
-    .ui file (Qt Designer's names), and no other."""
+def test_stand_in_offers_exactly_what_the_panel_uses():
+    """The stand-in is no richer than the panel: a widget class for each class in the .ui file (Qt
+    Designer's names) and no other; in ``qt`` the names MedFusion.py uses (plus QApplication for
+    slicer.util.WaitCursor); of slicer.util it replaces only functions Slicer's util has (slicer-core
+    ships Slicer's util.py) and that open windows or dialogs, the ones the panel or Reload calls."""
     classes = {element.get("class") for element in ET.parse(slicer_standin.UI_FILE).getroot().iter("widget")}
     assert set(slicer_standin.WIDGET_CLASSES) == classes
+    source = slicer_standin.MODULE_DIR.joinpath("MedFusion.py").read_text()
+    used_qt = set(re.findall(r"\bqt\.(\w+)", source))
+    assert {cls.__name__ for cls in slicer_standin.QT_NAMES} == used_qt | {"QApplication"}
+    used_util = set(re.findall(r"slicer\.util\.(\w+)", source))
+    assert set(slicer_standin.UTIL_REPLACED) <= used_util | {"reloadScriptedModule"}
+    assert all(hasattr(slicer.util, name) for name in slicer_standin.UTIL_REPLACED)
 
 
 def test_open_the_module_without_volumes_then_with_volumes(stand, phantoms):
@@ -261,11 +269,10 @@ def test_install_dependencies_on_apply(stand, phantoms, monkeypatch, slicer_pyto
 
 
 def test_fade_flicker_and_checkerboard_after_apply(stand, phantoms):
-    """Review 23.3 and 23.10: after Apply the views show the fused volume under the reference; the
-    fade slider then shows the reference under the registered volume at the slider's opacity
-    (before, it faded the reference over the fused volume and the registered volume never
-    appeared); the flicker alternates the registered volume fully on and off; the checkerboard
-    replaces them; closing the scene while flickering stops it and unchecks its box."""
+    """Review 23.3: after Apply the views show the fused volume under the reference; the fade
+    slider then shows the reference under the registered volume at the slider's opacity (before,
+    it faded the reference over the fused volume and the registered volume never appeared); the
+    flicker alternates the registered volume fully on and off; the checkerboard replaces them."""
     panel, ct, mr = _apply_ready(stand, phantoms, registration="rigid")
     panel.ui.applyButton.click()
     _wait(panel)
@@ -288,11 +295,20 @@ def test_fade_flicker_and_checkerboard_after_apply(stand, phantoms):
     board = slicer.util.getNode("CT / MR checkerboard")
     assert {view[:2] for view in _views(stand)} == {(board.GetID(), None)}
     assert not panel.ui.flickerCheckBox.checked and not panel._flickerTimer.isActive()
-    panel.ui.fadeSliderWidget.value = 0.4
+
+
+def test_closing_the_scene_while_flickering_stops_it_and_unchecks_it(stand, phantoms):
+    """Review 23.10: the flicker's volumes go with the scene; the flicker stops and its checkbox
+    says so. Before, the timer stopped at its next tick but the box stayed checked."""
+    panel, ct, mr = _apply_ready(stand, phantoms, registration="rigid")
+    panel.ui.applyButton.click()
+    _wait(panel)
     panel.ui.flickerCheckBox.checked = True
+    panel._flickerTimer.fire()
     stand.scene.Clear(0)
     panel._flickerTimer.fire()
     assert not panel.ui.flickerCheckBox.checked and not panel._flickerTimer.isActive()
+    assert not panel.ui.compareCollapsibleButton.enabled
 
 
 def test_colour_fusion_with_its_source_map_legend(stand, phantoms):
