@@ -192,8 +192,10 @@ def test_idle_timeout_and_closed_input_end_the_worker():
     orphan = WorkerProcess(cpu_only=True, idle_timeout=600)
     orphan.start()
     _wait_for(orphan, "started")
+    mailbox = orphan.mailbox
     orphan.process.stdin.close()
     assert orphan.process.wait(120) == 0
+    assert not mailbox.exists()  # Slicer is gone: nobody else would remove it
     orphan.stop()
 
 

@@ -202,30 +202,46 @@ def run_fuse(job: dict) -> None:
     )
 
 
-def _read_requests(stream, requests: queue.Queue, abandon) -> None:
+def _read_requests(stream, requests: queue.Queue, leftovers: _Leftovers) -> None:
     """Requests from standard input, one per line. Its end means Slicer is gone (quit or crashed):
-    ``abandon()`` then ends the process at once, also in the middle of a job, whose result has no
-    reader any more."""
+    see :meth:`_Leftovers.slicer_gone`."""
     for line in stream:
         if line.strip():
             requests.put(line)
-    abandon()
+    leftovers.slicer_gone(requests)
 
 
 class _Leftovers:
-    """What the worker must remove if Slicer vanishes: its mailbox and the running job's folder
-    (unless the job asked to keep its files)."""
+    """What the worker must remove when Slicer vanishes: its mailbox, and the folder of the job it
+    is running (unless that job asked to keep its files)."""
 
     def __init__(self, mailbox: Path | None) -> None:
         self.mailbox = mailbox
+        self.running = False
         self.job_folder: Path | None = None
 
+    def slicer_gone(self, requests: queue.Queue) -> None:
+        """In the middle of a job: remove its files and end now (its result has no reader any
+        more). Idle: end once the requests already read are answered (a script may write its
+        requests and close its end at once)."""
+        if self.running:
+            self.abandon()
+        requests.put(None)
+
+    def remove_mailbox(self) -> None:
+        if self.mailbox is not None:
+            shutil.rmtree(self.mailbox, ignore_errors=True)
+
     def abandon(self) -> None:
-        for folder in (self.job_folder, self.mailbox):
-            if folder is not None:
-                shutil.rmtree(folder, ignore_errors=True)
+        import multiprocessing
+
+        if self.job_folder is not None:
+            shutil.rmtree(self.job_folder, ignore_errors=True)
+        self.remove_mailbox()
+        for child in multiprocessing.active_children():  # a library's helper (OpenVINO's telemetry)
+            child.kill()  # holds this process's output pipe open: Slicer's reader would never see its end
         sys.stdout.flush()
-        os._exit(0)  # from the reader thread: the serving thread may be inside a long fusion
+        os._exit(0)  # from the reader thread: the serving thread is inside the fusion
 
 
 MAILBOX_POLL_S = 0.05  # how often the mailbox is looked at: far below a job's own time
@@ -283,7 +299,7 @@ def serve(idle_timeout: float, stdin=None, mailbox: Path | None = None) -> int:
     emit({"event": "started", "pid": os.getpid()})
     requests: queue.Queue = queue.Queue()
     leftovers = _Leftovers(mailbox)
-    threading.Thread(target=_read_requests, args=(stdin or sys.stdin, requests, leftovers.abandon), daemon=True).start()
+    threading.Thread(target=_read_requests, args=(stdin or sys.stdin, requests, leftovers), daemon=True).start()
     if mailbox is not None:
         threading.Thread(target=_watch_mailbox, args=(mailbox, requests), daemon=True).start()
     # The library's notes (e.g. a GPU out-of-memory fallback) as the medfusion command prints them.
@@ -316,7 +332,8 @@ def serve(idle_timeout: float, stdin=None, mailbox: Path | None = None) -> int:
         except queue.Empty:
             emit({"event": "idle-exit", "seconds": idle_timeout})
             return 0
-        if line is None:
+        if line is None:  # standard input ended, or Slicer removed the mailbox
+            leftovers.remove_mailbox()
             return 0
         try:
             request = json.loads(line)
@@ -331,8 +348,9 @@ def serve(idle_timeout: float, stdin=None, mailbox: Path | None = None) -> int:
             continue
         kept = request.get("keep_files") or not request.get("folder")
         leftovers.job_folder = None if kept else Path(request["folder"])
+        leftovers.running = True
         outcome = _run_job(request)
-        leftovers.job_folder = None
+        leftovers.running, leftovers.job_folder = False, None
         emit({"event": "finished", "id": request.get("id"), **outcome})
 
 
