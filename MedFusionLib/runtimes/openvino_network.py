@@ -8,12 +8,21 @@ on CPUs that have it, which moves the fused image away from the network's fp32 o
 
 from __future__ import annotations
 
+import sys
 import threading
 
 import numpy as np
-import openvino as ov
 
 from MedFusionLib.runtimes.network import RunnableNetwork
+
+# Importing OpenVINO's package sends a usage event to Google Analytics (openvino.tools.ovc, through
+# openvino_telemetry, whenever no opt-out file exists in the user's home), and may start a process
+# for it. A clinical tool sends nothing about its use; OpenVINO falls back to a silent stub of its
+# own when openvino_telemetry cannot be imported, so it is made unimportable here (unless some
+# other code of this process has imported it already, which is then that code's choice).
+sys.modules.setdefault("openvino_telemetry", None)
+
+import openvino as ov  # noqa: E402  (after the telemetry opt-out above)
 
 _PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16"}
 _core: ov.Core | None = None
