@@ -134,10 +134,10 @@ def test_pipeline_resolves_auto_with_the_weights_installed_here(monkeypatch):
     table = choices.DEFAULT_MODEL_BY_DEVICE
     assert pipeline.resolve_model("auto", "cpu") == table["cpu"]
     assert pipeline.resolve_model("haf", "cpu") == "haf"
-    monkeypatch.setattr(pipeline, "resolve_device", lambda device: __import__("torch").device("cuda"))
-    monkeypatch.setattr(pipeline, "model_usable", lambda name: name != table["cuda"])
+    monkeypatch.setattr(pipeline, "resolve_device_name", lambda device: "cuda:0")
+    monkeypatch.setattr(pipeline, "model_usable", lambda name, runtime: name != table["cuda"])
     assert pipeline.resolve_model("auto", "auto") == table["cpu"]  # the GPU's network has no weights yet
-    monkeypatch.setattr(pipeline, "model_usable", lambda name: True)
+    monkeypatch.setattr(pipeline, "model_usable", lambda name, runtime: True)
     assert pipeline.resolve_model("auto", "auto") == table["cuda"]
 
 
