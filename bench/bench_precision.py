@@ -13,7 +13,8 @@ For each model, in one process:
 A precision is worth keeping only where it is faster **and** its max |Δ| on val is at most one
 8-bit grey level (1/255); the last column says so. int8: the exported ONNX graph quantised by
 ``nncf.quantize`` (default preset, calibrated on ``--calibration`` Harvard train pairs at
-256×256) and saved as OpenVINO IR under ``--cache``; it runs with fp32 for what stays
+256×256; ``--preset mixed``, ``--accurate-bias`` to try NNCF's other settings) and saved as
+OpenVINO IR under ``--cache``; it runs with fp32 for what stays
 unquantised. NNCF is not a dependency: install it anywhere, e.g. ``pip install --target
 /tmp/nncf-site nncf`` and pass ``--site /tmp/nncf-site``; without it the int8 rows are skipped.
 Usage::
@@ -64,8 +65,10 @@ def harvard_slices(split: str, limit: int | None = None) -> tuple[np.ndarray, np
     return np.stack(a).astype(np.float32), np.stack(b).astype(np.float32)
 
 
-def openvino_network(model: str, precision: str, threads: int | None, cache: Path, calibration: int):
-    """The shipped ``model`` on OpenVINO in ``precision`` (``fp32``, ``bf16`` or ``int8``)."""
+def openvino_network(model: str, precision: str, threads: int | None, cache: Path, calibration: int,
+                     preset: str = "default", accurate_bias: bool = False):
+    """The shipped ``model`` on OpenVINO in ``precision`` (``fp32``, ``bf16`` or ``int8``); int8 with
+    NNCF's ``preset`` (``default`` or ``mixed``) and, with ``accurate_bias``, its slower bias correction."""
     from MedFusionLib.core.model_files import verified_onnx
     from MedFusionLib.runtimes import MAX_STREAMS, load_network
     from MedFusionLib.runtimes.openvino_network import OpenVINONetwork, openvino_core
@@ -73,7 +76,7 @@ def openvino_network(model: str, precision: str, threads: int | None, cache: Pat
     if precision != "int8":
         return load_network(model, "openvino", "cpu", precision, threads)
     path, geometry = verified_onnx(model)
-    quantised = cache / f"{model}-int8-{calibration}.xml"
+    quantised = cache / f"{model}-int8-{calibration}-{preset}{'-bias' if accurate_bias else ''}.xml"
     if not quantised.exists():
         import nncf
         import openvino as ov
@@ -81,8 +84,11 @@ def openvino_network(model: str, precision: str, threads: int | None, cache: Pat
         a, b = harvard_slices("train", calibration)
         items = [{"a": a[i : i + 1, None], "b": b[i : i + 1, None]} for i in range(len(a))]
         started = time.perf_counter()
+        options = {"preset": nncf.QuantizationPreset.MIXED} if preset == "mixed" else {}
+        if accurate_bias:
+            options["fast_bias_correction"] = False
         result = nncf.quantize(openvino_core().read_model(str(path)), nncf.Dataset(items),
-                               subset_size=len(items))
+                               subset_size=len(items), **options)
         cache.mkdir(parents=True, exist_ok=True)
         ov.save_model(result, str(quantised))
         print(f"{model}: quantised to int8 with nncf {nncf.__version__} on {len(items)} Harvard train pairs "
@@ -100,6 +106,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--calibration", type=int, default=300, help="Harvard train pairs for int8 calibration")
+    parser.add_argument("--preset", default="default", choices=("default", "mixed"), help="int8: NNCF's preset")
+    parser.add_argument("--accurate-bias", action="store_true", help="int8: NNCF's slower bias correction")
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "medfusion-int8")
     parser.add_argument("--site", default=None, help="a folder holding nncf (appended to sys.path)")
     args = parser.parse_args()
@@ -125,7 +133,8 @@ def main() -> None:
     middle = slice(len(t1) // 2, len(t1) // 2 + 1)
     rows = []
     for model in args.models.split(","):
-        networks = {p: openvino_network(model, p, args.threads, args.cache, args.calibration) for p in precisions}
+        networks = {p: openvino_network(model, p, args.threads, args.cache, args.calibration, args.preset,
+                                        args.accurate_bias) for p in precisions}
         val = {p: np.concatenate([network.fuse(val_a[i : i + 8], val_b[i : i + 8])
                                   for i in range(0, len(val_a), 8)]) for p, network in networks.items()}
         fusers = {p: SliceFuser(network) for p, network in networks.items()}
