@@ -261,3 +261,31 @@ def test_a_bad_fusion_option_value_exits_2_naming_it(tmp_path):
         cwd=tmp_path,
     )
     assert result.returncode == 2 and "unknown colour map 'jet'" in result.stderr and "harvard-pet" in result.stderr
+
+
+def test_a_dicom_reference_gets_the_fused_series_back_in_its_study(tmp_path):
+    """Issue 25 in the headless script: a CT series folder as the reference, --dicom-output writes
+    the fused volume as a derived series of the CT's patient, study and frame of reference."""
+    pydicom = pytest.importorskip("pydicom")
+    pytest.importorskip("highdicom")
+    from dicom_phantoms import write_ct_series
+
+    identity = write_ct_series(tmp_path / "ct")
+    ct = sitk.ReadImage(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(tmp_path / "ct")))
+    mr = sitk.Cast(sitk.InvertIntensity(sitk.Cast(ct, sitk.sitkFloat32), maximum=2000.0), sitk.sitkFloat32)
+    sitk.WriteImage(mr, str(tmp_path / "mr.nii.gz"))
+    run = run_script("--reference", str(tmp_path / "ct"), "--moving", str(tmp_path / "mr.nii.gz"),
+                     "--output", str(tmp_path / "fused.nrrd"), "--dicom-output", str(tmp_path / "fused-dicom"),
+                     "--registration", "none", "--model", "average", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    files = sorted((tmp_path / "fused-dicom").glob("*.dcm"))
+    assert len(files) == len(identity["instances"]) and (tmp_path / "fused.nrrd").is_file()
+    first = pydicom.dcmread(files[0])
+    assert first.StudyInstanceUID == identity["StudyInstanceUID"] and first.PatientID == identity["PatientID"]
+    assert first.FrameOfReferenceUID == identity["FrameOfReferenceUID"]
+    assert first.SeriesInstanceUID != identity["SeriesInstanceUID"] and list(first.ImageType)[:2] == [
+        "DERIVED", "SECONDARY"]
+    fused = sitk.ReadImage(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(tmp_path / "fused-dicom")))
+    assert fused.GetSize() == ct.GetSize()
+    assert np.allclose(fused.GetOrigin(), ct.GetOrigin(), atol=1e-3)
+    assert np.allclose(fused.GetDirection(), ct.GetDirection(), atol=1e-5)

@@ -391,7 +391,7 @@ def test_a_computer_without_an_nvidia_driver_gets_openvino_and_no_torch(monkeypa
     monkeypatch.setattr(devices, "nvidia_driver_present", lambda: False)
     assert dependencies.this_computer() == "cpu"
     assert [r.distribution for r in dependencies.missing_requirements()] == [
-        "openvino", "nibabel", "tqdm", "itk-elastix"]
+        "openvino", "nibabel", "tqdm", "itk-elastix", "highdicom"]
     monkeypatch.setattr(devices, "nvidia_driver_present", lambda: True)
     assert [r.distribution for r in dependencies.missing_requirements(include_optional=False)] == [
         "torch", "safetensors", "nibabel", "tqdm"]

@@ -59,6 +59,7 @@ REQUIREMENTS = (
     Requirement("nibabel", "5.0", False, "reads and checks NIfTI files"),
     Requirement("tqdm", "4.60", False, "progress reporting of the medfusion command"),
     Requirement("itk-elastix", "0.20", True, "elastix registration (without it: SimpleITK registration)", "itk"),
+    Requirement("highdicom", "0.22", True, "writes the fused volume as a DICOM series (headless --dicom-output)"),
 )
 
 

@@ -168,12 +168,17 @@ def add_volume_node_from_image(scene, image: sitk.Image, name: str):
 
 
 def load_volume_node(scene, path: str | Path, name: str | None = None):
-    """Read a volume file into a new scalar volume node with Slicer's own reader.
+    """Read a volume file into a new scalar volume node with Slicer's own reader, or a folder
+    holding one DICOM series with MedFusionLib's DICOM reader (its checks included).
 
     This is how Slicer's "Add data" reads NRRD, NIfTI, MHA, ...; the node is added to ``scene``
     only when reading succeeded. Raises :class:`InputError` naming the file otherwise.
     """
     path = Path(path)
+    if path.is_dir():  # the headless script's DICOM reference (its series goes back as DICOM)
+        from MedFusionLib.io import read_image
+
+        return add_volume_node_from_image(scene, read_image(path), name or path.name)
     if not path.is_file():
         raise InputError(f"volume file {path} not found")
     volume_node = slicer.vtkMRMLScalarVolumeNode()

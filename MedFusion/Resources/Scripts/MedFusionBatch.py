@@ -73,6 +73,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="also write the checkerboard of reference and registered volume, to judge the registration "
         "(one pair only)",
     )
+    parser.add_argument(
+        "--dicom-output",
+        type=Path,
+        help="also write the fused volume as a DICOM series into this new folder: with a DICOM reference (a "
+        "folder holding its series) a derived series of the reference's patient, study and frame of reference "
+        "(one pair only; needs highdicom)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files (one pair)")
     parser.add_argument("--shard", default="1/1", metavar="K/N", help="--cases: run every N-th case starting at K")
     parser.add_argument(
@@ -119,7 +126,8 @@ def fuse_one(
     logic, scene, reference: Path, moving: Path, output: Path, overwrite: bool, options, extra: dict[str, Path | None]
 ) -> str:
     """Load, fuse with ``options`` (a ``FusionOptions``), write one pair (and the ``extra`` outputs:
-    ``registered``, ``checkerboard``, ``sourcemap``); remove its nodes from the scene afterwards.
+    ``registered``, ``checkerboard``, ``sourcemap``, and ``dicom``: a folder for the fused volume as
+    a DICOM series of the reference's study); remove its nodes from the scene afterwards.
     Returns the model that ran (model ``auto`` resolved by the device)."""
     from MedFusionLib.core.files import refuse_existing_outputs
     from MedFusionLib.io import write_image
@@ -156,7 +164,10 @@ def fuse_one(
             if node
         ]
         # vector=True: a colour (functional) fusion is an RGB vector volume node.
-        write_image(image_from_volume_node(nodes.fusedNode, vector=True), output, overwrite=overwrite)
+        fused = image_from_volume_node(nodes.fusedNode, vector=True)
+        if extra.get("dicom") is not None:  # first: the step most likely to refuse (e.g. highdicom missing)
+            write_dicom(fused, nodes, reference, moving, extra["dicom"], overwrite)
+        write_image(fused, output, overwrite=overwrite)
         for role, node in (
             ("registered", nodes.registeredNode),
             ("checkerboard", nodes.checkerboardNode),
@@ -168,6 +179,24 @@ def fuse_one(
     finally:
         for node in added:
             scene.RemoveNode(node)
+
+
+def write_dicom(fused, nodes, reference: Path, moving: Path, folder: Path, overwrite: bool) -> None:
+    """The fused volume as a DICOM series in ``folder`` (MedFusionLib's DICOM export: a derived series
+    of the reference's study when the reference is a DICOM series), saying what it did."""
+    from types import SimpleNamespace
+
+    from MedFusionLib.io.dicom_export import write_fusion_as_dicom
+
+    result = SimpleNamespace(fused=fused, registration=nodes.registration, model=nodes.model,
+                             registered_moving=None, source_map=None)
+    study, series = write_fusion_as_dicom(result, reference=reference, moving=moving, fused_directory=folder,
+                                          overwrite=overwrite)
+    for note in study.notes:
+        print(f"  DICOM: {note}", flush=True)
+    for written in series:
+        print(f"  DICOM: wrote series {written.series_number} ({len(written.files)} files) to {written.directory}",
+              flush=True)
 
 
 def run(argv: list[str]) -> int:
@@ -184,8 +213,10 @@ def run(argv: list[str]) -> int:
     if args.cases is not None and args.output_dir is None:
         print("--cases needs --output-dir", file=sys.stderr)
         return EXIT_USAGE
-    if args.cases is not None and any((args.save_registered, args.save_checkerboard, args.source_map)):
-        print("--save-registered, --save-checkerboard and --source-map are for one pair, not --cases", file=sys.stderr)
+    if args.cases is not None and any((args.save_registered, args.save_checkerboard, args.source_map,
+                                       args.dicom_output)):
+        print("--save-registered, --save-checkerboard, --source-map and --dicom-output are for one pair, not --cases",
+              file=sys.stderr)
         return EXIT_USAGE
     try:
         options = FusionOptions.from_namespace(args)
@@ -210,7 +241,8 @@ def run(argv: list[str]) -> int:
 
     print(f"fusing {args.reference.name} + {args.moving.name} -> {args.output}", flush=True)
     started = time.perf_counter()
-    extra = {"registered": args.save_registered, "checkerboard": args.save_checkerboard, "sourcemap": args.source_map}
+    extra = {"registered": args.save_registered, "checkerboard": args.save_checkerboard, "sourcemap": args.source_map,
+             "dicom": args.dicom_output}
     try:
         fuse_one(logic, scene, args.reference, args.moving, args.output, args.overwrite, options, extra)
     except MedFusionError as error:
