@@ -9,6 +9,11 @@ openvino, onnxruntime, torch, ...), so a shared machine's changing load touches 
 figure is the fastest of ``--repeats``. Per runtime: seconds per volume, its speed-up over torch
 (torch's time / its time, the same round structure) and the largest |Δ| from torch's fused volume.
 
+``slice``: one whole middle BraTS slice per call (no boxes, no slices side by side), each runtime
+with ``--threads`` threads on that one call (default 1 and 2; one OpenVINO stream, one ONNX
+Runtime session), the fastest of ``--repeats`` × 10 calls after a
+warm-up: what a runtime does with one core against two cores on one slice.
+
 ``command``: the whole ``medfusion fuse REF MOV -o OUT`` per runtime, each in a fresh process
 under ``/usr/bin/time -v`` (wall seconds, peak resident set), alternating runtimes for
 ``--repeats`` rounds; the fusion seconds are read from the command's last line. ``--pair brats``:
@@ -17,6 +22,7 @@ the BraTS T1/T2 without registration; ``--pair clinical``: the clinical phantom 
 shifted 30 mm; written once into ``--data``), registered rigidly. Usage::
 
     python bench/bench_runtimes.py volume --repeats 3
+    python bench/bench_runtimes.py slice --models emfusion,haf
     python bench/bench_runtimes.py command --pair brats --repeats 3
     python bench/bench_runtimes.py command --pair clinical --repeats 1
 """
@@ -89,6 +95,52 @@ def volume_table(models, runtimes, repeats: int, precision: str = "auto", thread
                   f"| {difference[runtime]:.1e} | {slices[runtime]} |", flush=True)
 
 
+def one_slice_network(model: str, runtime: str, threads: int):
+    """``model`` on ``runtime`` with all ``threads`` on one call (one stream, one session)."""
+    from MedFusionLib.core.model_files import verified_onnx
+    from MedFusionLib.runtimes import load_network
+
+    if runtime == "torch":
+        return load_network(model, "torch", "cpu", "fp32", threads)
+    path, geometry = verified_onnx(model)
+    if runtime == "openvino":
+        from MedFusionLib.runtimes.openvino_network import OpenVINONetwork
+
+        return OpenVINONetwork(model, path, geometry, "fp32", threads, streams=1)
+    from MedFusionLib.runtimes.onnxruntime_network import OnnxRuntimeNetwork
+
+    return OnnxRuntimeNetwork(model, path, geometry, threads=threads, streams=1)
+
+
+def slice_table(models, runtimes, repeats: int, thread_counts) -> None:
+    """Print the single-slice table (see the module docstring)."""
+    import SimpleITK as sitk
+
+    t1, t2 = brats_pair()
+    a = sitk.GetArrayFromImage(sitk.ReadImage(str(t1))).astype(np.float32)
+    b = sitk.GetArrayFromImage(sitk.ReadImage(str(t2))).astype(np.float32)
+    middle = len(a) // 2
+    a, b = (stack[middle : middle + 1] / stack[middle].max() for stack in (a, b))
+    print(f"one whole {a.shape[2]}×{a.shape[1]} BraTS slice per call, fastest of {repeats * 10} calls; "
+          f"× = {runtimes[0]}'s time / the runtime's at the same thread count\n")
+    print("| model | threads | " + " | ".join(f"{runtime} ms" for runtime in runtimes) + " |")
+    print("|---|---|" + "---|" * len(runtimes))
+    for model in models:
+        for threads in thread_counts:
+            best = {}
+            for runtime in runtimes:
+                network = one_slice_network(model, runtime, threads)
+                with network.running(threads):
+                    network.fuse(a, b)  # warm-up
+                    best[runtime] = float("inf")
+                    for _ in range(repeats * 10):
+                        started = time.perf_counter()
+                        network.fuse(a, b)
+                        best[runtime] = min(best[runtime], time.perf_counter() - started)
+            cells = [f"{1e3 * best[r]:.1f} ({best[runtimes[0]] / best[r]:.2f}×)" for r in runtimes]
+            print(f"| {model} | {threads} | " + " | ".join(cells) + " |", flush=True)
+
+
 def timed_command(command: list[str]) -> tuple[float, float, float, int, str]:
     """``(wall s, peak RSS GiB, CPU s, exit status, last output line)`` of ``command`` in a fresh process."""
     with tempfile.NamedTemporaryFile("r", suffix=".txt") as report:
@@ -139,13 +191,14 @@ def command_table(pair: str, runtimes, repeats: int, data: Path, extra: list[str
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("what", nargs="?", default="volume", choices=("volume", "command"))
+    parser.add_argument("what", nargs="?", default="volume", choices=("volume", "slice", "command"))
     parser.add_argument("--models", default=",".join(MODELS), help="volume: comma-separated models")
     parser.add_argument("--runtimes", default="torch,openvino,onnxruntime",
                         help="comma-separated; the first is the baseline (default torch,openvino,onnxruntime)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--precision", default="auto", help="volume: the precision of every runtime's network")
-    parser.add_argument("--threads", type=int, default=None, help="volume: each runtime's CPU threads")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="volume: each runtime's CPU threads; slice: this count only (default 1 and 2)")
     parser.add_argument("--pair", default="brats", choices=("brats", "clinical"), help="command: which pair")
     parser.add_argument("--data", type=Path, default=Path(tempfile.gettempdir()) / "medfusion-clinical",
                         help="command: where the clinical phantom and the outputs are written")
@@ -154,6 +207,8 @@ def main() -> None:
     runtimes = args.runtimes.split(",")
     if args.what == "volume":
         volume_table(args.models.split(","), runtimes, args.repeats, args.precision, args.threads)
+    elif args.what == "slice":
+        slice_table(args.models.split(","), runtimes, args.repeats, [args.threads] if args.threads else [1, 2])
     else:
         args.data.mkdir(parents=True, exist_ok=True)
         command_table(args.pair, runtimes, args.repeats, args.data, args.extra.split())
