@@ -275,10 +275,10 @@ def test_an_installation_without_torch_fuses_and_says_what_needs_torch(tiny_pair
 
 @pytest.mark.skipif(not installed_runtimes()["openvino"], reason="openvino is not installed")
 def test_openvino_fusions_in_fresh_processes_do_not_hang(tiny_pair):
-    """OpenVINO requests driven from several Python threads deadlocked in about one fresh process in
-    ten to fifteen here (`medfusion fuse` hung in its first passes: input resizing in one thread
-    against another request's inference); the network now runs its slices side by side itself.
-    Twelve fresh processes, each compiling the network and fusing a small volume, under a watchdog."""
+    """The first OpenVINO passes of two slice threads at once deadlocked in about one fresh process in
+    fifteen here (`medfusion fuse` hung: pybind11's one-time numpy set-up against a C++ static
+    initialisation); the network now makes its first pass before any thread starts. Twelve fresh
+    processes, each compiling the network and fusing a small volume, under a watchdog."""
     script = (
         "import faulthandler\n"
         "faulthandler.dump_traceback_later(60, exit=True)\n"

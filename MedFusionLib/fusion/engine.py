@@ -13,11 +13,10 @@ against a naive whole-slice loop (README, "Performance"):
   real image around it (the :class:`~MedFusionLib.models.base.FusionNet` contract:
   ``receptive_radius``, ``size_multiple``, ``window_step``); the result inside the box therefore
   equals a whole-slice pass up to float rounding. Networks without a bounded radius get whole slices.
-- **Batches** of consecutive slices share one window (the union of their boxes). On the CPU, torch
-  and ONNX Runtime take one slice per pass, since a single slice's features stay in cache, with
-  as many slices side by side in threads as the runtime asks for (about one per core), sharing the
-  cores; OpenVINO takes as many slices per pass as it runs requests at once, and runs them side
-  by side itself; CUDA batches 32.
+- **Batches** of consecutive slices share one window (the union of their boxes). The CPU default
+  is one slice per pass, since a single slice's features stay in cache, with as many slices side
+  by side in threads as the runtime asks for (about one per core, each in its own window),
+  sharing the cores; CUDA batches 32.
 - The runtime's own speed-ups: :mod:`~MedFusionLib.runtimes.torch_network` (inference form,
   autocast, channels-last), OpenVINO's and ONNX Runtime's compiled graphs.
 - On out-of-memory the batch is halved, and at one slice a CUDA run moves to the CPU (logged).
@@ -55,7 +54,7 @@ class SliceFuser:
             ``precision``, ``channels_last`` and ``compile`` (torch's settings; a runnable network
             was given its own when it was loaded).
         batch_size: slices per pass; the network's ``default_batch_size`` when ``None`` (one on the
-            CPU, 32 on CUDA, OpenVINO's number of parallel requests).
+            CPU, 32 on CUDA).
         threads: the runtime's thread count while :meth:`fuse_stack` runs, for torch (restored
             after); ``None`` keeps the process's setting.
     """

@@ -43,13 +43,14 @@ class OpenVINONetwork(RunnableNetwork):
 
     ``geometry``: the card's ``onnx`` section (crop geometry, ``min_size``). ``precision``:
     ``fp32`` or ``bf16``. ``threads``: the plugin's thread count (``None``: one per core), shared
-    out between ``streams`` infer requests that run at once.
+    out between ``streams`` infer requests that may run at once.
 
-    Slices run side by side inside OpenVINO, not in Python threads: a pass over ``n`` slices puts
-    each slice on an idle request of an ``AsyncInferQueue``. Calling ``infer`` on several requests
-    from Python threads deadlocked about one run in ten here (two threads resizing their input
-    tensors while the other's inference held the plugin), so the engine hands this network
-    batches of ``streams`` slices (:attr:`default_batch_size`) and runs it from one thread.
+    Each calling thread gets its own infer request, so the engine runs single slices side by side
+    in threads, each in its own window. One pass runs on the constructing thread first: the first
+    passes of two threads at once deadlocked in about one fresh process in fifteen here (pybind11's
+    one-time numpy set-up inside OpenVINO waiting for the GIL that the other thread held while it
+    waited on a C++ static initialisation), and a first pass made before any thread starts does
+    that set-up once, alone.
     """
 
     runtime = "openvino"
@@ -65,23 +66,20 @@ class OpenVINONetwork(RunnableNetwork):
         core = openvino_core()
         self.compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
         self.streams = streams
-        self._queue = ov.AsyncInferQueue(self.compiled, streams)
-        self._queue.set_callback(self._collect)
-        self._outputs: list[np.ndarray | None] = []
-
-    @property
-    def default_batch_size(self) -> int:
-        return self.streams
-
-    def _collect(self, request: ov.InferRequest, index: int) -> None:
-        self._outputs[index] = request.get_output_tensor(0).data.copy()
+        self._requests = threading.local()
+        side = max(self.min_size, self.size_multiple, 8)
+        blank = np.zeros((1, 1, side, side), dtype=np.float32)
+        self._run(blank, blank)  # the one-time set-up, on this thread alone (see above)
 
     def _run(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        self._outputs = [None] * len(a)
-        for index in range(len(a)):
-            self._queue.start_async({"a": a[index : index + 1], "b": b[index : index + 1]}, index)
-        self._queue.wait_all()
-        return np.concatenate(self._outputs)
+        request = getattr(self._requests, "request", None)
+        if request is None:
+            request = self._requests.request = self.compiled.create_infer_request()
+        request.infer({"a": a, "b": b})
+        return request.get_output_tensor(0).data.copy()
+
+    def parallel_slices(self, batch_size: int) -> int:
+        return self.streams if batch_size == 1 else 1
 
     def describe(self) -> str:
         return f"openvino {ov.get_version().split('-')[0]} on cpu, {self.precision}"
