@@ -66,7 +66,8 @@ INIT_CHOICES = ("auto", "moments", "geometry", "none")
 DEVICE_CHOICES = ("auto", "cpu", "cuda")  # "cuda:N" is accepted too
 PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16")
 # Who runs the network: "auto" is torch on CUDA and, on the CPU, the first of CPU_RUNTIME_PREFERENCE
-# that is installed (measured fastest first: README "Performance"); torch keeps training and CUDA.
+# that is installed (OpenVINO measured ahead on the CPU's default network: README "Performance");
+# torch keeps training and CUDA.
 RUNTIME_CHOICES = ("auto", "torch", "openvino", "onnxruntime")
 CPU_RUNTIME_PREFERENCE = ("openvino", "onnxruntime", "torch")
 AXIS_CHOICES = ("axial", "coronal", "sagittal")
