@@ -3,7 +3,6 @@ networks, the shipped files are verified, the choice of runtime, and a CPU fusio
 
 from __future__ import annotations
 
-import csv
 import shutil
 import subprocess
 import sys
@@ -22,6 +21,7 @@ from MedFusionLib.core.errors import (
     WeightsIntegrityError,
     WeightsNotAvailableError,
 )
+from MedFusionLib.datasets.harvard import load_harvard_pairs, load_pair_images
 from MedFusionLib.fusion.engine import SliceFuser
 from MedFusionLib.runtimes import choose_runtime, installed_runtimes, load_network
 
@@ -37,18 +37,10 @@ def _random_slices(seed: int, shape: tuple[int, int, int]) -> tuple[np.ndarray, 
 
 
 def _harvard_val_slices(shared_data: Path, count: int = 3) -> tuple[np.ndarray, np.ndarray]:
-    """The first ``count`` CT-MRI val pairs as two ``(count, 256, 256)`` stacks in [0, 1]."""
-    from PIL import Image
-
-    root = shared_data / "harvard"
-    with open(root / "pairs.csv") as stream:
-        rows = [row for row in csv.DictReader(stream) if row["split"] == "val" and row["task"] == "CT-MRI"][:count]
-
-    def load(task: str, modality: str, stem: str) -> np.ndarray:
-        return np.asarray(Image.open(root / task / modality / f"{stem}.png").convert("L"), dtype=np.float32) / 255.0
-
-    ct = np.stack([load(row["task"], row["other_modality"], row["id"]) for row in rows])
-    mri = np.stack([load(row["task"], "MRI", row["id"]) for row in rows])
+    """The first ``count`` CT-MRI val pairs (MRI, CT) as two ``(count, 256, 256)`` stacks in [0, 1]."""
+    pairs = [load_pair_images(pair) for pair in load_harvard_pairs(shared_data / "harvard", ["CT-MRI"], "val")[:count]]
+    mri, ct = (np.stack([getattr(images, source) for images in pairs]).astype(np.float32) / 255.0
+               for source in ("source_a", "source_b"))
     return mri, ct
 
 

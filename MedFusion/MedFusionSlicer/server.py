@@ -79,13 +79,13 @@ def describe_device() -> str:
     from MedFusionLib.core.devices import nvidia_driver_present, resolve_device_name
     from MedFusionLib.runtimes import choose_runtime, installed_runtimes
 
-    device = resolve_device_name("auto")
-    runtime = choose_runtime("auto", device)
+    runtime = choose_runtime("auto", resolve_device_name("auto"))
     if runtime != "torch":
+        versions = installed_runtimes()
         reason = ("no NVIDIA driver found" if not nvidia_driver_present()
-                  else "torch, which CUDA needs, is not installed" if not installed_runtimes()["torch"]
+                  else "torch, which CUDA needs, is not installed" if not versions["torch"]
                   else "torch sees no usable GPU")
-        return f"CPU: {runtime} {installed_runtimes()[runtime]} ({reason})"
+        return f"CPU: {runtime} {versions[runtime]} ({reason})"
     import torch
 
     if torch.cuda.is_available():

@@ -27,6 +27,8 @@ class RunnableNetwork:
       :class:`~MedFusionLib.models.base.FusionNet` contract, which the engine's windows rely on.
     * ``min_size``: the smallest slice side the network is exact on (an exported graph of a
       network whose structure depends on the size); smaller slices are refused.
+    * ``streams``: how many single slices may run at once, each in its own thread (1: one pass at
+      a time).
     * ``out_of_memory_errors``: the exceptions that mean "too many slices at once".
     """
 
@@ -34,7 +36,7 @@ class RunnableNetwork:
     out_of_memory_errors: tuple[type[BaseException], ...] = (MemoryError,)
 
     def __init__(self, model_name: str, device: str, precision: str, receptive_radius: int | None,
-                 size_multiple: int, window_step: int, min_size: int = 1) -> None:
+                 size_multiple: int, window_step: int, min_size: int = 1, streams: int = 1) -> None:
         self.model_name = model_name
         self.device = device
         self.precision = precision
@@ -42,6 +44,7 @@ class RunnableNetwork:
         self.size_multiple = size_multiple
         self.window_step = window_step
         self.min_size = min_size
+        self.streams = streams
 
     def fuse(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """Fuse ``a`` with ``b``: ``(n, h, w)`` float32 in [0, 1] -> ``(n, h, w)`` float32 in [0, 1].
@@ -78,7 +81,7 @@ class RunnableNetwork:
 
     def parallel_slices(self, batch_size: int) -> int:
         """How many single slices the engine should run side by side (1: one pass at a time)."""
-        return 1
+        return self.streams if batch_size == 1 else 1
 
     @contextlib.contextmanager
     def running(self, threads: int | None) -> Iterator[None]:

@@ -20,19 +20,15 @@ class OnnxRuntimeNetwork(RunnableNetwork):
 
     def __init__(self, model_name: str, path, geometry: dict, threads: int | None = None, streams: int = 1) -> None:
         super().__init__(model_name, "cpu", "fp32", geometry["receptive_radius"], geometry["size_multiple"],
-                         geometry["window_step"], geometry.get("min_size", 1))
+                         geometry["window_step"], geometry.get("min_size", 1), streams)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = int(threads or 0)
         options.log_severity_level = 3  # warnings about unused initialisers are noise
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        self.streams = streams
 
     def _run(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return self.session.run(["fused"], {"a": a, "b": b})[0]
-
-    def parallel_slices(self, batch_size: int) -> int:
-        return self.streams if batch_size == 1 else 1
 
     def describe(self) -> str:
         return f"onnxruntime {ort.__version__} on cpu, {self.precision}"

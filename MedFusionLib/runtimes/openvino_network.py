@@ -58,14 +58,13 @@ class OpenVINONetwork(RunnableNetwork):
     def __init__(self, model_name: str, path, geometry: dict, precision: str = "fp32",
                  threads: int | None = None, streams: int = 1) -> None:
         super().__init__(model_name, "cpu", precision, geometry["receptive_radius"], geometry["size_multiple"],
-                         geometry["window_step"], geometry.get("min_size", 1))
+                         geometry["window_step"], geometry.get("min_size", 1), streams)
         config = {"INFERENCE_PRECISION_HINT": _PRECISION_HINTS[precision], "PERFORMANCE_HINT": "LATENCY",
                   "NUM_STREAMS": str(streams)}
         if threads is not None:
             config["INFERENCE_NUM_THREADS"] = int(threads)
         core = openvino_core()
         self.compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
-        self.streams = streams
         self._requests = threading.local()
         side = max(self.min_size, self.size_multiple, 8)
         blank = np.zeros((1, 1, side, side), dtype=np.float32)
@@ -77,9 +76,6 @@ class OpenVINONetwork(RunnableNetwork):
             request = self._requests.request = self.compiled.create_infer_request()
         request.infer({"a": a, "b": b})
         return request.get_output_tensor(0).data.copy()
-
-    def parallel_slices(self, batch_size: int) -> int:
-        return self.streams if batch_size == 1 else 1
 
     def describe(self) -> str:
         return f"openvino {ov.get_version().split('-')[0]} on cpu, {self.precision}"
